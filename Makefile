@@ -1,0 +1,30 @@
+# `make demo` and `make test` work on a fresh machine: each creates .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STORAGE ?= runs
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned, so nothing below pulls in another build
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/prune-study run studies/specs/quickstart.yaml --storage $(STORAGE)
+	$(BIN)/prune-study report $(STORAGE)/quickstart -o $(STORAGE)/quickstart/report
+	@echo "report: $(STORAGE)/quickstart/report/report.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+lint: $(STAMP)
+	$(BIN)/ruff check prune_core studies analysis benchmarks tests
+
+clean:
+	rm -rf $(STORAGE) .pytest_cache

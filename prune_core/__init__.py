@@ -1,0 +1,6 @@
+"""Everything that happens inside one trial: data, models, training, measurement, methods.
+
+Plain PyTorch: nothing here imports Ray or the analysis package.
+"""
+
+__version__ = "0.1.0"

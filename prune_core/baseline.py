@@ -1,0 +1,175 @@
+"""Train-or-load the base model, cached by a content hash of what determines it.
+
+The key covers the model and its arguments, the data and its arguments, the
+training settings and the seed. Files hold only tensors and plain data, and are
+read with ``torch.load(weights_only=True)``: a foreign file never runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prune_core import models
+from prune_core.data import Data
+from prune_core.measure import measure
+from prune_core.train import TrainConfig, evaluate, fit
+
+CACHE_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or cache file is corrupt, foreign or unsafe."""
+
+
+def safe_load(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True`` and an error that names the file."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
+            ValueError, AttributeError, TypeError) as e:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable prune-study checkpoint (corrupt, truncated or "
+            f"holding code objects, which are never loaded): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}. Delete it to rebuild it."
+        ) from e
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file, then rename: a killed process never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """Everything that determines a base model."""
+
+    model: str
+    model_kw: dict = field(default_factory=dict)
+    data: str = "digits"
+    data_kw: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # On transfer datasets: fine-tuning from the source task to the target task.
+    transfer: TrainConfig | None = None
+
+    def key(self) -> str:
+        blob = json.dumps(
+            {
+                "format": CACHE_FORMAT,
+                "model": self.model,
+                "model_kw": self.model_kw,
+                "data": self.data,
+                "data_kw": {k: v for k, v in self.data_kw.items() if k != "download"},
+                "train": self.train.to_dict(),
+                "transfer": self.transfer.to_dict() if self.transfer else None,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class BaseModel:
+    """A trained base model as plain data: rebuilt on demand, cheap to ship to workers."""
+
+    key: str
+    model: str
+    model_kw: dict
+    num_classes: int
+    state_dict: dict[str, torch.Tensor]
+    row: dict  # test/val accuracy and the measurement columns
+    history: list[dict] = field(default_factory=list)
+
+    def build(self, device: torch.device | str = "cpu") -> nn.Module:
+        m = models.build(self.model, num_classes=self.num_classes, **self.model_kw)
+        m.load_state_dict(self.state_dict)
+        return m.to(device)
+
+    def to_payload(self) -> dict:
+        return {
+            "format": CACHE_FORMAT, "key": self.key, "model": self.model,
+            "model_kw_json": json.dumps(self.model_kw), "num_classes": self.num_classes,
+            "state_dict": self.state_dict, "row_json": json.dumps(self.row),
+            "history_json": json.dumps(self.history),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Any, source: str) -> BaseModel:
+        need = {"format", "key", "model", "model_kw_json", "num_classes", "state_dict", "row_json"}
+        if not isinstance(payload, dict) or not need <= set(payload):
+            raise CheckpointError(f"{source!r} is not a prune-study base model file")
+        if payload["format"] != CACHE_FORMAT:
+            raise CheckpointError(f"{source!r} has cache format {payload['format']}, "
+                                  f"this version reads {CACHE_FORMAT}; delete it to retrain")
+        return cls(
+            key=payload["key"], model=payload["model"],
+            model_kw=json.loads(payload["model_kw_json"]), num_classes=payload["num_classes"],
+            state_dict=payload["state_dict"], row=json.loads(payload["row_json"]),
+            history=json.loads(payload.get("history_json", "[]")),
+        )
+
+
+def cache_path(cache_dir: str | Path, spec: BaseSpec) -> Path:
+    return Path(cache_dir) / f"base-{spec.model}-{spec.data}-{spec.key()}.pt"
+
+
+def load_cached(cache_dir: str | Path, spec: BaseSpec) -> BaseModel | None:
+    path = cache_path(cache_dir, spec)
+    if not path.exists():
+        return None
+    return BaseModel.from_payload(safe_load(path), str(path))
+
+
+def train_base(spec: BaseSpec, data: Data, log=print) -> BaseModel:
+    """Train the base model (on a transfer dataset: source task, then target task)."""
+    t0 = time.perf_counter()
+    history: list[dict] = []
+    if data.source is not None:
+        model = models.build(spec.model, num_classes=data.source.num_classes, **spec.model_kw)
+        log(f"training base {spec.model} on {data.source.name} for {spec.train.epochs} epochs")
+        history += [dict(r, phase="source") for r in fit(model, data.source, spec.train)]
+        models.replace_classifier(model, data.num_classes)
+        transfer = spec.transfer or spec.train
+        log(f"fine-tuning to {data.name} for {transfer.epochs} epochs")
+        history += [dict(r, phase="transfer") for r in fit(model, data, transfer)]
+    else:
+        model = models.build(spec.model, num_classes=data.num_classes, **spec.model_kw)
+        log(f"training base {spec.model} on {data.name} for {spec.train.epochs} epochs")
+        history += [dict(r, phase="base") for r in fit(model, data, spec.train)]
+    test = evaluate(model, data, "test")
+    row = {
+        "accuracy": test["accuracy"],
+        "balanced_accuracy": test["balanced_accuracy"],
+        "val_accuracy": evaluate(model, data, "val")["accuracy"],
+        **measure(model, data.input_shape),
+        "train_seconds": time.perf_counter() - t0,
+    }
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return BaseModel(spec.key(), spec.model, dict(spec.model_kw), data.num_classes, state, row,
+                     history)
+
+
+def get_base(spec: BaseSpec, data: Data, cache_dir: str | Path, log=print) -> tuple[BaseModel, bool]:
+    """The cached base model, or a freshly trained one (then cached). Returns (base, trained)."""
+    cached = load_cached(cache_dir, spec)
+    if cached is not None:
+        log(f"base model {spec.model} loaded from cache {cache_path(cache_dir, spec)}")
+        return cached, False
+    base = train_base(spec, data, log)
+    atomic_save(base.to_payload(), cache_path(cache_dir, spec))
+    return base, True

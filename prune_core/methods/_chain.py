@@ -1,0 +1,64 @@
+"""Method chains: a trial runs stages in order, each on the previous stage's model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prune_core.methods._registry import Method, ParamError, get_method
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a chain: a stage name (used in parameter names) and its method."""
+
+    name: str
+    method: Method
+
+
+def parse_chain(methods: str | list) -> list[Stage]:
+    """``"slimming"``, ``["slimming", "quantize"]`` or ``[{"stage": "p1", "method": ...}]``.
+
+    Stage names default to the method name; a method used twice gets ``name2``.
+    """
+    if isinstance(methods, str):
+        methods = [m for m in methods.split("+") if m]
+    if not methods:
+        raise ParamError("methods must name at least one method")
+    stages: list[Stage] = []
+    seen: dict[str, int] = {}
+    for item in methods:
+        if isinstance(item, dict):
+            if set(item) - {"stage", "method"} or "method" not in item:
+                raise ParamError(f"a chain entry must be a method name or {{stage, method}}; "
+                                 f"got {item!r}")
+            method, name = get_method(item["method"]), item.get("stage") or item["method"]
+        else:
+            method = get_method(str(item))
+            seen[method.name] = seen.get(method.name, 0) + 1
+            name = method.name if seen[method.name] == 1 else f"{method.name}{seen[method.name]}"
+        if any(s.name == name for s in stages):
+            raise ParamError(f"stage name {name!r} appears twice in the chain")
+        stages.append(Stage(name, method))
+    for s in stages[:-1]:
+        if s.method.terminal:
+            raise ParamError(f"method {s.method.name!r} must be the last stage of a chain")
+    return stages
+
+
+def chain_name(stages: list[Stage]) -> str:
+    return "+".join(s.method.name for s in stages)
+
+
+def split_params(stages: list[Stage], flat: dict) -> dict[str, dict]:
+    """``{"stage.param": v}`` -> per-stage dicts resolved against each method's table."""
+    by_stage: dict[str, dict] = {s.name: {} for s in stages}
+    for key, value in flat.items():
+        stage, dot, param = key.partition(".")
+        if not dot:
+            raise ParamError(f"parameter {key!r} must be named stage.param "
+                             f"(stages: {', '.join(by_stage)})")
+        if stage not in by_stage:
+            raise ParamError(f"parameter {key!r} names unknown stage {stage!r}; "
+                             f"stages of this chain: {', '.join(by_stage)}")
+        by_stage[stage][param] = value
+    return {s.name: s.method.resolve(by_stage[s.name], s.name) for s in stages}

@@ -1,0 +1,176 @@
+"""The method interface: a declared parameter table and one function.
+
+A method is registered with ``@register_method(name, params=[Param(...)], doc=...)``
+on a function ``fn(model, params, ctx) -> model``. ``params`` holds a value for
+every declared parameter (defaults filled in, domains checked); ``ctx`` gives the
+data, the device, training settings and the ``report`` callback.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+KINDS = ("float", "int", "categorical", "bool")
+
+
+class ParamError(ValueError):
+    """A method parameter, stage or method name is invalid."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Param:
+    """One hyperparameter of a method.
+
+    ``low``/``high`` bound the valid domain (``low_open``/``high_open`` exclude the
+    end); ``search`` is the default search range a study uses when the spec names
+    the parameter without a range: ``{"low", "high", "log"}`` or ``{"choices"}``.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None
+    search: dict | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"Param.kind must be one of {KINDS}; got {self.kind!r}")
+        if self.kind == "categorical" and not self.choices:
+            raise ValueError(f"categorical Param {self.name!r} needs choices")
+
+    def domain(self) -> str:
+        """The valid domain in words, for error messages and ``prune-study methods``."""
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "categorical":
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        left = "(" if self.low_open or self.low is None else "["
+        right = ")" if self.high_open or self.high is None else "]"
+        kind = "an integer" if self.kind == "int" else "a number"
+        return f"{kind} in {left}{lo}, {hi}{right}"
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "categorical":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind == "int" and not float(value).is_integer():
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return False
+        return True
+
+    def check(self, value: Any, where: str) -> Any:
+        """Return the value coerced to the kind, or raise naming ``where`` and the domain."""
+        if not self.contains(value):
+            raise ParamError(f"{where} = {value!r} is invalid; allowed: {self.domain()}")
+        if self.kind == "int":
+            return int(value)
+        if self.kind == "float":
+            return float(value)
+        return value
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "default": self.default, "doc": self.doc,
+            "domain": self.domain(), "low": self.low, "high": self.high,
+            "choices": list(self.choices) if self.choices else None, "search": self.search,
+        }
+
+
+MethodFn = Callable[[nn.Module, dict, Any], nn.Module]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered compression method."""
+
+    name: str
+    fn: MethodFn
+    params: tuple[Param, ...]
+    doc: str
+    seed: str = ""  # which field note it comes from
+    # Re-create structural edits (not only shape changes) on a freshly built model, so a
+    # checkpoint taken after this stage can be loaded with weights_only=True.
+    restructure: Callable[[nn.Module, dict], nn.Module] | None = None
+    # True where the stage must come last (its output is no longer a trainable float model).
+    terminal: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise ParamError(
+            f"method {self.name!r} has no parameter {name!r}; "
+            f"its parameters: {', '.join(p.name for p in self.params) or '(none)'}"
+        )
+
+    def resolve(self, values: dict, stage: str | None = None) -> dict:
+        """Defaults filled in, unknown names rejected, every value checked against its domain."""
+        stage = stage or self.name
+        for k in values:
+            self.param(k)
+        return {p.name: p.check(values.get(p.name, p.default), f"{stage}.{p.name}")
+                for p in self.params}
+
+    def __call__(self, model: nn.Module, params: dict, ctx: Any) -> nn.Module:
+        return self.fn(model, params, ctx)
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(
+    name: str,
+    *,
+    params: Sequence[Param] = (),
+    doc: str = "",
+    seed: str = "",
+    restructure: Callable[[nn.Module, dict], nn.Module] | None = None,
+    terminal: bool = False,
+) -> Callable[[MethodFn], MethodFn]:
+    """Register ``fn(model, params, ctx) -> model`` as a compression method."""
+
+    def deco(fn: MethodFn) -> MethodFn:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        _METHODS[name] = Method(
+            name=name, fn=fn, params=tuple(params),
+            doc=doc or (fn.__doc__ or "").strip().splitlines()[0], seed=seed,
+            restructure=restructure, terminal=terminal,
+        )
+        return fn
+
+    return deco
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Registered method names matching a shell-style wildcard."""
+    return sorted(n for n in _METHODS if fnmatch.fnmatch(n, pattern))
+
+
+def get_method(name: str) -> Method:
+    """The registered method, or an error listing the valid names."""
+    if name not in _METHODS:
+        raise ParamError(f"unknown method {name!r}; valid methods: {', '.join(list_methods())}")
+    return _METHODS[name]

@@ -1,0 +1,206 @@
+"""Physical removal of channels through torch-pruning's dependency graph, and masks.
+
+``remove_channels`` takes a plan ``{conv_name: [channel indices]}`` and removes
+those output channels together with everything that depends on them: the
+BatchNorm after the conv, the input channels of the next conv or linear layer,
+and in residual networks every layer coupled through the skip connections.
+``mask_channels`` zeroes the same channels without changing shapes; both give
+the same outputs, which the tests pin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from prune_core.train import Hooks
+
+
+class SurgeryError(ValueError):
+    """A removal plan cannot be carried out."""
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return torch.zeros((1, *input_shape), device=device)
+
+
+def _groups(model: nn.Module, plan: dict[str, Iterable[int]], input_shape: tuple[int, ...]):
+    modules = dict(model.named_modules())
+    was_training = model.training
+    model.eval()
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=example_input(model, input_shape)
+    )
+    model.train(was_training)
+    groups, owner = [], {}
+    for name, idxs in plan.items():
+        conv = modules.get(name)
+        if not isinstance(conv, nn.Conv2d):
+            raise SurgeryError(f"plan names {name!r}, which is not a conv layer of the model")
+        idxs = sorted({int(i) for i in idxs})
+        if not idxs:
+            continue
+        if idxs[0] < 0 or idxs[-1] >= conv.out_channels:
+            raise SurgeryError(
+                f"channel indices for {name!r} must be in [0, {conv.out_channels}); got {idxs}"
+            )
+        if len(idxs) >= conv.out_channels:
+            raise SurgeryError(f"plan removes all {conv.out_channels} channels of {name!r}")
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs)
+        for dep, _ in group:
+            m = dep.target.module
+            if id(m) in owner and owner[id(m)] != name and _is_out(graph, dep):
+                raise SurgeryError(
+                    f"{name!r} and {owner[id(m)]!r} are coupled (residual); plan one of them"
+                )
+            if _is_out(graph, dep):
+                owner[id(m)] = name
+        groups.append(group)
+    return graph, groups
+
+
+def _is_out(graph, dep) -> bool:
+    return graph.is_out_channel_pruning_fn(dep.handler)
+
+
+def remove_channels(
+    model: nn.Module, plan: dict[str, Iterable[int]], input_shape: tuple[int, ...]
+) -> nn.Module:
+    """Remove the planned output channels in place; returns the model."""
+    graph, groups = _groups(model, plan, input_shape)
+    for group in groups:
+        if not graph.check_pruning_group(group):
+            raise SurgeryError("torch-pruning refused a group: it would remove every channel")
+        group.prune()
+    return model
+
+
+def mask_channels(
+    model: nn.Module, plan: dict[str, Iterable[int]], input_shape: tuple[int, ...]
+) -> nn.Module:
+    """Zero the planned channels (and their coupled channels) so they emit exactly zero."""
+    graph, groups = _groups(model, plan, input_shape)
+    for group in groups:
+        for dep, idxs in group:
+            if not _is_out(graph, dep):
+                continue
+            m = dep.target.module
+            idx = torch.as_tensor(list(idxs), dtype=torch.long)
+            _zero_out_channels(m, idx)
+    return model
+
+
+@torch.no_grad()
+def _zero_out_channels(m: nn.Module, idx: torch.Tensor) -> None:
+    if isinstance(m, nn.Conv2d | nn.Linear):
+        m.weight[idx] = 0
+        if m.bias is not None:
+            m.bias[idx] = 0
+    elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+        m.weight[idx] = 0
+        m.bias[idx] = 0
+
+
+def conv_followers(model: nn.Module) -> dict[str, tuple[str, str | None]]:
+    """For plain sequential CNNs: conv name -> (its BatchNorm, the next conv or linear).
+
+    Built from module registration order, which is forward order for the registry's
+    VGG and C3 models; returns only convs whose successor is unambiguous.
+    """
+    layers = [(n, m) for n, m in model.named_modules()
+              if isinstance(m, nn.Conv2d | nn.Linear | nn.BatchNorm2d)]
+    out: dict[str, tuple[str, str | None]] = {}
+    for i, (name, m) in enumerate(layers):
+        if not isinstance(m, nn.Conv2d):
+            continue
+        bn = None
+        nxt = None
+        for n2, m2 in layers[i + 1:]:
+            if isinstance(m2, nn.BatchNorm2d) and bn is None and nxt is None:
+                bn = n2
+            elif isinstance(m2, nn.Conv2d | nn.Linear):
+                nxt = n2
+                break
+        out[name] = (bn, nxt)
+    return out
+
+
+@torch.no_grad()
+def load_resized(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Load a state dict whose conv / linear / BN shapes may be smaller (pruned) than the
+    model's, resizing those layers first. Structural edits beyond shapes must be made
+    before (see ``Method.restructure``)."""
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if not isinstance(m, nn.Conv2d | nn.Linear | nn.BatchNorm2d | nn.BatchNorm1d):
+            continue
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            t = state_dict.get(prefix + attr)
+            cur = getattr(m, attr, None)
+            if t is None or cur is None or cur.shape == t.shape:
+                continue
+            new = torch.empty(t.shape, dtype=cur.dtype, device=cur.device)
+            if isinstance(cur, nn.Parameter):
+                setattr(m, attr, nn.Parameter(new, requires_grad=cur.requires_grad))
+            else:
+                setattr(m, attr, new)
+        w = state_dict.get(prefix + "weight")
+        if w is None:
+            continue
+        if isinstance(m, nn.Conv2d):
+            m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = w.shape
+        else:
+            m.num_features = w.shape[0]
+    model.load_state_dict(state_dict)
+    return model
+
+
+class Masks:
+    """Fixed binary masks on weights, held through training.
+
+    After each backward pass the masked gradients are zeroed (so momentum never
+    accumulates there) and after each step the weights are masked again (so weight
+    decay and stale momentum cannot move them).
+    """
+
+    def __init__(self, masks: dict[str, torch.Tensor]):
+        self.masks = masks
+
+    @classmethod
+    def from_zeros(cls, model: nn.Module, names: Iterable[str] | None = None) -> Masks:
+        mods = dict(model.named_modules())
+        names = names or [n for n, m in mods.items() if isinstance(m, nn.Conv2d | nn.Linear)]
+        return cls({n: (mods[n].weight != 0).to(mods[n].weight.dtype) for n in names})
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> None:
+        mods = dict(model.named_modules())
+        for n, mask in self.masks.items():
+            mods[n].weight.mul_(mask.to(mods[n].weight.device))
+
+    @torch.no_grad()
+    def zero_grads(self, model: nn.Module) -> None:
+        mods = dict(model.named_modules())
+        for n, mask in self.masks.items():
+            g = mods[n].weight.grad
+            if g is not None:
+                g.mul_(mask.to(g.device))
+
+    def reload(self, model: nn.Module) -> None:
+        """Re-derive the masks from the zeros of restored weights (after a resume)."""
+        mods = dict(model.named_modules())
+        self.masks = {n: (mods[n].weight != 0).to(mods[n].weight.dtype) for n in self.masks}
+
+    def hooks(self) -> Hooks:
+        return Hooks(after_backward=[self.zero_grads], after_step=[self.apply],
+                     on_load=[self.reload])
+
+    def sparsity(self) -> dict[str, float]:
+        """Share of masked-out weights per layer."""
+        return {n: 1.0 - float(m.mean()) for n, m in self.masks.items()}

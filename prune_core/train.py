@@ -1,0 +1,245 @@
+"""Training, fine-tuning and evaluation loops.
+
+``fit`` takes hooks so methods can change the gradient (slimming's L1 term,
+RePr's frozen filters) or re-apply masks after each optimizer step, without
+copying the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prune_core.data import Data
+from prune_core.models import classifier_name
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run; every field is plain data so it can be hashed."""
+
+    epochs: int = 30
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of the epochs, for "step"
+    gamma: float = 0.1
+    classifier_lr: float | None = None  # a separate rate for the last linear layer
+    label_smoothing: float = 0.0
+    patience: int | None = None  # early stopping on validation accuracy
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 0, "an integer >= 0"),
+            ("lr", self.lr > 0, "> 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("classifier_lr", self.classifier_lr is None or self.classifier_lr > 0, "> 0"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
+            ("patience", self.patience is None or self.patience >= 1, ">= 1"),
+        ]
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} = {getattr(self, name)!r} is invalid; allowed: {allowed}")
+
+    def with_(self, **kw) -> TrainConfig:
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> TrainConfig:
+        d = dict(d or {})
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"unknown training setting(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(cls.__dataclass_fields__)}"
+            )
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+
+@dataclass
+class Hooks:
+    """Callbacks inside the training loop.
+
+    after_backward(model): change gradients before the step (L1 terms, frozen filters).
+    after_step(model): restore invariants after the step (masks held at zero).
+    """
+
+    after_backward: list[Callable[[nn.Module], None]] = field(default_factory=list)
+    after_step: list[Callable[[nn.Module], None]] = field(default_factory=list)
+    # After weights are restored from a checkpoint: rebuild state derived from them (masks).
+    on_load: list[Callable[[nn.Module], None]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; the classifier gets its own rate when ``classifier_lr`` is set."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.classifier_lr is None:
+        groups = [{"params": params, "lr": cfg.lr}]
+    else:
+        head = model.get_submodule(classifier_name(model))
+        head_ids = {id(p) for p in head.parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr},
+            {"params": [p for p in params if id(p) in head_ids], "lr": cfg.classifier_lr},
+        ]
+    for g in groups:
+        g["initial_lr"] = g["lr"]  # kept in the optimizer's state, so a resumed run reschedules
+    return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / max(1, cfg.epochs)))
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(epoch >= m * cfg.epochs for m in cfg.milestones)
+    return 1.0
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, split: str = "test", batch_size: int = 512) -> dict:
+    """Accuracy, balanced accuracy (mean per-class recall) and mean loss on a split."""
+    model.eval()
+    device = data.device
+    correct = torch.zeros(data.num_classes, device=device)
+    total = torch.zeros(data.num_classes, device=device)
+    loss_sum = 0.0
+    for x, y in data.batches(split, batch_size, shuffle=False, augment=False):
+        with _autocast(device):
+            out = model(x)
+        out = out.float()
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        hit = (out.argmax(1) == y).float()
+        total.index_add_(0, y, torch.ones_like(hit))
+        correct.index_add_(0, y, hit)
+    n = float(total.sum())
+    present = total > 0
+    return {
+        "accuracy": float(correct.sum()) / n,
+        "balanced_accuracy": float((correct[present] / total[present]).mean()),
+        "loss": loss_sum / n,
+    }
+
+
+def fit(
+    model: nn.Module,
+    data: Data,
+    cfg: TrainConfig,
+    *,
+    hooks: Hooks | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    start_epoch: int = 0,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_epoch_state: Callable[[int, torch.optim.Optimizer], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` in place for ``cfg.epochs`` epochs and return the per-epoch history.
+
+    ``on_epoch_state(epochs_done, optimizer)`` lets the caller checkpoint after each
+    epoch; ``start_epoch`` and ``optimizer`` resume from such a checkpoint.
+    With ``patience`` set, training stops when validation accuracy has not improved
+    for that many epochs, and the best weights are restored.
+    """
+    hooks = hooks or Hooks()
+    device = data.device
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    gen = seed_everything(cfg.seed + start_epoch)
+    opt = optimizer or make_optimizer(model, cfg)
+    base_lrs = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
+    history: list[dict] = []
+    best_acc, best_state, stale = -1.0, None, 0
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        factor = _lr_factor(cfg, epoch)
+        for g, lr in zip(opt.param_groups, base_lrs, strict=True):
+            g["lr"] = lr * factor
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        hits = torch.zeros((), device=device)
+        seen = 0
+        for x, y in data.batches("train", cfg.batch_size, generator=gen):
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                out = model(x)
+                loss = F.cross_entropy(out.float(), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for h in hooks.after_backward:
+                h(model)
+            opt.step()
+            for h in hooks.after_step:
+                h(model)
+            loss_sum += loss.detach() * len(y)
+            hits += (out.argmax(1) == y).sum()
+            seen += len(y)
+        train_loss = float(loss_sum) / max(1, seen)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch + 1}")
+        val = evaluate(model, data, "val")
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_accuracy": float(hits) / max(1, seen),
+            "val_accuracy": val["accuracy"],
+            "val_loss": val["loss"],
+            "lr": opt.param_groups[0]["lr"],
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if on_epoch_state is not None:
+            on_epoch_state(epoch + 1, opt)
+        if cfg.patience is not None:
+            if val["accuracy"] > best_acc:
+                best_acc, stale = val["accuracy"], 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
