@@ -1,5 +1,8 @@
 """Compression methods, registered by name. Importing this package registers them all."""
 
+import importlib
+import pkgutil
+
 from prune_core.methods._chain import Stage, chain_name, parse_chain, split_params
 from prune_core.methods._context import Context
 from prune_core.methods._registry import (
@@ -11,8 +14,10 @@ from prune_core.methods._registry import (
     register_method,
 )
 
-# Each module registers its method on import.
-from prune_core.methods import none  # noqa: E402,F401  isort: skip
+# Every public module of this package registers its method on import.
+for _mod in pkgutil.iter_modules(__path__):
+    if not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = [
     "Context",

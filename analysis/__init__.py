@@ -1,0 +1,1 @@
+"""After the trials: results, Pareto fronts, figures and reports, as pure functions on files."""

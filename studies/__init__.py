@@ -1,0 +1,1 @@
+"""Searching: study specs, search spaces, Ray Tune and Optuna wiring, the command line."""

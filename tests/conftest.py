@@ -1,0 +1,50 @@
+"""Shared fixtures: the digits data and small trained base models, cached across runs.
+
+Base models are cached in `.test-cache/` (ignored by git) by the same content hash
+users get, so a second local run skips their training; CI trains them once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from prune_core import data as datasets
+from prune_core.baseline import BaseSpec, get_base
+from prune_core.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_CACHE = ROOT / ".test-cache"
+
+# Two cores on CI: keep each test process at the machine's width, never oversubscribed.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The base model most method tests start from: VGG-11 at width 0.25 on digits.
+BASE_VGG = BaseSpec(model="vgg11", model_kw={"width": 0.25}, data="digits",
+                    train=TrainConfig(epochs=12, lr=0.05, seed=0))
+
+
+@pytest.fixture(scope="session")
+def digits() -> datasets.Data:
+    return datasets.load("digits")
+
+
+@pytest.fixture(scope="session")
+def digits_split() -> datasets.Data:
+    return datasets.load("digits-split")
+
+
+@pytest.fixture(scope="session")
+def base_vgg(digits):
+    """A trained VGG-11 (width 0.25) on digits, about 98 % test accuracy."""
+    base, _ = get_base(BASE_VGG, digits, TEST_CACHE, log=lambda _m: None)
+    return base
+
+
+@pytest.fixture(scope="session")
+def test_cache() -> Path:
+    TEST_CACHE.mkdir(exist_ok=True)
+    return TEST_CACHE
