@@ -40,8 +40,14 @@ def deployable(model: nn.Module) -> nn.Module:
     model = copy.deepcopy(model)
     for m in model.modules():
         if parametrize.is_parametrized(m):
-            for name in list(m.parametrizations.keys()):
-                parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+            with torch.enable_grad():  # some maps (orthogonal) fail to evaluate under no_grad
+                values = {n: getattr(m, n).detach().clone() for n in m.parametrizations}
+            # Not remove_parametrizations: it deletes the property from the parametrized class,
+            # which the original model shares with this copy.
+            m.__class__ = m.__class__.__bases__[0]
+            del m._modules["parametrizations"]
+            for n, v in values.items():
+                m.register_parameter(n, nn.Parameter(v))
     return model
 
 
