@@ -1,0 +1,264 @@
+"""A study directory (docs/study-directory.md) as tidy DataFrames.
+
+Reads only the files ``prune-study run`` writes, so it works on a finished study, on one
+still running (trial files are replaced atomically; a half-appended last history line is
+ignored) and on a copy of the directory on a machine without torch or Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import pareto
+
+STATUSES = ("ok", "failed", "running", "pending", "stopped")
+# Columns every trial table has, in this order, before the parameters and measurements.
+ID_COLUMNS = ["study", "trial_id", "number", "status", "method"]
+# Trial-file keys kept as columns besides params and row.
+META_COLUMNS = ["progress", "error", "hostname", "node_id", "started", "ended"]
+
+
+class StudyDirError(ValueError):
+    """A path that is not a readable study directory, or a file in it that is malformed."""
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """What a study is (study.json) and its base model's measurement row (base.json)."""
+
+    path: Path
+    name: str
+    objectives: dict[str, str]
+    sampler: str | None = None
+    sampler_seed: int | None = None
+    trials: int | None = None
+    methods: str | list | None = None
+    space: dict = field(default_factory=dict)
+    created: str | None = None
+    environment: dict = field(default_factory=dict)
+    base: dict = field(default_factory=dict)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StudyDirError(f"{path} is not valid JSON ({e}); expected {what}") from e
+    if not isinstance(doc, dict):
+        raise StudyDirError(f"{path} holds a {type(doc).__name__}; expected {what} (an object)")
+    return doc
+
+
+def _study_path(study_dir: str | Path) -> Path:
+    path = Path(study_dir)
+    if not path.is_dir():
+        raise StudyDirError(f"study directory {str(path)!r} does not exist or is not a "
+                            "directory; give the <storage>/<name> directory of a study")
+    if not (path / "study.json").is_file():
+        raise StudyDirError(f"no study.json in {str(path)!r}: is this a directory written by "
+                            "prune-study run? (expected study.json, base.json, trials/, "
+                            "history.jsonl)")
+    return path
+
+
+def study_info(study_dir: str | Path) -> StudyInfo:
+    """study.json and base.json of a study directory."""
+    path = _study_path(study_dir)
+    doc = _read_json(path / "study.json", "the study description")
+    objectives = doc.get("objectives")
+    if not isinstance(objectives, dict) or not objectives:
+        raise StudyDirError(f"{path / 'study.json'}: 'objectives' is {objectives!r}; expected "
+                            "a mapping such as {'accuracy': 'max', 'macs': 'min'}")
+    try:
+        pareto.maximise_flags(objectives)
+    except pareto.ObjectiveError as e:
+        raise StudyDirError(f"{path / 'study.json'}: {e}") from e
+    base_file = path / "base.json"
+    base = _read_json(base_file, "the base model's row") if base_file.is_file() else {}
+    return StudyInfo(
+        path=path, name=str(doc.get("name") or path.name), objectives=dict(objectives),
+        sampler=doc.get("sampler"), sampler_seed=doc.get("sampler_seed"),
+        trials=doc.get("trials"), methods=doc.get("methods"), space=doc.get("space") or {},
+        created=doc.get("created"), environment=doc.get("environment") or {}, base=base,
+    )
+
+
+def _chain(value) -> str | None:
+    if isinstance(value, list | tuple):
+        return "+".join(str(v) for v in value)
+    return None if value is None else str(value)
+
+
+def _progress(last: dict | None) -> str | None:
+    if not last:
+        return None
+    parts = [str(last[k]) for k in ("stage", "phase") if last.get(k)]
+    if last.get("epoch") is not None:
+        parts.append(f"epoch {last['epoch']}")
+    return " ".join(parts) or None
+
+
+def _trial_record(doc: dict, info: StudyInfo, file: Path) -> tuple[dict, list[str]]:
+    for key in ("trial_id", "status"):
+        if key not in doc:
+            raise StudyDirError(f"{file} has no {key!r}; expected a trial file with trial_id, "
+                                "number, status, params, row")
+    params = doc.get("params") or {}
+    row = (doc.get("row") or {}) if doc["status"] == "ok" else {}
+    study_chain = info.methods if isinstance(info.methods, str) else None
+    rec = {
+        "study": info.name, "trial_id": str(doc["trial_id"]), "number": doc.get("number"),
+        # The trial file's status is the truth; the row's own "status" is always "ok".
+        "status": doc["status"],
+        "method": _chain(row.get("method") or params.get("pipeline") or study_chain),
+    }
+    names = [k for k in params if k != "pipeline"]
+    rec.update({k: v for k, v in params.items() if k != "pipeline"})
+    rec.update({k: v for k, v in row.items() if k not in ("status", "method")})
+    rec.update({"progress": _progress(doc.get("last")), "error": doc.get("error"),
+                "hostname": doc.get("hostname"), "node_id": doc.get("node_id"),
+                "started": doc.get("started"), "ended": doc.get("ended")})
+    return rec, names
+
+
+def _trial_files(path: Path) -> list[Path]:
+    folder = path / "trials"
+    if not folder.is_dir():
+        return []
+    # Hidden names are temporary files of an atomic write in progress.
+    return sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
+
+
+def load(study_dir: str | Path) -> pd.DataFrame:
+    """One row per trial: ids, status, method, every parameter and measurement, on_front.
+
+    Rows are in trial-number order. Trials that did not finish have NaN measurements and
+    ``on_front`` False. ``df.attrs`` holds ``params`` (the searched parameter columns),
+    ``objectives`` and ``study``.
+    """
+    info = study_info(study_dir)
+    records, params = [], []
+    for file in _trial_files(info.path):
+        rec, names = _trial_record(_read_json(file, "a trial"), info, file)
+        records.append(rec)
+        params += [n for n in names if n not in params]
+    df = pd.DataFrame.from_records(records)
+    for col in ID_COLUMNS + META_COLUMNS:
+        if col not in df:
+            df[col] = pd.Series(dtype=object)
+    if len(df):
+        df = df.sort_values(["number", "trial_id"], na_position="last", kind="stable")
+    df = df.reset_index(drop=True)
+    df["on_front"] = front_mask(df, info.objectives)
+    rest = [c for c in df.columns
+            if c not in ID_COLUMNS + params + META_COLUMNS + ["on_front"]]
+    df = df[ID_COLUMNS + params + rest + ["on_front"] + META_COLUMNS]
+    df.attrs.update({"params": params, "objectives": dict(info.objectives),
+                     "study": info.name})
+    return df
+
+
+def objective_values(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
+    """The objectives of every row as floats; NaN where missing or the trial is not ok."""
+    out = np.full((len(df), len(objectives)), np.nan)
+    ok = (df["status"] == "ok").to_numpy() if len(df) else np.zeros(0, dtype=bool)
+    for j, name in enumerate(objectives):
+        if name in df:
+            out[:, j] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+    out[~ok] = np.nan
+    return out
+
+
+def front_mask(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
+    """True for the finished (status ok) trials on the Pareto front of ``objectives``."""
+    return pareto.nondominated(objective_values(df, objectives),
+                               pareto.maximise_flags(objectives))
+
+
+def study_reference(info: StudyInfo, df: pd.DataFrame) -> pareto.Reference:
+    """The default hypervolume reference of a study: from base.json, else from the trials."""
+    return pareto.reference(info.objectives, info.base, objective_values(df, info.objectives))
+
+
+def history(study_dir: str | Path) -> pd.DataFrame:
+    """Per-epoch reports of every trial, one row per (trial_id, step), the last report winning.
+
+    A trial resumed from a checkpoint repeats steps; its later lines replace the earlier
+    ones. An unterminated last line (being appended right now) is ignored.
+    """
+    path = _study_path(study_dir)
+    file = path / "history.jsonl"
+    cols = ["trial_id", "step", "stage", "phase", "epoch"]
+    if not file.is_file():
+        return pd.DataFrame(columns=cols)
+    text = file.read_text()
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # no newline yet: a line being written
+                continue
+            raise StudyDirError(f"{file} line {i} is not valid JSON ({e}); expected one "
+                                "epoch report per line") from e
+        if not isinstance(doc, dict) or "trial_id" not in doc or "step" not in doc:
+            raise StudyDirError(f"{file} line {i} lacks trial_id or step; expected one epoch "
+                                "report object per line")
+        rows.append(doc)
+    df = pd.DataFrame.from_records(rows)
+    for col in cols:
+        if col not in df:
+            df[col] = pd.Series(dtype=object)
+    if not len(df):
+        return df[cols + [c for c in df.columns if c not in cols]]
+    df["trial_id"] = df["trial_id"].astype(str)
+    df = df.drop_duplicates(["trial_id", "step"], keep="last")
+    df = df.sort_values(["trial_id", "step"], kind="stable").reset_index(drop=True)
+    return df[cols + [c for c in df.columns if c not in cols]]
+
+
+def summary(study_dir: str | Path) -> dict:
+    """Counts, front size, hypervolume and knee of a study, as plain JSON-ready values.
+
+    ``finished`` counts trials with a result (status ok); ``running`` counts running
+    trials; ``pending``, ``failed`` and ``stopped`` the others. ``hypervolume`` uses the
+    default reference (:func:`analysis.pareto.reference`), 0.0 with no finished trial.
+    """
+    info = study_info(study_dir)
+    df = load(info.path)
+    counts = df["status"].value_counts()
+    values = objective_values(df, info.objectives)
+    ref = pareto.reference(info.objectives, info.base, values)
+    k = pareto.knee(values, ref.maximise)
+    knee = None
+    if k is not None:
+        knee = {"trial_id": df["trial_id"].iloc[k], "number": _plain(df["number"].iloc[k]),
+                "method": df["method"].iloc[k],
+                **{name: float(values[k, j]) for j, name in enumerate(info.objectives)}}
+    return {
+        "study": info.name,
+        "path": str(info.path),
+        "requested": info.trials,
+        "trials": int(len(df)),
+        **{("finished" if s == "ok" else s): int(counts.get(s, 0)) for s in STATUSES},
+        "front_size": int(df["on_front"].sum()),
+        "hypervolume": pareto.hypervolume(values, ref),
+        "objectives": dict(info.objectives),
+        "reference": ref.to_dict(),
+        "knee": knee,
+    }
+
+
+def _plain(v):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v.item() if hasattr(v, "item") else v

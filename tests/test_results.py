@@ -1,0 +1,136 @@
+"""Reading study directories: trials, history, summary, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from study_factory import METHODS, base_row, make_study
+
+from analysis import pareto, results
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return make_study(tmp_path_factory.mktemp("s"), "mixed", methods=METHODS, ok=20, failed=2,
+                      running=2, pending=1, seed=3)
+
+
+def test_load_has_one_row_per_trial_with_params_and_measurements(study):
+    df = results.load(study)
+    assert len(df) == 25 == len(list((study / "trials").glob("*.json")))
+    assert df["number"].tolist() == list(range(25))
+    assert df["status"].value_counts().to_dict() == {"ok": 20, "failed": 2, "running": 2,
+                                                     "pending": 1}
+    assert set(df.attrs["params"]) == set(json.loads((study / "study.json").read_text())["space"])
+    for col in ("trial_id", "method", "accuracy", "macs", "params", "size_bytes", "channels",
+                "slimming.lambda", "repr.plain_accuracy", "on_front", "error"):
+        assert col in df, col
+    ok = df[df["status"] == "ok"]
+    assert ok["accuracy"].notna().all() and ok["method"].isin(METHODS).all()
+    failed = df[df["status"] == "failed"]
+    assert failed["accuracy"].isna().all() and failed["error"].str.contains("memory").all()
+    # Chosen-chain studies name the method of every trial that sampled one.
+    assert df.loc[df["status"] == "running", "method"].notna().all()
+    assert df.loc[df["status"] == "running", "progress"].str.contains("epoch").all()
+
+
+def test_on_front_is_the_non_dominated_set_of_finished_trials(study):
+    df = results.load(study)
+    objectives = df.attrs["objectives"]
+    assert not df.loc[df["status"] != "ok", "on_front"].any()
+    ok = df[df["status"] == "ok"]
+    signed = np.column_stack([(-1 if d == "max" else 1) * ok[c].to_numpy(float)
+                              for c, d in objectives.items()])
+
+    def dominated(i):
+        return any((signed[j] <= signed[i]).all() and (signed[j] < signed[i]).any()
+                   for j in range(len(signed)))
+
+    expected = [not dominated(i) for i in range(len(signed))]
+    assert ok["on_front"].tolist() == expected
+    assert 1 <= sum(expected) < len(expected)
+
+
+def test_history_keeps_the_last_report_of_each_step(study):
+    h = results.history(study)
+    first = h[h["trial_id"] == results.load(study)["trial_id"].iloc[0]]
+    assert first["step"].tolist() == sorted(set(first["step"]))  # one row per step
+    assert (first["val_accuracy"] > 0).all()  # the stale -1.0 lines lost to the later ones
+    assert not h.duplicated(["trial_id", "step"]).any()
+    assert {"sparsity", "alpha", "phase", "epoch"} <= set(h.columns)
+
+
+def test_history_ignores_a_line_being_written_and_names_a_broken_one(tmp_path):
+    path = make_study(tmp_path, "h", ok=2, failed=0, running=0)
+    n = len(results.history(path))
+    with open(path / "history.jsonl", "a") as f:
+        f.write('{"trial_id": "x", "st')
+    assert len(results.history(path)) == n
+    with open(path / "history.jsonl", "a") as f:
+        f.write('\n{"trial_id": "x", "step": 2}\n')  # the partial line stays broken
+    with pytest.raises(results.StudyDirError, match=r"history.jsonl line \d+ is not valid JSON"):
+        results.history(path)
+
+
+def test_summary_counts_front_and_hypervolume(study):
+    s = results.summary(study)
+    json.dumps(s)  # plain values only: prune-study status --json prints it
+    counts = (s["trials"], s["finished"], s["running"], s["failed"], s["pending"])
+    assert counts == (25, 20, 2, 2, 1)
+    df = results.load(study)
+    assert s["front_size"] == int(df["on_front"].sum())
+    ref = pareto.reference(s["objectives"], base_row())
+    values = df.loc[df["status"] == "ok", list(s["objectives"])].to_numpy(float)
+    assert s["hypervolume"] == pytest.approx(pareto.hypervolume(values, ref))
+    assert 0.1 < s["hypervolume"] < 1.2  # better than the base alone (0.01), below ideal
+    knee = df[df["trial_id"] == s["knee"]["trial_id"]]
+    assert knee["on_front"].item() and knee["status"].item() == "ok"
+
+
+def test_objective_missing_from_rows_gives_an_empty_front(tmp_path):
+    path = make_study(tmp_path, "lat", ok=3, failed=0, running=0,
+                      objectives={"accuracy": "max", "latency_ms": "min"})
+    s = results.summary(path)
+    assert s["finished"] == 3 and s["front_size"] == 0 and s["hypervolume"] == 0.0
+    assert s["knee"] is None
+
+
+def test_missing_and_empty_directories_are_clear_errors(tmp_path):
+    with pytest.raises(results.StudyDirError, match="does not exist"):
+        results.load(tmp_path / "nope")
+    with pytest.raises(ValueError, match=r"no study.json in .*prune-study run"):
+        results.summary(tmp_path)
+    with pytest.raises(results.StudyDirError, match="no study.json"):
+        results.history(tmp_path)
+
+
+def test_study_without_trials_yet(tmp_path):
+    path = make_study(tmp_path, "new", ok=0, failed=0, running=0)
+    df = results.load(path)
+    assert len(df) == 0 and {"trial_id", "status", "on_front"} <= set(df.columns)
+    s = results.summary(path)
+    assert (s["trials"], s["front_size"], s["hypervolume"]) == (0, 0, 0.0)
+
+
+def test_malformed_files_are_named(tmp_path):
+    path = make_study(tmp_path, "bad", ok=2, failed=0, running=0)
+    trial = next((path / "trials").glob("*.json"))
+    trial.write_text("[1, 2]")
+    with pytest.raises(results.StudyDirError, match=f"{trial.name} holds a list"):
+        results.load(path)
+    trial.write_text('{"number": 0}')
+    with pytest.raises(results.StudyDirError, match="has no 'trial_id'"):
+        results.load(path)
+    doc = json.loads((path / "study.json").read_text())
+    (path / "study.json").write_text(json.dumps({**doc, "objectives": {"accuracy": "up"}}))
+    with pytest.raises(results.StudyDirError, match="'up'.*max, min"):
+        results.study_info(path)
+
+
+def test_study_info_reads_study_and_base(study):
+    info = results.study_info(study)
+    assert info.name == "mixed" and info.sampler == "tpe"
+    assert info.objectives == {"accuracy": "max", "macs": "min", "params": "min"}
+    assert info.base["macs"] == 9_880_832 and info.base["params"] == 579_098
