@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from study_factory import METHODS, base_row, make_study
 
 from analysis import pareto, results
+from tests.study_factory import METHODS, base_row, make_study
 
 
 @pytest.fixture(scope="module")
