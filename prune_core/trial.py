@@ -94,12 +94,12 @@ def load_data(spec: TrialSpec) -> datasets.Data:
 
 def resolve_chain(spec: TrialSpec, params: dict):
     """The trial's stages and per-stage parameter values (fixed values, then sampled)."""
-    values = {**spec.fixed, **params}
-    stages = parse_chain(values.pop("pipeline", spec.methods))
+    params = dict(params)
+    stages = parse_chain(params.pop("pipeline", spec.methods))
     names = {s.name for s in stages}
-    # A study choosing between chains samples only the chosen chain's parameters; fixed
-    # values of the other chains are dropped here.
-    values = {k: v for k, v in values.items() if k.partition(".")[0] in names}
+    # A study choosing between chains fixes values for every chain; keep this chain's.
+    fixed = {k: v for k, v in spec.fixed.items() if k.partition(".")[0] in names}
+    values = {**fixed, **params}
     return stages, split_params(stages, values)
 
 
@@ -182,7 +182,7 @@ def run_trial(
         log(f"stage {stage.name}: {values[stage.name]}")
         model = stage.method(model, values[stage.name], ctx)
         if not stage.method.terminal and i < len(stages) - 1:
-            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             emit({"checkpoint": True, "step": step},
                  {"stage": i, "step": step, "inner": None, "state_dict": state,
                   "results": dict(results)})

@@ -109,7 +109,7 @@ class Context:
                 return
             self.save({
                 "fit_call": call, "epoch": epoch,
-                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "optimizer": copy.deepcopy(opt.state_dict()),
                 "results": dict(self.results),
             })

@@ -1,0 +1,120 @@
+"""Physical channel removal agrees with masking; masks hold through training."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prune_core import models
+from prune_core.surgery import (
+    Masks,
+    SurgeryError,
+    conv_followers,
+    load_resized,
+    mask_channels,
+    remove_channels,
+)
+from prune_core.train import Hooks
+
+SHAPE = (3, 32, 32)
+
+
+def _randomise_bn(model):
+    """Non-trivial BN statistics so a wrong channel mapping shows in the output."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 2 - 1)
+    return model.eval()
+
+
+PLANS = {
+    "vgg11": {"features.conv1": [0, 3, 5], "features.conv4": [1, 2, 10, 11]},
+    "resnet20": {"layer1.0.conv1": [1, 2], "layer2.1.conv1": [0, 4, 7], "conv1": [3]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_removed_channels_match_masked_model(name):
+    model = _randomise_bn(models.build(name, width=0.5))
+    x = torch.randn(4, *SHAPE)
+    masked = mask_channels(copy.deepcopy(model), PLANS[name], SHAPE)
+    removed = remove_channels(copy.deepcopy(model), PLANS[name], SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(masked(x), removed(x), atol=1e-5)
+        assert not torch.allclose(model(x), removed(x), atol=1e-3), "the plan must change the output"
+    before = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in removed.parameters()) < before
+    convs = dict(removed.named_modules())
+    for layer, idxs in PLANS[name].items():
+        orig = dict(model.named_modules())[layer]
+        assert convs[layer].out_channels == orig.out_channels - len(idxs)
+
+
+def test_coupled_residual_layers_are_removed_together():
+    model = models.build("resnet20", width=0.5)
+    # conv1 feeds the residual stream of stage 1: every block's conv2 loses the channel too
+    remove_channels(model, {"conv1": [0, 1]}, SHAPE)
+    assert model.layer1[0].conv2.out_channels == model.conv1.out_channels == 6
+    assert model(torch.randn(1, *SHAPE)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("plan, message", [
+    ({"features.bn0": [0]}, "not a conv layer"),
+    ({"features.conv0": [99]}, r"must be in \[0, 16\)"),
+    ({"features.conv0": list(range(16))}, "removes all 16 channels"),
+])
+def test_bad_plans_are_rejected_before_any_change(plan, message):
+    model = models.build("vgg11", width=0.25)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(SurgeryError, match=message):
+        remove_channels(model, plan, SHAPE)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_masks_stay_zero_through_momentum_and_weight_decay(digits):
+    model = models.build("vgg11", width=0.25)
+    with torch.no_grad():
+        for conv in (model.features.conv2, model.classifier):
+            conv.weight[torch.rand_like(conv.weight) < 0.5] = 0
+    masks = Masks.from_zeros(model, ["features.conv2", "classifier"])
+    zero = {n: model.get_submodule(n).weight == 0 for n in masks.masks}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-3)
+    hooks: Hooks = masks.hooks()
+    model.train()
+    for step, (x, y) in enumerate(digits.batches("train", 64)):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        for h in hooks.after_backward:
+            h(model)
+        opt.step()
+        for h in hooks.after_step:
+            h(model)
+        if step == 5:
+            break
+    for n, z in zero.items():
+        w = model.get_submodule(n).weight
+        assert torch.count_nonzero(w[z]) == 0
+        assert torch.count_nonzero(w[~z]) == int((~z).sum()), "unmasked weights still train"
+
+
+def test_load_resized_restores_a_pruned_model_into_a_fresh_one():
+    model = _randomise_bn(models.build("vgg11", width=0.25))
+    remove_channels(model, {"features.conv2": [0, 1, 2, 3]}, SHAPE)
+    fresh = load_resized(models.build("vgg11", width=0.25), model.state_dict()).eval()
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), model(x))
+
+
+def test_conv_followers_names_bn_and_next_layer():
+    f = conv_followers(models.build("vgg11", width=0.25))
+    assert f["features.conv0"] == ("features.bn0", "features.conv1")
+    assert f["features.conv7"] == ("features.bn7", "classifier")

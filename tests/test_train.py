@@ -1,0 +1,106 @@
+"""Training loop: settings checked, metrics right, divergence caught, resume exact."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from prune_core import models
+from prune_core.train import (
+    TrainConfig,
+    TrainingDiverged,
+    evaluate,
+    fit,
+    make_optimizer,
+)
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("lr", 0.0, "> 0"), ("momentum", 1.0, r"in \[0, 1\)"), ("schedule", "poly", "one of cosine"),
+    ("batch_size", 0, ">= 1"), ("patience", 0, ">= 1"),
+])
+def test_bad_settings_name_field_value_and_domain(field, value, allowed):
+    with pytest.raises(ValueError, match=rf"{field} = {value!r} is invalid; allowed: {allowed}"):
+        TrainConfig(**{field: value})
+
+
+def test_unknown_setting_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown training setting.*epochz.*allowed: epochs"):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+class _Fixed(nn.Module):
+    """Predicts class 0 for every input: accuracy is class 0's share, balanced is 1/classes."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.classes = classes
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], self.classes)
+        out[:, 0] = 1
+        return out + self.dummy
+
+
+def test_balanced_accuracy_is_mean_per_class_recall(digits):
+    row = evaluate(_Fixed(digits.num_classes), digits, "test")
+    share0 = float((digits.test.y == 0).float().mean())
+    assert row["accuracy"] == pytest.approx(share0)
+    assert row["balanced_accuracy"] == pytest.approx(1 / digits.num_classes)
+
+
+def test_classifier_gets_its_own_learning_rate():
+    model = models.build("vgg11", width=0.25)
+    opt = make_optimizer(model, TrainConfig(lr=5e-4, classifier_lr=5e-3))
+    rates = sorted(g["lr"] for g in opt.param_groups)
+    assert rates == [5e-4, 5e-3]
+    head = {id(p) for p in model.classifier.parameters()}
+    fast = next(g for g in opt.param_groups if g["lr"] == 5e-3)
+    assert {id(p) for p in fast["params"]} == head
+
+
+def test_divergence_raises(digits):
+    model = models.build("c3", k=4)
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        fit(model, digits, TrainConfig(epochs=2, lr=1e6, momentum=0.0))
+
+
+def test_resumed_training_equals_uninterrupted(digits):
+    cfg = TrainConfig(epochs=3, lr=0.05, seed=3)
+    torch.manual_seed(0)
+    start = models.build("c3", k=4)
+    straight = copy.deepcopy(start)
+    fit(straight, digits, cfg)
+
+    saved = {}
+
+    def keep(epoch, opt):
+        if epoch == 1:
+            saved["model"] = copy.deepcopy(part.state_dict())
+            saved["opt"] = copy.deepcopy(opt.state_dict())
+
+    part = copy.deepcopy(start)
+    fit(part, digits, cfg, on_epoch_state=keep)
+    resumed = copy.deepcopy(start)
+    resumed.load_state_dict(saved["model"])
+    opt = make_optimizer(resumed, cfg)
+    opt.load_state_dict(saved["opt"])
+    history = fit(resumed, digits, cfg, start_epoch=1, optimizer=opt)
+    assert [h["epoch"] for h in history] == [2, 3]
+    for k, v in straight.state_dict().items():
+        assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-5), k
+
+
+def test_early_stopping_stops_and_keeps_best(digits):
+    model = models.build("c3", k=4)
+    # A learning rate of zero after the first epoch: validation accuracy cannot improve.
+    cfg = TrainConfig(epochs=8, lr=0.05, patience=2, schedule="step", milestones=(0.1,),
+                      gamma=0.0)
+    history = fit(model, digits, cfg)
+    assert len(history) == 3
+    best = max(h["val_accuracy"] for h in history)
+    assert evaluate(model, digits, "val")["accuracy"] == pytest.approx(best)
