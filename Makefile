@@ -21,7 +21,7 @@ demo: $(STAMP)
 	@echo "report: $(STORAGE)/quickstart/report/report.html"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -x --durations=15
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check prune_core studies analysis benchmarks tests
