@@ -1,0 +1,1 @@
+"""Benchmark scripts; each writes docs/benchmarks/<name>.{json,md}."""

@@ -1,0 +1,82 @@
+"""What every benchmark stores beside its numbers, and how it writes them.
+
+``write_results(name, result, markdown, out_dir)`` writes ``<name>.json`` (the
+result plus ``environment()`` and ``command()``) and ``<name>.md`` (the given
+Markdown plus the same facts), so each number sits next to what produced it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks"
+
+
+def command(script: str | Path | None = None, argv: list[str] | None = None) -> str:
+    """The command line that reproduces this run, from the repository root.
+
+    Defaults to the running script and its arguments; a benchmark called as a function
+    passes its own file and argument list.
+    """
+    path = Path(script if script is not None else sys.argv[0]).resolve()
+    try:
+        path = path.relative_to(ROOT)
+    except ValueError:
+        pass
+    return shlex.join(["python", str(path), *(sys.argv[1:] if argv is None else argv)])
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment() -> dict:
+    """Commit, machine, library versions and current load: enough to judge a number."""
+    import torch
+
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": _git("rev-parse", "HEAD") + ("+dirty" if dirty and dirty != "unknown" else ""),
+        "machine": f"{_cpu_model()}, {os.cpu_count()} logical CPUs",
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        # Other processes on the machine skew timings; a load above the core count says so.
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def write_results(
+    name: str, result: dict, markdown: str, out_dir: Path = DOCS, cmd: str | None = None
+) -> dict:
+    """Write ``<name>.json`` and ``<name>.md`` into ``out_dir``; return the JSON document."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {**result, "command": cmd or command(), "environment": environment()}
+    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    env = doc["environment"]
+    facts = "\n".join(f"- {k}: {v}" for k, v in env.items())
+    md = f"{markdown.rstrip()}\n\nReproduce with:\n\n```\n{doc['command']}\n```\n\n{facts}\n"
+    (out_dir / f"{name}.md").write_text(md)
+    return doc
