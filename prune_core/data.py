@@ -125,7 +125,8 @@ class Data:
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch -> float batch normalised per channel."""
         scale, shift = _affine(tuple(self.mean), tuple(self.std), x.device)
-        return x.float().mul_(scale).add_(shift)  # in place: one float buffer per batch
+        # copy=True: the in-place ops below must never write into a stored split
+        return x.to(torch.float32, copy=True).mul_(scale).add_(shift)
 
     def batches(
         self,
@@ -235,6 +236,8 @@ def _affine(
 _DATASETS: dict[str, Callable[..., Data]] = {}
 _DOCS: dict[str, str] = {}
 _COMMON = ("root", "download", "val_fraction")  # keywords every dataset factory takes
+# Settings load() takes for every dataset; dataset_options(name) lists the rest.
+LOAD_OPTIONS = (*_COMMON, "max_device_bytes")
 
 
 def register_dataset(
@@ -310,7 +313,7 @@ def load(
         allowed = ", ".join(sorted(options)) or "none"
         raise DataError(
             f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; "
-            f"its options: {allowed} (and root, download, val_fraction, max_device_bytes)"
+            f"its options: {allowed} (and {', '.join(LOAD_OPTIONS)})"
         )
     data = _DATASETS[name](root=root, download=download, val_fraction=val_fraction, **kw)
     budget = device_budget(device) if max_device_bytes is None else max_device_bytes
@@ -462,15 +465,16 @@ def _read_image(path: Path, size: int) -> np.ndarray:
 
 def read_images(paths: list[Path], size: int) -> torch.Tensor:
     """Decode image files once into a uint8 [N, 3, size, size] tensor (threads decode)."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    # Written channel-first image by image: no second full-size copy to permute.
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
     def read(i: int) -> None:
-        out[i] = _read_image(paths[i], size)
+        out[i] = _read_image(paths[i], size).transpose(2, 0, 1)
 
     # PIL releases the GIL while decoding and resizing, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         list(pool.map(read, range(len(paths))))
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(out)
 
 
 def _image_data(name: str, num_classes: int, train: Split, val: Split, test: Split,
@@ -530,8 +534,9 @@ def _cub200(*, root=None, download=False, val_fraction=0.1, image_size: int = 22
         )
     x = read_images([base / "images" / files[i] for i in ids], size)
     train_mask = torch.tensor([is_train[i] == "1" for i in ids])
-    train, val = carve(x[train_mask], y[train_mask], val_fraction)
     test = Split(x[~train_mask], y[~train_mask])
+    x, y = x[train_mask], y[train_mask]  # drop the full array before carving copies again
+    train, val = carve(x, y, val_fraction)
     return _image_data("cub200", num_classes, train, val, test, size,
                        {"classes": classes, "root": str(base)})
 

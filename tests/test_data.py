@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import pickle
 from pathlib import Path
@@ -186,6 +187,11 @@ def test_registry_lists_every_dataset():
         assert name in names and datasets.dataset_doc(name)
     assert datasets.list_datasets("cifar*") == ["cifar10", "cifar100"]
     assert datasets.needs_root("cub200") and not datasets.needs_root("digits")
+    # What a spec may set: load()'s own keywords plus each dataset's options.
+    own = set(inspect.signature(datasets.load).parameters) - {"name", "device", "kw"}
+    assert own == set(datasets.LOAD_OPTIONS)
+    assert datasets.dataset_options("cub200") == {"image_size": 224}
+    assert datasets.dataset_options("cifar10") == {}
 
 
 def test_unknown_dataset_lists_valid_names():
