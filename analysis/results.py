@@ -226,6 +226,32 @@ def history(study_dir: str | Path) -> pd.DataFrame:
     return df[cols + [c for c in df.columns if c not in cols]]
 
 
+@dataclass(frozen=True)
+class Study:
+    """Everything read from one study directory; ``label`` tells studies apart in figures."""
+
+    info: StudyInfo
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    label: str
+
+
+def open_studies(study_dirs: list[str | Path]) -> list[Study]:
+    """Read several study directories; studies of the same name get their folder as label."""
+    infos = [study_info(d) for d in study_dirs]
+    if not infos:
+        raise StudyDirError("no study directories given; give at least one <storage>/<name>")
+    names = [i.name for i in infos]
+    studies = []
+    for info in infos:
+        label = info.name if names.count(info.name) == 1 else \
+            f"{info.name} ({info.path.parent.name}/{info.path.name})"
+        trials = load(info.path)
+        trials["study"] = label
+        studies.append(Study(info, trials, history(info.path), label))
+    return studies
+
+
 def summary(study_dir: str | Path) -> dict:
     """Counts, front size, hypervolume and knee of a study, as plain JSON-ready values.
 

@@ -131,7 +131,11 @@ def _trial(rng, method: str, base: dict) -> tuple[dict, dict, list[dict]]:
         shares = {n: max(1, round(keep * c)) / c for n, c in BASE_CHANNELS.items()}
         collapse = params["branch.alpha_schedule"] in ("step", "exponential")
         drop += 0.15 * (1 - keep) ** 2 + (0.3 if collapse else 0.0)
-        for e, alpha in enumerate(np.linspace(0.9, 0.0, 10), start=1):
+        k = np.arange(1, 11) / 10
+        alphas = {"linear": 1 - k, "cosine": 0.5 * (1 + np.cos(np.pi * k)),
+                  "step": np.floor((1 - k) * 3 + 1e-9) / 3,
+                  "exponential": np.where(k < 1, np.exp(-4 * k), 0.0)}
+        for e, alpha in enumerate(alphas[params["branch.alpha_schedule"]], start=1):
             acc = BASE_ACCURACY - (0.2 + 0.3 * (0.4 - alpha) if collapse and alpha < 0.4
                                    else 0.02 * (1 - alpha))
             hist.append(_epoch(acc, rng, stage="branch", phase="schedule", epoch=e,
@@ -185,7 +189,7 @@ def make_study(
 ) -> Path:
     """Write a study directory under ``root/name`` and return its path.
 
-    Finished trials take numbers 0..ok+failed-1 (the failed ones in between), then the
+    Finished trials take numbers 0..ok+failed-1 (the failed ones among them), then the
     running and pending ones. With ``resumed`` the first finished trial's history repeats
     two steps (the later values win), as after a resume from a checkpoint.
     """
@@ -214,8 +218,8 @@ def make_study(
     if base:
         (path / "base.json").write_text(json.dumps(brow, indent=2))
     n_finished = ok + failed
-    failed_at = set(np.linspace(1, max(1, n_finished - 1), failed).astype(int).tolist()) \
-        if failed else set()
+    failed_at = set(np.random.default_rng(seed + 1).choice(n_finished, failed, replace=False)
+                    .tolist())
     history: list[dict] = []
     t0 = 1_746_000_000.0
     for number in range(n_finished + running + pending):
