@@ -1,0 +1,322 @@
+"""The report of one or several studies: report.html (one self-contained file), report.md
+with its figures as PNG files beside it, and trials.csv.
+
+Several studies are compared in one report: figures use the study as hue, tables carry a
+study column. Trials that did not finish appear in the tables with their status and are
+never on a front.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import pareto
+from analysis.figures import Drawn, figures, human_bytes, human_count, to_png
+from analysis.results import Study, objective_values, open_studies, study_reference
+
+STATUS_ORDER = {"ok": 0, "running": 1, "pending": 2, "stopped": 3, "failed": 4}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def comparison_table(studies: list[Study]) -> pd.DataFrame:
+    """Seed 002's table: the base model first, then each method's knee point per study.
+
+    A method's knee is taken on the front of that method's own finished trials, over the
+    study's objectives (see :func:`analysis.pareto.knee`).
+    """
+    rows, bases = [], []
+    for s in studies:
+        b = s.info.base
+        if b and not any(_same_base(b, o) for o in bases):
+            bases.append(b)
+            rows.append({"study": s.label, "model": "base model", "trial_id": None,
+                         **{k: b.get(k) for k in ("params", "size_bytes", "ops", "macs",
+                                                  "accuracy")},
+                         "accuracy_drop": None, "compression": 1.0, "speedup": 1.0})
+    for s in studies:
+        ok = s.trials[s.trials["status"] == "ok"]
+        flags = pareto.maximise_flags(s.info.objectives)
+        for method, d in ok.groupby("method", sort=True):
+            k = pareto.knee(objective_values(d, s.info.objectives), flags)
+            if k is None:
+                continue
+            t = d.iloc[k]
+            rows.append({"study": s.label, "model": method, "trial_id": t["trial_id"],
+                         **{c: t.get(c) for c in ("params", "size_bytes", "ops", "macs",
+                                                  "accuracy", "accuracy_drop", "compression",
+                                                  "speedup")}})
+    return pd.DataFrame(rows, columns=["study", "model", "trial_id", "params", "size_bytes",
+                                       "ops", "macs", "accuracy", "accuracy_drop",
+                                       "compression", "speedup"])
+
+
+def _same_base(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("params", "macs", "accuracy", "size_bytes"))
+
+
+def summary_table(studies: list[Study]) -> pd.DataFrame:
+    rows = []
+    for s in studies:
+        df = s.trials
+        counts = df["status"].value_counts()
+        values = objective_values(df, s.info.objectives)
+        rows.append({
+            "study": s.label,
+            "objectives": ", ".join(f"{k} {v}" for k, v in s.info.objectives.items()),
+            "sampler": f"{s.info.sampler} (seed {s.info.sampler_seed})",
+            "trials": f"{len(df)} of {s.info.trials}" if s.info.trials else str(len(df)),
+            "ok": int(counts.get("ok", 0)), "running": int(counts.get("running", 0)),
+            "pending": int(counts.get("pending", 0)), "failed": int(counts.get("failed", 0)),
+            "stopped": int(counts.get("stopped", 0)), "front": int(df["on_front"].sum()),
+            "hypervolume": pareto.hypervolume(values, study_reference(s.info, df)),
+        })
+    return pd.DataFrame(rows)
+
+
+def _objective_columns(studies: list[Study]) -> list[str]:
+    cols = list(dict.fromkeys(o for s in studies for o in s.info.objectives))
+    return cols + [c for c in ("accuracy", "params", "macs", "size_bytes") if c not in cols]
+
+
+def _param_columns(studies: list[Study]) -> list[str]:
+    return list(dict.fromkeys(p for s in studies for p in s.trials.attrs.get("params", [])))
+
+
+def trials_table(studies: list[Study], front_only: bool = False) -> pd.DataFrame:
+    """Every trial (or the front's), its status, parameters, objectives and on_front."""
+    frames = [s.trials for s in studies if len(s.trials)]
+    if not frames:
+        return pd.DataFrame(columns=["study", "trial_id", "number", "status", "method"])
+    df = pd.concat(frames, ignore_index=True)
+    if front_only:
+        df = df[df["on_front"]]
+    cols = ["study", "trial_id", "number", "status", "method", *_objective_columns(studies),
+            *_param_columns(studies), "on_front", "progress", "error"]
+    out = df.reindex(columns=cols)
+    out = out.loc[:, [c for c in cols if c in ("on_front", "status") or out[c].notna().any()]]
+    return out.reset_index(drop=True)
+
+
+def write_csv(studies: list[Study], path: Path) -> None:
+    """trials.csv: one row per trial with every column; dicts and lists as JSON."""
+    frames = [s.trials for s in studies if len(s.trials)]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["study", "trial_id", "number", "status", "method", "on_front"])
+    for c in df.columns:
+        if df[c].map(lambda v: isinstance(v, dict | list)).any():
+            df[c] = df[c].map(lambda v: json.dumps(v) if isinstance(v, dict | list) else v)
+    df.to_csv(path, index=False)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt(column: str, v) -> str:
+    """A cell in human units: 1.23 M, 2.21 MiB, 98.3 %, 4.1x."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool | np.bool_):
+        return "yes" if v else ""
+    if column in ("params", "nonzero_params"):
+        return human_count(v)
+    if column in ("macs", "nonzero_macs", "ops"):
+        return human_count(v)
+    if column == "size_bytes":
+        return human_bytes(v)
+    if column in ("accuracy", "balanced_accuracy", "val_accuracy"):
+        return f"{100 * v:.2f} %"
+    if column == "accuracy_drop":  # shown as the change against the base: gains positive
+        return f"{0.0 - 100 * v:+.2f} pts".replace("-", "−")
+    if column in ("compression", "speedup"):
+        return f"{v:.2f}x"
+    if column == "hypervolume":
+        return f"{v:.4f}"
+    if isinstance(v, float | np.floating):
+        if v == int(v) and abs(v) < 1e6:
+            return str(int(v))
+        return f"{v:.3g}"
+    return str(v)
+
+
+HEADERS = {"params": "params", "size_bytes": "size", "ops": "ops", "macs": "MACs",
+           "accuracy": "accuracy", "accuracy_drop": "vs. base",
+           "compression": "compression", "speedup": "MAC reduction", "trial_id": "trial",
+           "number": "#", "on_front": "on front", "model": "model"}
+
+
+def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    head = [HEADERS.get(c, c) for c in df.columns]
+    body = [[fmt(c, v) for c, v in zip(df.columns, row, strict=True)]
+            for row in df.itertuples(index=False)]
+    return head, body
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    head, body = _cells(df)
+    if not body:
+        return "_none_\n"
+
+    def line(cells):
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    numeric = [all(_numeric_looking(r[i]) for r in body) for i in range(len(head))]
+    rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
+    return "\n".join([line(head), rule, *[line(r) for r in body]]) + "\n"
+
+
+def _numeric_looking(cell: str) -> bool:
+    return cell == "" or cell[0].isdigit() or cell[0] in "+-−–"
+
+
+def html_table(df: pd.DataFrame, cls: str = "") -> str:
+    head, body = _cells(df)
+    if not body:
+        return "<p class=\"none\">none</p>"
+    status_col = list(df.columns).index("status") if "status" in df.columns else None
+    numeric = [all(_numeric_looking(r[i]) for r in body) for i in range(len(head))]
+    num = ' class="num"'
+    th = "".join(f"<th{num if n else ''}>{html.escape(h)}</th>"
+                 for h, n in zip(head, numeric, strict=True))
+    rows = []
+    for r in body:
+        tds = []
+        for i, cell in enumerate(r):
+            if i == status_col:
+                tds.append(f"<td><span class=\"status {html.escape(cell)}\">"
+                           f"{html.escape(cell)}</span></td>")
+            else:
+                tds.append(f"<td{num if numeric[i] else ''}>"
+                           f"{html.escape(_shorten(cell))}</td>")
+        rows.append("<tr>" + "".join(tds) + "</tr>")
+    return (f"<div class=\"scroll\"><table class=\"{cls}\"><thead><tr>{th}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _shorten(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# --------------------------------------------------------------------------- documents
+
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
+color:#1d1d1f;background:#fff;margin:0}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 64px}
+h1{font-size:1.7em;margin:.2em 0}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:4px}
+.meta,.none,figcaption,.note{color:#555}nav a{margin-right:1em}
+figure{margin:28px 0}figure img{max-width:100%;height:auto;display:block;margin:8px auto}
+figcaption{font-size:.92em;max-width:900px;margin:0 auto}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.88em;margin:8px 0}
+th,td{padding:4px 10px;border-bottom:1px solid #e5e5e5;text-align:left;white-space:nowrap}
+th{border-bottom:2px solid #999;background:#fafafa}td.num,th.num{text-align:right;
+font-variant-numeric:tabular-nums}tbody tr:hover{background:#f5f8ff}
+.status{padding:1px 7px;border-radius:9px;font-size:.9em;background:#eee}
+.status.ok{background:#e3f4e8;color:#17692f}.status.failed{background:#fde5e5;color:#a4161a}
+.status.running{background:#e4eefc;color:#1b4f9c}.status.stopped{background:#fff2d6;color:#8a5a00}
+details summary{cursor:pointer;color:#1b4f9c}
+"""
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    return struct.unpack(">II", png[16:24])
+
+
+def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) -> tuple[str, str]:
+    names = ", ".join(s.label for s in studies)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    summary = summary_table(studies)
+    comparison = comparison_table(studies)
+    front = trials_table(studies, front_only=True)
+    trials = trials_table(studies)
+    trials = trials.sort_values(["study", "status", "number"], key=lambda c: c.map(
+        STATUS_ORDER) if c.name == "status" else c, kind="stable")
+    single = len(studies) == 1
+    if single:
+        for t in (comparison, front, trials):
+            t.drop(columns=["study"], inplace=True, errors="ignore")
+    knee_note = ("One row per method: the knee of that method's own front (the point "
+                 "nearest the ideal after scaling each objective to the front's range), "
+                 "after the base model.")
+    sections = [
+        ("summary", "Studies", None, summary),
+        ("comparison", "Best trade-off per method", knee_note, comparison),
+    ]
+    # --- Markdown
+    md = [f"# Compression study report: {names}", "", f"Generated {now}.", ""]
+    for _key, title, note, table in sections:
+        md += [f"## {title}", ""] + ([note, ""] if note else []) + [markdown_table(table)]
+    md += ["## Figures", ""]
+    for d in drawn:
+        md += [f"### {d.title}", "", f"![{d.title}]({d.key}.png)", "", f"*{d.caption}*", ""]
+    md += ["## Trials on the front", "", markdown_table(front),
+           "## All trials", "", markdown_table(trials)]
+    md += ["Environment: " + "; ".join(f"{s.label}: " + ", ".join(
+        f"{k} {v}" for k, v in s.info.environment.items() if v) for s in studies), ""]
+    # --- HTML
+    h = ["<!doctype html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+         "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">",
+         f"<title>Compression study report: {html.escape(names)}</title>",
+         f"<style>{CSS}</style></head><body><main>",
+         f"<h1>Compression study report</h1><p class=\"meta\">{html.escape(names)} · "
+         f"generated {now}</p>",
+         "<nav><a href=\"#summary\">studies</a><a href=\"#comparison\">best trade-offs</a>"
+         "<a href=\"#figures\">figures</a><a href=\"#front\">front</a>"
+         "<a href=\"#trials\">all trials</a></nav>"]
+    for key, title, note, table in sections:
+        h.append(f"<section id=\"{key}\"><h2>{html.escape(title)}</h2>")
+        if note:
+            h.append(f"<p class=\"note\">{html.escape(note)}</p>")
+        h.append(html_table(table) + "</section>")
+    h.append("<section id=\"figures\"><h2>Figures</h2>")
+    if not drawn:
+        h.append("<p class=\"none\">No finished trials yet: nothing to plot.</p>")
+    for d in drawn:
+        png = pngs[d.key]
+        # Drawn at 150 dpi, shown at 100 px per inch: every figure's text at the same size,
+        # sharp on high-density screens.
+        w, ht = (round(v * 2 / 3) for v in _png_size(png))
+        b64 = base64.b64encode(png).decode("ascii")
+        h.append(f"<figure id=\"fig-{d.key}\"><h3>{html.escape(d.title)}</h3>"
+                 f"<img src=\"data:image/png;base64,{b64}\" width=\"{w}\" height=\"{ht}\" "
+                 f"alt=\"{html.escape(d.title)}\"><figcaption>{html.escape(d.caption)}"
+                 "</figcaption></figure>")
+    h.append("</section>")
+    h.append(f"<section id=\"front\"><h2>Trials on the front</h2>{html_table(front)}</section>")
+    open_attr = " open" if len(trials) <= 60 else ""
+    h.append(f"<section id=\"trials\"><h2>All trials</h2><details{open_attr}><summary>"
+             f"{len(trials)} trials, with their status</summary>{html_table(trials)}"
+             "</details></section>")
+    env = "".join(f"<li>{html.escape(s.label)}: " + html.escape(", ".join(
+        f"{k} {v}" for k, v in s.info.environment.items() if v)) + "</li>" for s in studies)
+    h.append(f"<footer><h2>Environment</h2><ul class=\"meta\">{env}</ul></footer>")
+    h.append("</main></body></html>")
+    return "\n".join(h), "\n".join(md)
+
+
+def write_report(study_dirs: list[Path], out: Path) -> Path:
+    """Write report.html, report.md with PNG figures, and trials.csv to ``out``; returns
+    the path of report.html."""
+    studies = open_studies(list(study_dirs))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = figures(studies)
+    pngs = {d.key: to_png(d.figure) for d in drawn}
+    for key, png in pngs.items():
+        (out / f"{key}.png").write_bytes(png)
+    page, md = _render(studies, drawn, pngs)
+    (out / "report.html").write_text(page, encoding="utf-8")
+    (out / "report.md").write_text(md, encoding="utf-8")
+    write_csv(studies, out / "trials.csv")
+    return out / "report.html"

@@ -1,0 +1,131 @@
+"""The report: one self-contained HTML file, Markdown with PNGs beside it, trials.csv, and
+the comparison table of seed 002."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pandas as pd
+import pytest
+
+from analysis import pareto, report, results
+from tests.study_factory import base_row, make_study
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rep")
+    a = make_study(root, "mixed", methods=("slimming", "magnitude"), ok=10, failed=2,
+                   running=1, pending=1, seed=11)
+    b = make_study(root, "slim", methods=("slimming",), ok=6, failed=1, running=0,
+                   sampler="nsga2", seed=12)
+    out = root / "out"
+    page = report.write_report([a, b], out)
+    return a, b, out, page
+
+
+def test_files_are_written(written):
+    _, _, out, page = written
+    assert page == out / "report.html"
+    for name in ("report.html", "report.md", "trials.csv"):
+        assert (out / name).stat().st_size > 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "pareto-front.png" in pngs and "hypervolume.png" in pngs
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_is_one_self_contained_file(written):
+    _, _, out, page = written
+    text = page.read_text()
+    # Nothing loaded from elsewhere: no URLs, no external scripts, styles or images.
+    assert not re.search(r"(?:src|href)\s*=\s*[\"'](?!data:|#)", text)
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    imgs = re.findall(r'<img src="data:image/png;base64,([^"]+)"', text)
+    assert len(imgs) == len(list(out.glob("*.png")))
+    # The embedded images are the PNG files of the Markdown report, byte for byte.
+    on_disk = {p.read_bytes() for p in out.glob("*.png")}
+    assert {base64.b64decode(b) for b in imgs} == on_disk
+
+
+def test_markdown_links_every_png_beside_it(written):
+    _, _, out, _ = written
+    md = (out / "report.md").read_text()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(links) == sorted(p.name for p in out.glob("*.png"))
+    assert all((out / link).is_file() for link in links)
+
+
+def test_trials_csv_has_every_trial_with_status_and_front(written):
+    a, b, out, _ = written
+    csv = pd.read_csv(out / "trials.csv")
+    assert len(csv) == 14 + 7
+    for col in ("study", "trial_id", "status", "method", "slimming.lambda", "accuracy", "macs",
+                "params", "size_bytes", "on_front", "channels"):
+        assert col in csv, col
+    assert set(csv["status"]) == {"ok", "failed", "running", "pending"}
+    assert not csv.loc[csv["status"] != "ok", "on_front"].any()
+    for path in (a, b):
+        df = results.load(path)
+        mine = csv[csv["study"] == df.attrs["study"]].set_index("trial_id")
+        assert mine.loc[df["trial_id"], "on_front"].tolist() == df["on_front"].tolist()
+
+
+def test_tables_show_unfinished_trials_with_their_status(written):
+    a, _, out, page = written
+    text = page.read_text()
+    df = results.load(a)
+    for t in df[df["status"] != "ok"].itertuples():
+        row = re.search(rf"<tr>.*?{t.trial_id}.*?</tr>", text)
+        assert row and f'<span class="status {t.status}">' in row.group(0)
+    md = (out / "report.md").read_text()
+    front = md.split("## Trials on the front")[1].split("## All trials")[0]
+    assert "failed" not in front and "running" not in front and "pending" not in front
+    assert "CUDA out of memory" in md.split("## All trials")[1]
+
+
+def test_comparison_table_base_first_then_each_methods_knee(written):
+    a, b, _, _ = written
+    studies = results.open_studies([a, b])
+    table = report.comparison_table(studies)
+    assert table.iloc[0]["model"] == "base model"  # both studies share one base: one row
+    assert (table["model"] == "base model").sum() == 1
+    assert table.iloc[0]["macs"] == base_row()["macs"]
+    assert list(zip(table["study"][1:], table["model"][1:], strict=True)) == [
+        ("mixed", "magnitude"), ("mixed", "slimming"), ("slim", "slimming")]
+    for s in studies:
+        ok = s.trials[s.trials["status"] == "ok"]
+        for method, d in ok.groupby("method"):
+            values = results.objective_values(d, s.info.objectives)
+            knee = d.iloc[pareto.knee(values, pareto.maximise_flags(s.info.objectives))]
+            row = table[(table["study"] == s.label) & (table["model"] == method)]
+            assert row["trial_id"].item() == knee["trial_id"]
+            assert row["accuracy"].item() == knee["accuracy"]
+
+
+def test_human_units_in_tables(written):
+    _, _, out, _ = written
+    md = (out / "report.md").read_text()
+    base_line = next(line for line in md.splitlines() if "| base model |" in line)
+    assert "579 k" in base_line and "2.21 MiB" in base_line and "9.88 M" in base_line
+    assert "98.30 %" in base_line
+    assert report.fmt("accuracy_drop", 0.0123) == "−1.23 pts"
+    assert report.fmt("size_bytes", 90_000) == "87.9 KiB"
+    assert report.fmt("speedup", 3.456) == "3.46x"
+
+
+def test_report_of_a_study_without_finished_trials(tmp_path):
+    path = make_study(tmp_path, "new", ok=0, failed=1, running=0, pending=2)
+    (path / "history.jsonl").write_text("")  # the trial failed before its first epoch
+    page = report.write_report([path], tmp_path / "out")
+    text = page.read_text()
+    assert "<img" not in text and "nothing to plot" in text
+    assert len(pd.read_csv(tmp_path / "out" / "trials.csv")) == 3
+
+
+def test_missing_study_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(results.StudyDirError, match="does not exist"):
+        report.write_report([tmp_path / "missing"], tmp_path / "out")
+    with pytest.raises(results.StudyDirError, match="no study directories"):
+        report.write_report([], tmp_path / "out")
