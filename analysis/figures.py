@@ -199,15 +199,13 @@ def pareto_data(studies: list[Study], x: str = "macs", y: str = "accuracy") -> P
 
 def front_panels(studies: list[Study]) -> list[ParetoData]:
     """One panel per cost: MACs, params, then every other objective to minimise."""
-    y = "accuracy"
+    # The y axis is accuracy unless a study maximises another accuracy instead.
+    maxed = [n for s in studies for n, d in s.info.objectives.items()
+             if d == "max" and n in SHARE_COLUMNS]
+    y = "accuracy" if "accuracy" in maxed or not maxed else maxed[0]
     costs = ["macs", "params"]
-    for s in studies:
-        for name, direction in s.info.objectives.items():
-            if direction == "max" and name in SHARE_COLUMNS and y == "accuracy" and \
-                    name != "accuracy" and "accuracy" not in s.info.objectives:
-                y = name
-            if direction == "min" and name not in costs and name != "accuracy_drop":
-                costs.append(name)
+    costs += list(dict.fromkeys(n for s in studies for n, d in s.info.objectives.items()
+                                if d == "min" and n not in costs and n != "accuracy_drop"))
     panels = [pareto_data(studies, x, y) for x in costs]
     return [p for p in panels if p is not None]
 

@@ -22,6 +22,8 @@ STATUSES = ("ok", "failed", "running", "pending", "stopped")
 ID_COLUMNS = ["study", "trial_id", "number", "status", "method"]
 # Trial-file keys kept as columns besides params and row.
 META_COLUMNS = ["progress", "error", "hostname", "node_id", "started", "ended"]
+# Keys of a result row that describe the report, not the model.
+ROW_BOOKKEEPING = frozenset({"status", "method", "step", "final", "checkpoint"})
 
 
 class StudyDirError(ValueError):
@@ -120,7 +122,7 @@ def _trial_record(doc: dict, info: StudyInfo, file: Path) -> tuple[dict, list[st
     }
     names = [k for k in params if k != "pipeline"]
     rec.update({k: v for k, v in params.items() if k != "pipeline"})
-    rec.update({k: v for k, v in row.items() if k not in ("status", "method")})
+    rec.update({k: v for k, v in row.items() if k not in ROW_BOOKKEEPING})
     rec.update({"progress": _progress(doc.get("last")), "error": doc.get("error"),
                 "hostname": doc.get("hostname"), "node_id": doc.get("node_id"),
                 "started": doc.get("started"), "ended": doc.get("ended")})
@@ -271,7 +273,7 @@ def summary(study_dir: str | Path) -> dict:
                 "method": df["method"].iloc[k],
                 **{name: float(values[k, j]) for j, name in enumerate(info.objectives)}}
     return {
-        "study": info.name,
+        "name": info.name,
         "path": str(info.path),
         "requested": info.trials,
         "trials": int(len(df)),

@@ -145,15 +145,17 @@ def _trial(rng, method: str, base: dict) -> tuple[dict, dict, list[dict]]:
         drop = -rng.normal(-0.004, 0.004)  # RePr lands slightly below plain training
         extra["repr.plain_accuracy"] = float(plain)
         extra["repr.filters_dropped"] = int(params["repr.ratio"] * 688)
+        # As the method runs: the plain control first, then the S1/S2 cycles.
+        n = 6 * params["repr.cycles"]
+        hist += [_epoch(0.9 + 0.08 * (1 - math.exp(-k / 3)), rng, stage="repr", phase="plain",
+                        epoch=k) for k in range(1, n + 1)]
         e = 0
         for _cycle in range(params["repr.cycles"]):
-            for phase, n in (("s1", 4), ("s2", 2)):
-                for _ in range(n):
+            for phase, k in (("s1", 4), ("s2", 2)):
+                for ep in range(1, k + 1):
                     e += 1
                     hist.append(_epoch(0.9 + 0.08 * (1 - math.exp(-e / 3)), rng, stage="repr",
-                                       phase=phase, epoch=e))
-        hist += [_epoch(0.9 + 0.08 * (1 - math.exp(-k / 3)), rng, stage="repr", phase="plain",
-                        epoch=k) for k in range(1, e + 1)]
+                                       phase=phase, epoch=ep))
     channels = {n: max(1, round(s * BASE_CHANNELS[n])) for n, s in shares.items()}
     m = cost(channels)
     acc = float(np.clip(BASE_ACCURACY - drop, 0.05, 1.0))
