@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
@@ -115,6 +116,110 @@ def _progress(m: dict) -> str:
     return f"  [{m.get('stage')}/{m.get('phase')}] epoch {m.get('epoch')}: {vals}"
 
 
+def cmd_validate(args) -> int:
+    from studies.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as e:
+        if args.json:
+            emit_json({"ok": False, "errors": e.errors})
+        else:
+            log(f"error: {e}")
+        return EXIT_BAD_INPUT
+    if args.json:
+        emit_json({"ok": True, "errors": [], "name": spec.name, "trials": spec.trials,
+                   "methods": spec.methods_label, "objectives": spec.objectives,
+                   "space": {k: p.to_dict() for k, p in spec.space.items()}})
+        return EXIT_OK
+    print(f"{args.spec}: ok")
+    print(f"  study {spec.name!r}: {spec.trials} trials of {spec.methods_label} on "
+          f"{spec.model} / {spec.data}, {spec.sampler} sampler (seed {spec.sampler_seed})")
+    print(f"  objectives: {', '.join(f'{k} {m}' for k, m in spec.objectives.items())}")
+    for k, p in spec.space.items():
+        print(f"  {k}: {_space_text(p)}")
+    print(f"  study directory: {spec.study_dir}")
+    return EXIT_OK
+
+
+def _space_text(p) -> str:
+    if p.kind == "fixed":
+        return f"fixed {p.value!r}"
+    if p.kind == "categorical":
+        return f"one of {list(p.choices)}"
+    return f"{p.kind} in [{p.low:g}, {p.high:g}]" + (" log" if p.log else "")
+
+
+def _load_run_spec(args):
+    from studies.spec import load_spec
+
+    spec = load_spec(args.spec)
+    return spec.with_overrides(trials=args.trials, storage=args.storage, name=args.name)
+
+
+def cmd_run(args) -> int:
+    from studies.runner import run_study
+
+    summary = run_study(_load_run_spec(args), address=args.address, log=log)
+    if args.json:
+        emit_json(summary)
+    return EXIT_OK
+
+
+def cmd_resume(args) -> int:
+    from studies.runner import resume_study
+
+    summary = resume_study(_study_dir(args.study_dir), address=args.address, log=log)
+    if args.json:
+        emit_json(summary)
+    return EXIT_OK
+
+
+def cmd_status(args) -> int:
+    from studies.runner import study_summary
+
+    s = study_summary(_study_dir(args.study_dir))
+    if args.json:
+        emit_json(s)
+        return EXIT_OK
+    print(f"study {s['name']}: {s['finished']} of {s.get('requested') or '?'} trials finished, "
+          f"{s['running']} running, {s['failed']} failed"
+          + (f", {s['stopped']} stopped" if s.get("stopped") else ""))
+    hv = s.get("hypervolume")
+    print(f"  front: {s['front_size']} trials" + (f", hypervolume {hv:.6g}" if hv is not None
+                                                   else ""))
+    for k, v in (s.get("best") or {}).items():
+        print(f"  best {k} ({s['objectives'][k]}): {v:.6g}")
+    return EXIT_OK
+
+
+def cmd_report(args) -> int:
+    dirs = [_study_dir(d) for d in args.study_dirs]
+    try:
+        from analysis.report import write_report
+    except ImportError as e:
+        log(f"error: `report` needs the analysis package (analysis.report.write_report), "
+            f"which is not available here: {e}")
+        return EXIT_ERROR
+    from pathlib import Path
+
+    out = Path(args.output) if args.output else dirs[0] / "report"
+    path = write_report(dirs, out)
+    log(f"report: {path}")
+    print(path)
+    return EXIT_OK
+
+
+def _study_dir(path: str):
+    from pathlib import Path
+
+    d = Path(path).expanduser()
+    if not (d / "study.json").is_file():
+        raise BadInput(f"{path!r} is not a study directory (it has no study.json); a study "
+                       "directory is <storage>/<name>, for example runs/quickstart")
+    return d.resolve()
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -153,6 +258,50 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the row as one JSON document")
     s.set_defaults(fn=cmd_trial)
 
+    s = sub.add_parser("validate", help="check a spec and print every error (exit 2); "
+                       "starts nothing")
+    s.add_argument("spec", help="study spec (YAML)")
+    s.add_argument("--json", action="store_true",
+                   help='print {"ok", "errors", ...} as one JSON document')
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser(
+        "run", help="run a study on a local Ray, or on a cluster with --address",
+        description="Validate the spec, train (or reuse) the base model, and run the trials "
+        "on Ray Tune with the spec's Optuna sampler. The study directory is "
+        "<storage>/<name>. With --address, RAY_AUTH_MODE=token must be set (Ray 2.60 "
+        "clusters started with `ray start` use token authentication).")
+    s.add_argument("spec", help="study spec (YAML)")
+    s.add_argument("--address", help="join a running Ray cluster (host:port of the head, or "
+                   "'auto'); default: start a local Ray")
+    s.add_argument("--trials", type=int, help="number of trials (overrides the spec)")
+    s.add_argument("--storage", help="storage directory or URI (overrides the spec)")
+    s.add_argument("--name", help="study name (overrides the spec)")
+    s.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser(
+        "resume", help="continue a study whose driver stopped",
+        description="Restore the Ray Tune experiment of a study: finished trials are kept, "
+        "unfinished ones continue from their last checkpoint, and the sampler continues "
+        "with its saved history, until the spec's number of trials has finished.")
+    s.add_argument("study_dir", help="the study directory, <storage>/<name>")
+    s.add_argument("--address", help="join a running Ray cluster instead of a local Ray")
+    s.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    s.set_defaults(fn=cmd_resume)
+
+    s = sub.add_parser("status", help="trials finished / running / failed, front size, "
+                       "hypervolume (reads files only; works while a study runs)")
+    s.add_argument("study_dir", help="the study directory, <storage>/<name>")
+    s.add_argument("--json", action="store_true", help="print one JSON document")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("report", help="figures, tables and report.html for one or several "
+                       "studies (several compare them)")
+    s.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help="study directories")
+    s.add_argument("-o", "--output", help="output directory (default: <first study>/report)")
+    s.set_defaults(fn=cmd_report)
+
     for register in _EXTRA_COMMANDS:
         register(sub)
     return p
@@ -170,24 +319,25 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    bad = (BadInput, DataError, ParamError, ModelError, CheckpointError, FileNotFoundError)
+    from studies.spec import SpecError, StudyError
+
+    bad = (BadInput, DataError, ParamError, ModelError, CheckpointError, FileNotFoundError,
+           SpecError, StudyError)
     try:
-        spec_error = _spec_error()
         return args.fn(args)
-    except bad + spec_error as e:
+    except bad as e:
         log(f"error: {e}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         log("interrupted")
         return EXIT_ERROR
-
-
-def _spec_error() -> tuple[type[BaseException], ...]:
-    try:
-        from studies.spec import SpecError
-    except ImportError:
-        return ()
-    return (SpecError,)
+    except Exception as e:
+        if type(e).__name__ == "ClusterError":
+            log(f"error: {e}")
+        else:
+            log(traceback.format_exc().rstrip())
+            log(f"error: {type(e).__name__}: {e}")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

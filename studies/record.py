@@ -1,0 +1,328 @@
+"""The study directory (docs/study-directory.md): what a study writes as it runs.
+
+A Ray Tune callback in the driver turns each trial event into files: one JSON
+file per trial, rewritten atomically, and one line per epoch report appended to
+``history.jsonl``. It also prints a short progress line per finished trial.
+Nothing here trains; ``summarize`` reads the files back for ``prune-study status``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ray import tune
+
+from studies.spec import StudySpec
+
+# Keys Ray Tune adds to every result; they are not part of a trial's row.
+TUNE_KEYS = frozenset({
+    "training_iteration", "time_total_s", "episodes_total", "timesteps_total", "node_ip",
+    "hostname", "pid", "time_this_iter_s", "timestamp", "date", "time_since_restore",
+    "timesteps_since_restore", "iterations_since_restore", "config", "checkpoint_dir_name",
+    "done", "trial_id", "experiment_tag", "should_checkpoint",
+})
+# Keys the trainable adds to its reports besides run_trial's metrics.
+OWN_KEYS = frozenset({"final", "node_id", "error", "traceback", "checkpoint"})
+FINAL_STATES = ("ok", "failed", "stopped")
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: a temporary file, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_plain))
+    os.replace(tmp, path)
+
+
+def _plain(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    return str(v)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict:
+    """Versions, commit and device, stored beside every study."""
+    import optuna
+    import ray
+
+    from prune_core.trial import environment as trial_environment
+
+    return {**trial_environment(), "git_commit": git_commit(), "ray": ray.__version__,
+            "optuna": optuna.__version__}
+
+
+def write_study_files(spec: StudySpec, study_dir: Path, base_row: dict, base_info: dict) -> None:
+    """spec.yaml, study.json and base.json at the start of a study."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "trials").mkdir(exist_ok=True)
+    tmp = study_dir / ".spec.yaml.tmp"
+    tmp.write_text(spec.to_yaml())
+    os.replace(tmp, study_dir / "spec.yaml")
+    write_json(study_dir / "study.json", {
+        "name": spec.name,
+        "objectives": dict(spec.objectives),
+        "sampler": spec.sampler,
+        "sampler_seed": spec.sampler_seed,
+        "trials": spec.trials,
+        "methods": spec.methods_label,
+        "space": {k: p.to_dict() for k, p in spec.space.items()},
+        "model": {"name": spec.model, **spec.model_kw},
+        "data": {"name": spec.data, **spec.data_kw},
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "base": base_info,
+    })
+    write_json(study_dir / "base.json", base_row)
+
+
+# --------------------------------------------------------------------------- fronts
+
+
+def nondominated(points: list[list[float]], modes: list[str]) -> list[bool]:
+    """Which points no other point dominates (``modes`` are ``max``/``min`` per column)."""
+    signs = [-1.0 if m == "max" else 1.0 for m in modes]
+    pts = [[s * v for s, v in zip(signs, p, strict=True)] for p in points]
+    out = []
+    for i, p in enumerate(pts):
+        dominated = any(
+            all(a <= b for a, b in zip(q, p, strict=True)) and any(a < b for a, b in
+                                                                   zip(q, p, strict=True))
+            for j, q in enumerate(pts) if j != i
+        )
+        out.append(not dominated)
+    return out
+
+
+def objective_points(rows: list[dict], objectives: dict[str, str]) -> list[list[float]]:
+    """The objective values of the rows whose every objective is a finite number."""
+    pts = []
+    for r in rows:
+        vals = [r.get(k) for k in objectives]
+        if all(isinstance(v, int | float) and math.isfinite(v) for v in vals):
+            pts.append([float(v) for v in vals])
+    return pts
+
+
+# --------------------------------------------------------------------------- callback
+
+
+class Recorder(tune.Callback):
+    """Writes ``trials/<trial_id>.json`` and ``history.jsonl`` as results arrive."""
+
+    def __init__(self, study_dir: Path, objectives: dict[str, str], total: int,
+                 name: str = "", log: Callable[[str], None] | None = None):
+        self.study_dir = Path(study_dir)
+        self.objectives = dict(objectives)
+        self.total = total
+        self.name = name
+        self.log = log
+        self.records: dict[str, dict] = {}
+        self._loaded = False
+        self._t0 = time.time()
+
+    # Ray pickles callbacks with the experiment; the log function stays behind.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["log"] = None
+        state["records"] = {}
+        state["_loaded"] = False
+        return state
+
+    def _say(self, msg: str) -> None:
+        (self.log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
+
+    def _load(self, trial) -> None:
+        """On the first event: find the study directory and the records written so far."""
+        if self._loaded:
+            return
+        self._loaded = True
+        # A restored experiment may have moved: Tune's directory is <study_dir>/tune.
+        tune_dir = Path(str(getattr(trial.storage, "experiment_fs_path", "")))
+        if tune_dir.name == "tune" and tune_dir.parent.joinpath("study.json").exists():
+            self.study_dir = tune_dir.parent
+        for path in sorted((self.study_dir / "trials").glob("*.json")):
+            rec = read_json(path)
+            if rec and "trial_id" in rec:
+                self.records[rec["trial_id"]] = rec
+
+    def _record(self, trial) -> dict:
+        self._load(trial)
+        rec = self.records.get(trial.trial_id)
+        if rec is None:
+            config = dict(trial.config)
+            number = config.pop("_number", None)
+            rec = {
+                "trial_id": trial.trial_id, "number": number, "status": "pending",
+                "params": {k: v for k, v in config.items() if not k.startswith("_")},
+                "row": {}, "last": {}, "error": None, "node_id": None, "hostname": None,
+                "pid": None, "started": None, "ended": None, "retries": 0,
+            }
+            self.records[trial.trial_id] = rec
+        return rec
+
+    def _save(self, rec: dict) -> None:
+        write_json(self.study_dir / "trials" / f"{rec['trial_id']}.json", rec)
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        rec = self._record(trial)
+        if rec["status"] not in FINAL_STATES:
+            rec["status"] = "running"
+            rec["started"] = rec["started"] or time.time()
+            self._save(rec)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        rec = self._record(trial)
+        rec["node_id"] = result.get("node_id", rec["node_id"])
+        rec["hostname"] = result.get("hostname", rec["hostname"])
+        rec["pid"] = result.get("pid", rec["pid"])
+        metrics = {k: v for k, v in result.items() if k not in TUNE_KEYS and k not in OWN_KEYS}
+        if result.get("final"):
+            replayed = rec["status"] in ("ok", "failed")
+            if result.get("status") == "ok":
+                metrics.pop("step", None)
+                rec.update(status="ok", row=metrics, error=None)
+            else:
+                rec.update(status="failed", row={}, error=result.get("error"),
+                           traceback=result.get("traceback"))
+            rec["ended"] = rec["ended"] if replayed and rec["ended"] else time.time()
+            self._save(rec)
+            self._progress(rec)
+            return
+        if rec["status"] in FINAL_STATES:
+            return
+        rec["status"] = "running"
+        if "epoch" in metrics:
+            rec["last"] = metrics
+            line = {"trial_id": trial.trial_id, **metrics}
+            with open(self.study_dir / "history.jsonl", "a") as f:
+                f.write(json.dumps(line, default=_plain) + "\n")
+        else:
+            rec["last"] = {**rec["last"], "step": metrics.get("step", rec["last"].get("step"))}
+        self._save(rec)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        rec = self._record(trial)
+        if rec["status"] not in FINAL_STATES:
+            # Ended without a final row: a scheduler stopped it early.
+            rec.update(status="stopped", ended=time.time())
+            self._save(rec)
+            self._progress(rec)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        rec = self._record(trial)
+        rec["retries"] = rec.get("retries", 0) + 1
+        rec["status"] = "running"
+        self._save(rec)
+        self._say(f"[{self.name}] trial {trial.trial_id} lost its worker; retrying from its "
+                  f"last checkpoint (retry {rec['retries']})")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        rec = self._record(trial)
+        if rec["status"] in ("ok", "failed"):
+            return
+        rec.update(status="failed", ended=time.time(), row={}, error=_error_text(trial))
+        self._save(rec)
+        self._progress(rec)
+
+    # ---------------------------------------------------------------- progress
+
+    def counts(self) -> dict:
+        states = [r["status"] for r in self.records.values()]
+        return {s: states.count(s) for s in ("ok", "failed", "stopped", "running", "pending")}
+
+    def _progress(self, rec: dict) -> None:
+        c = self.counts()
+        rows = [r["row"] for r in self.records.values() if r["status"] == "ok"]
+        pts = objective_points(rows, self.objectives)
+        modes = list(self.objectives.values())
+        best = []
+        for i, (k, m) in enumerate(self.objectives.items()):
+            if pts:
+                v = (max if m == "max" else min)(p[i] for p in pts)
+                best.append(f"{k} {v:.4g}")
+        front = sum(nondominated(pts, modes)) if pts else 0
+        what = rec["status"]
+        if rec["status"] == "ok":
+            what = "ok " + ", ".join(f"{k} {rec['row'].get(k, float('nan')):.4g}"
+                                     for k in self.objectives)
+        elif rec["status"] == "failed":
+            what = f"failed: {(rec.get('error') or '').splitlines()[0][:120]}"
+        self._say(
+            f"[{self.name}] trial {rec.get('number')} {what} | {c['ok']}/{self.total} done, "
+            f"{c['running']} running, {c['failed']} failed"
+            + (f", {c['stopped']} stopped" if c["stopped"] else "")
+            + (f" | best {', '.join(best)} | front {front}" if best else "")
+        )
+
+
+def _error_text(trial) -> str:
+    """The error of a trial that Ray gave up on (after its retries)."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).exists():
+        text = Path(path).read_text().strip()
+        if text:
+            return text.splitlines()[-1][:2000] + "\n" + text[-4000:]
+    return str(getattr(trial, "error_msg", None) or "the trial's worker failed")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def trial_records(study_dir: Path) -> list[dict]:
+    recs = [read_json(p) for p in sorted((Path(study_dir) / "trials").glob("*.json"))]
+    recs = [r for r in recs if r and "trial_id" in r]
+    return sorted(recs, key=lambda r: (r.get("number") is None, r.get("number") or 0))
+
+
+def summarize(study_dir: Path) -> dict:
+    """Counts, best values and front size, from the files alone."""
+    study_dir = Path(study_dir)
+    study = read_json(study_dir / "study.json") or {}
+    objectives = study.get("objectives", {})
+    recs = trial_records(study_dir)
+    states = [r.get("status") for r in recs]
+    rows = [r.get("row") or {} for r in recs if r.get("status") == "ok"]
+    pts = objective_points(rows, objectives)
+    front = sum(nondominated(pts, list(objectives.values()))) if pts else 0
+    best = {}
+    for i, (k, m) in enumerate(objectives.items()):
+        if pts:
+            best[k] = (max if m == "max" else min)(p[i] for p in pts)
+    return {
+        "name": study.get("name", study_dir.name),
+        "requested": study.get("trials"),
+        "trials": len(recs),
+        "finished": states.count("ok"),
+        "running": states.count("running") + states.count("pending"),
+        "failed": states.count("failed"),
+        "stopped": states.count("stopped"),
+        "front_size": front,
+        "hypervolume": None,
+        "best": best,
+        "objectives": objectives,
+    }

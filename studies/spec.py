@@ -1,0 +1,730 @@
+"""The study spec: a YAML file checked field by field before any Ray process starts.
+
+``load_spec(path)`` returns a :class:`StudySpec` or raises :class:`SpecError`
+listing every mistake found, each with its field path, the value and what is
+allowed. The checks use the same tables trials use (models, datasets, each
+method's declared parameters), so a spec that validates runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prune_core import data as datasets
+from prune_core import models
+from prune_core.methods import Method, Param, ParamError, chain_name, list_methods, parse_chain
+from prune_core.train import TrainConfig
+from prune_core.trial import TrialSpec
+
+# Columns of the result row a study may optimise (DESIGN.md, Measurement).
+OBJECTIVE_COLUMNS = (
+    "accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop", "params",
+    "nonzero_params", "macs", "nonzero_macs", "ops", "size_bytes", "latency_ms",
+    "compression", "speedup", "train_seconds",
+)
+# Objectives ASHA can stop on: their per-epoch proxy is the validation accuracy.
+ASHA_OBJECTIVES = ("accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+SCHEDULERS = ("asha",)
+SPACE_KEYS = ("type", "low", "high", "log", "step", "choices")
+SEARCH_WORD = "search"  # `stage.param: search` takes the method's declared range
+PIPELINE = "pipeline"  # the categorical parameter choosing between chains
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+TOP_KEYS = (
+    "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
+    "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
+    "optuna_storage", "max_failures", "seed", "device", "latency",
+)
+
+
+class SpecError(ValueError):
+    """Every mistake found in a spec, one line each, naming the field."""
+
+    def __init__(self, errors: list[str], source: str = "spec"):
+        self.errors = list(errors)
+        self.source = source
+        n = len(errors)
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"{n} error{'s' if n != 1 else ''} in {source}:\n{lines}")
+
+
+class StudyError(ValueError):
+    """A study directory is missing, foreign, or already used."""
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """How one ``stage.param`` is searched: a range, choices, or a fixed value."""
+
+    name: str
+    kind: str  # float | int | categorical | fixed
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple | None = None
+    value: Any = None
+
+    @property
+    def stage(self) -> str:
+        return self.name.partition(".")[0]
+
+    def to_dict(self) -> dict:
+        if self.kind == "fixed":
+            return {"type": "fixed", "value": self.value}
+        if self.kind == "categorical":
+            return {"type": "categorical", "choices": list(self.choices)}
+        d = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
+        if self.step is not None:
+            d["step"] = self.step
+        return d
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study spec. Build it with :func:`load_spec` or :func:`parse_spec`."""
+
+    name: str
+    data: str
+    data_kw: dict
+    model: str
+    model_kw: dict
+    baseline: dict
+    transfer: dict | None
+    finetune: dict
+    chains: tuple[tuple, ...]  # each a chain as parse_chain takes it
+    space: dict[str, ParamSpace]
+    objectives: dict[str, str]
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    sampler_options: dict = field(default_factory=dict)
+    trials: int = 20
+    scheduler: dict | None = None
+    resources: dict = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
+    max_concurrent: int | None = None
+    storage: str = "runs"
+    optuna_storage: str | None = None
+    max_failures: int = 2
+    seed: int = 0
+    device: str = "auto"
+    latency: bool = False
+    source: dict = field(default_factory=dict)  # the spec as written, for spec.yaml
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def chain_names(self) -> list[str]:
+        return [chain_name(parse_chain(list(c))) for c in self.chains]
+
+    @property
+    def methods_label(self) -> str | list[str]:
+        """The chain name, or the list of chains a study chooses between."""
+        names = self.chain_names
+        return names[0] if len(names) == 1 else names
+
+    @property
+    def is_remote_storage(self) -> bool:
+        return "://" in self.storage
+
+    @property
+    def study_dir(self) -> Path:
+        """Where the study's files go (a local directory even for cloud storage)."""
+        root = Path("runs") if self.is_remote_storage else Path(self.storage).expanduser()
+        return (root / self.name).resolve()
+
+    @property
+    def cache_dir(self) -> Path:
+        """Base models by content hash, shared by every study in the storage."""
+        root = Path("runs") if self.is_remote_storage else Path(self.storage).expanduser()
+        return (root / "_cache").resolve()
+
+    @property
+    def fixed(self) -> dict:
+        return {k: p.value for k, p in self.space.items() if p.kind == "fixed"}
+
+    @property
+    def searched(self) -> dict[str, ParamSpace]:
+        return {k: p for k, p in self.space.items() if p.kind != "fixed"}
+
+    def stages_of(self, chain_index: int) -> list[str]:
+        return [s.name for s in parse_chain(list(self.chains[chain_index]))]
+
+    def trial_spec(self) -> TrialSpec:
+        """What every trial of this study shares, as ``prune_core.trial`` takes it."""
+        return TrialSpec(
+            model=self.model, model_kw=dict(self.model_kw), data=self.data,
+            data_kw=dict(self.data_kw), baseline=dict(self.baseline),
+            transfer=dict(self.transfer) if self.transfer is not None else None,
+            finetune=dict(self.finetune), methods=list(self.chains[0]), fixed=self.fixed,
+            seed=self.seed, device=self.device, latency=self.latency,
+            cache_dir=str(self.cache_dir),
+        )
+
+    def with_overrides(self, **kw) -> StudySpec:
+        """A copy with top-level fields replaced (``--trials``, ``--storage``, ``--name``),
+        checked again."""
+        raw = dict(self.source)
+        raw.update({k: v for k, v in kw.items() if v is not None})
+        return parse_spec(raw, source=f"spec {self.name!r} with overrides")
+
+    def to_yaml(self) -> str:
+        """The spec as written, with local paths made absolute so it resumes from anywhere."""
+        source = dict(self.source)
+        if not self.is_remote_storage:
+            source["storage"] = str(Path(self.storage).expanduser().resolve())
+        if "root" in self.data_kw:
+            source["data"] = {"name": self.data, **self.data_kw}
+        return yaml.safe_dump(source, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and check a YAML spec; raise :class:`SpecError` with every mistake."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError([f"spec file {str(path)!r} does not exist"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError([f"not valid YAML: {e}"], str(path)) from e
+    return parse_spec(raw, source=str(path))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["stage.param=value", ...]`` -> ``{"stage.param": value}`` with YAML-typed values."""
+    out: dict = {}
+    errors = []
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            errors.append(f"--set {item!r}: expected stage.param=value")
+            continue
+        if "." not in key and key != PIPELINE:
+            errors.append(f"--set {item!r}: parameter {key!r} must be named stage.param")
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            errors.append(f"--set {item!r}: value is not valid YAML ({e})")
+            continue
+        out[key] = _maybe_number(value)
+    if errors:
+        raise SpecError(errors, "--set")
+    return out
+
+
+def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
+    """Check a spec given as plain data (what YAML gives) and build a :class:`StudySpec`."""
+    c = _Checker()
+    if not isinstance(raw, dict):
+        raise SpecError([f"the spec must be a mapping of fields; got {type(raw).__name__}"],
+                        source)
+    for k in raw:
+        if k not in TOP_KEYS:
+            c.error(str(k), f"unknown field; allowed: {', '.join(TOP_KEYS)}")
+
+    name = raw.get("name")
+    if name is None:
+        c.error("name", "missing; give the study a name (it names its directory)")
+    elif not isinstance(name, str) or not NAME_RE.match(name):
+        c.error("name", f"{name!r} is not a valid study name; allowed: letters, digits, "
+                        "'.', '_' and '-', starting with a letter or digit")
+
+    data_name, data_kw = _check_data(c, raw.get("data", "digits"))
+    model_name, model_kw = _check_model(c, raw.get("model", {"name": "vgg11", "width": 0.25}))
+    baseline_raw = raw.get("baseline") or {}
+    transfer = None
+    if isinstance(baseline_raw, dict) and "transfer" in baseline_raw:
+        baseline_raw = dict(baseline_raw)
+        transfer = _check_train(c, "baseline.transfer", baseline_raw.pop("transfer") or {})
+    baseline = _check_train(c, "baseline", baseline_raw)
+    finetune = _check_train(c, "finetune", raw.get("finetune") or {})
+    chains = _check_methods(c, raw.get("methods"))
+    space = _check_space(c, raw.get("space") or {}, chains)
+    objectives = _check_objectives(c, raw.get("objectives"))
+    n_objectives = len(raw["objectives"]) if isinstance(raw.get("objectives"), dict | list) \
+        else len(objectives)
+    sampler, sampler_seed, sampler_options = _check_sampler(c, raw.get("sampler", "tpe"),
+                                                            raw.get("seed", 0))
+    trials = c.integer("trials", raw.get("trials", 20), low=1)
+    scheduler = _check_scheduler(c, raw.get("scheduler"), objectives, n_objectives)
+    resources = _check_resources(c, raw.get("resources") or {})
+    max_concurrent = raw.get("max_concurrent")
+    if max_concurrent is not None:
+        max_concurrent = c.integer("max_concurrent", max_concurrent, low=1)
+    storage = raw.get("storage", "runs")
+    if not isinstance(storage, str) or not storage.strip():
+        c.error("storage", f"{storage!r} is not a path or URI; give a directory or "
+                           "a URI such as s3://bucket/studies")
+        storage = "runs"
+    optuna_storage = raw.get("optuna_storage")
+    if optuna_storage is not None and (not isinstance(optuna_storage, str)
+                                       or not optuna_storage.strip()):
+        c.error("optuna_storage", f"{optuna_storage!r} is not valid; allowed: a SQLAlchemy "
+                                  "URL, a .db file, or a journal file (.log / .journal)")
+        optuna_storage = None
+    max_failures = c.integer("max_failures", raw.get("max_failures", 2), low=0)
+    seed = c.integer("seed", raw.get("seed", 0), low=0)
+    device = raw.get("device", "auto")
+    if not isinstance(device, str) or not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", device):
+        c.error("device", f"{device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
+        device = "auto"
+    elif device.startswith("cuda") and resources["gpu"] == 0:
+        c.error("device", f"{device!r} needs a GPU per trial, but resources.gpu is 0; "
+                          "set resources.gpu (fractions such as 0.5 share a GPU)")
+    latency = raw.get("latency", False)
+    if not isinstance(latency, bool):
+        c.error("latency", f"{latency!r} is not true or false")
+        latency = False
+    latency = latency or "latency_ms" in objectives
+
+    if c.errors:
+        raise SpecError(c.errors, source)
+    return StudySpec(
+        name=name, data=data_name, data_kw=data_kw, model=model_name, model_kw=model_kw,
+        baseline=baseline, transfer=transfer, finetune=finetune, chains=chains, space=space,
+        objectives=objectives, sampler=sampler, sampler_seed=sampler_seed,
+        sampler_options=sampler_options, trials=trials, scheduler=scheduler,
+        resources=resources, max_concurrent=max_concurrent, storage=storage,
+        optuna_storage=optuna_storage, max_failures=max_failures, seed=seed, device=device,
+        latency=latency, source=dict(raw),
+    )
+
+
+# --------------------------------------------------------------------------- checks
+
+
+class _Checker:
+    """Collects errors instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{where}: {message}")
+
+    def integer(self, where: str, value: Any, low: int | None = None) -> int:
+        value = _maybe_number(value)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and \
+            float(value).is_integer() and (low is None or value >= low)
+        if not ok:
+            bound = f" >= {low}" if low is not None else ""
+            self.error(where, f"{value!r} is not valid; allowed: an integer{bound}")
+            return low or 0
+        return int(value)
+
+
+def _maybe_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string; take it as the number it means."""
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return value
+        return int(f) if re.fullmatch(r"[+-]?\d+", value.strip()) else f
+    return value
+
+
+def _named(c: _Checker, where: str, value: Any, default_kw: dict | None = None
+           ) -> tuple[str | None, dict]:
+    """``name`` or ``{name: ..., **kw}``."""
+    if isinstance(value, str):
+        return value, dict(default_kw or {})
+    if isinstance(value, dict):
+        if "name" not in value:
+            c.error(f"{where}.name", "missing")
+            return None, {}
+        kw = {k: _maybe_number(v) for k, v in value.items() if k != "name"}
+        return value["name"], kw
+    c.error(where, f"{value!r} is not valid; allowed: a name, or a mapping with name and "
+                   "settings")
+    return None, {}
+
+
+def _check_data(c: _Checker, value: Any) -> tuple[str, dict]:
+    name, kw = _named(c, "data", value)
+    if name is None:
+        return "digits", {}
+    if name not in datasets.list_datasets():
+        c.error("data.name", f"unknown dataset {name!r}; valid names: "
+                             f"{', '.join(datasets.list_datasets())}")
+        return name, kw
+    allowed = _dataset_kwargs(name)
+    for k in kw:
+        if allowed is not None and k not in allowed:
+            c.error(f"data.{k}", f"dataset {name!r} does not take {k!r}; it takes: "
+                                 f"{', '.join(allowed)}")
+    vf = kw.get("val_fraction", 0.1)
+    if not isinstance(vf, int | float) or isinstance(vf, bool) or not 0 < vf < 0.5:
+        c.error("data.val_fraction", f"{vf!r} is not valid; allowed: a number in (0, 0.5)")
+    download = kw.get("download", False)
+    if not isinstance(download, bool):
+        c.error("data.download", f"{download!r} is not true or false")
+    if datasets.needs_root(name):
+        root = kw.get("root")
+        if root is None:
+            c.error("data.root", f"dataset {name!r} needs a root directory; set data.root")
+        elif not isinstance(root, str):
+            c.error("data.root", f"{root!r} is not a path")
+        elif not Path(root).expanduser().exists() and not download:
+            c.error("data.root", f"{root!r} does not exist; put the {name} files there, or "
+                                 "set data.download: true on a machine with internet")
+        elif isinstance(root, str):
+            kw["root"] = str(Path(root).expanduser().resolve())
+    return name, kw
+
+
+def _dataset_kwargs(name: str) -> list[str] | None:
+    # The dataset registry keeps loaders in a private table; their signatures are the
+    # settings a spec may give.
+    loaders = getattr(datasets, "_DATASETS", {})
+    if name not in loaders:
+        return None
+    return [p for p in inspect.signature(loaders[name]).parameters]
+
+
+def _check_model(c: _Checker, value: Any) -> tuple[str, dict]:
+    name, kw = _named(c, "model", value)
+    if name is None:
+        return "vgg11", {}
+    if name not in models.list_models():
+        c.error("model.name", f"unknown model {name!r}; valid names: "
+                              f"{', '.join(models.list_models())}")
+        return name, kw
+    allowed = models.model_kwargs(name)
+    for k in kw:
+        if k not in allowed:
+            c.error(f"model.{k}", f"model {name!r} does not take {k!r}; it takes: "
+                                  f"{', '.join(allowed)}")
+    if "width" in kw:
+        w = kw["width"]
+        if not isinstance(w, int | float) or isinstance(w, bool) or not 0 < w <= 4:
+            c.error("model.width", f"{w!r} is not valid; allowed: a number in (0, 4]")
+    return name, kw
+
+
+def _check_train(c: _Checker, where: str, value: Any) -> dict:
+    """TrainConfig fields, each checked on its own so every bad one is reported."""
+    if not isinstance(value, dict):
+        c.error(where, f"{value!r} is not a mapping of training settings")
+        return {}
+    known = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for k, v in value.items():
+        if k not in known:
+            c.error(f"{where}.{k}", f"unknown training setting; allowed: "
+                                    f"{', '.join(sorted(known))}")
+            continue
+        v = [_maybe_number(x) for x in v] if isinstance(v, list) else _maybe_number(v)
+        try:
+            TrainConfig.from_dict({k: v})
+        except (ValueError, TypeError) as e:
+            c.error(f"{where}.{k}", f"{v!r} is not valid ({e})")
+            continue
+        out[k] = v
+    return out
+
+
+def _check_methods(c: _Checker, value: Any) -> tuple[tuple, ...]:
+    """A chain (``slimming``, ``slimming+quantize``, a list) or ``{choice: [chains]}``."""
+    if value is None:
+        c.error("methods", "missing; name a method, a chain [a, b], or {choice: [chains]}")
+        return ()
+    if isinstance(value, dict):
+        if set(value) != {"choice"} or not isinstance(value["choice"], list) \
+                or not value["choice"]:
+            c.error("methods", f"{value!r} is not valid; a choice between chains is written "
+                               "{choice: [slimming, [magnitude, quantize], ...]}")
+            return ()
+        items = [(f"methods.choice[{i}]", v) for i, v in enumerate(value["choice"])]
+        for where, v in items:
+            if isinstance(v, list) and any(isinstance(x, dict) for x in v):
+                c.error(where, "chains in a choice are written with method names only")
+    else:
+        items = [("methods", value)]
+    chains = []
+    for where, v in items:
+        chain = v.split("+") if isinstance(v, str) else v
+        if not isinstance(chain, list):
+            c.error(where, f"{v!r} is not a method name or a list of them")
+            continue
+        try:
+            parse_chain(list(chain))
+        except ParamError as e:
+            c.error(where, str(e))
+            # Keep the known methods, so the space is still checked against them.
+            known = [m for m in chain if isinstance(m, str) and m in list_methods()]
+            if known and not isinstance(value, dict):
+                chains.append(tuple(dict.fromkeys(known)))
+            continue
+        chains.append(tuple(chain))
+    names = [chain_name(parse_chain(list(ch))) for ch in chains]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        c.error("methods.choice", f"chain(s) {', '.join(dupes)} listed twice")
+    return tuple(chains)
+
+
+def _stage_methods(chains: tuple[tuple, ...]) -> dict[str, Method]:
+    out: dict[str, Method] = {}
+    for chain in chains:
+        for s in parse_chain(list(chain)):
+            out.setdefault(s.name, s.method)
+    return out
+
+
+def _check_space(c: _Checker, value: Any, chains: tuple[tuple, ...]) -> dict[str, ParamSpace]:
+    if not isinstance(value, dict):
+        c.error("space", f"{value!r} is not a mapping of stage.param to a range, choices or "
+                         "a value")
+        return {}
+    stages = _stage_methods(chains)
+    out: dict[str, ParamSpace] = {}
+    for key, spec in value.items():
+        where = f"space.{key}"
+        if key == PIPELINE:
+            c.error(where, "'pipeline' is set by methods: {choice: [...]}, not in space")
+            continue
+        stage, dot, pname = str(key).partition(".")
+        if not dot or not pname:
+            c.error(where, f"parameter {key!r} must be named stage.param")
+            continue
+        if stage not in stages:
+            if chains:
+                c.error(where, f"unknown stage {stage!r}; stages of this study: "
+                               f"{', '.join(stages)}")
+            continue
+        method = stages[stage]
+        try:
+            param = method.param(pname)
+        except ParamError as e:
+            c.error(where, str(e))
+            continue
+        ps = _check_param_space(c, where, f"{stage}.{pname}", param, spec)
+        if ps is not None:
+            out[key] = ps
+    return out
+
+
+def _check_param_space(c: _Checker, where: str, name: str, param: Param, spec: Any
+                       ) -> ParamSpace | None:
+    domain = f"the domain of {name}: {param.domain()}"
+    if spec is None or spec == SEARCH_WORD or spec == {}:
+        if not param.search:
+            c.error(where, f"{name} declares no search range; give low/high or choices")
+            return None
+        spec = dict(param.search)
+        where = f"{where} (declared search range)"
+    if isinstance(spec, list):
+        c.error(where, f"{spec!r}: a fixed value must be one value; to search these, write "
+                       "{choices: [...]}")
+        return None
+    if not isinstance(spec, dict):
+        value = _maybe_number(spec) if param.kind in ("float", "int") else spec
+        if not param.contains(value):
+            c.error(where, f"{value!r} is outside {domain}")
+            return None
+        return ParamSpace(name, "fixed", value=param.check(value, name))
+    for k in spec:
+        if k not in SPACE_KEYS:
+            c.error(f"{where}.{k}", f"unknown key; allowed: {', '.join(SPACE_KEYS)}")
+    kind = spec.get("type")
+    if kind is None:
+        kind = "categorical" if "choices" in spec else param.kind
+    if kind not in ("float", "int", "categorical"):
+        c.error(f"{where}.type", f"{kind!r} is not valid; allowed: float, int, categorical")
+        return None
+    if kind == "categorical" or param.kind in ("categorical", "bool"):
+        return _check_choices(c, where, name, param, spec, domain)
+    if kind == "float" and param.kind == "int":
+        c.error(f"{where}.type", f"float does not fit {name}, which is an integer")
+        return None
+    bad = False
+    bounds = {}
+    for end in ("low", "high"):
+        v = _maybe_number(spec.get(end))
+        if v is None:
+            c.error(f"{where}.{end}", f"missing; a {kind} range needs low and high")
+            bad = True
+        elif isinstance(v, bool) or not isinstance(v, int | float):
+            c.error(f"{where}.{end}", f"{v!r} is not a number")
+            bad = True
+        elif kind == "int" and not float(v).is_integer():
+            c.error(f"{where}.{end}", f"{v!r} is not an integer")
+            bad = True
+        elif not param.contains(int(v) if kind == "int" else v):
+            c.error(f"{where}.{end}", f"{v!r} is outside {domain}")
+            bad = True
+        bounds[end] = v
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        c.error(f"{where}.log", f"{log!r} is not true or false")
+        bad = True
+    step = _maybe_number(spec.get("step"))
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float)
+                             or step <= 0):
+        c.error(f"{where}.step", f"{step!r} is not valid; allowed: a number > 0")
+        bad = True
+    if bad:
+        return None
+    low, high = bounds["low"], bounds["high"]
+    if low > high:
+        c.error(where, f"low {low!r} is above high {high!r}")
+        return None
+    if log and low <= 0:
+        c.error(f"{where}.low", f"{low!r} with log: true; a log range needs low > 0")
+        return None
+    if log and step is not None:
+        c.error(f"{where}.step", "step cannot be combined with log: true")
+        return None
+    if kind == "int":
+        return ParamSpace(name, "int", int(low), int(high), log,
+                          int(step) if step is not None else None)
+    return ParamSpace(name, "float", float(low), float(high), log,
+                      float(step) if step is not None else None)
+
+
+def _check_choices(c: _Checker, where: str, name: str, param: Param, spec: dict,
+                   domain: str) -> ParamSpace | None:
+    choices = spec.get("choices")
+    if choices is None and param.kind == "bool":
+        choices = [True, False]
+    if not isinstance(choices, list) or not choices:
+        c.error(f"{where}.choices", f"{choices!r} is not valid; allowed: a non-empty list of "
+                                    f"values from {domain}")
+        return None
+    out = []
+    for i, v in enumerate(choices):
+        v = _maybe_number(v) if param.kind in ("float", "int") else v
+        if not isinstance(v, str | int | float | bool) and v is not None:
+            c.error(f"{where}.choices[{i}]", f"{v!r} is not a plain value")
+        elif not param.contains(v):
+            c.error(f"{where}.choices[{i}]", f"{v!r} is outside {domain}")
+        else:
+            out.append(param.check(v, name))
+    if len(out) != len(choices):
+        return None
+    if len(set(map(repr, out))) != len(out):
+        c.error(f"{where}.choices", f"{choices!r} lists a value twice")
+        return None
+    return ParamSpace(name, "categorical", choices=tuple(out))
+
+
+def _check_objectives(c: _Checker, value: Any) -> dict[str, str]:
+    if value is None:
+        c.error("objectives", "missing; for example {accuracy: max, macs: min}")
+        return {}
+    if isinstance(value, list):  # [{accuracy: max}, {macs: min}] keeps the order too
+        merged: dict = {}
+        for item in value:
+            if isinstance(item, dict):
+                merged.update(item)
+            else:
+                c.error("objectives", f"{item!r} is not column: max|min")
+        value = merged
+    if not isinstance(value, dict) or not value:
+        c.error("objectives", f"{value!r} is not valid; allowed: a mapping column: max|min")
+        return {}
+    out = {}
+    for col, mode in value.items():
+        if col not in OBJECTIVE_COLUMNS:
+            c.error(f"objectives.{col}", f"unknown result column {col!r}; allowed: "
+                                         f"{', '.join(OBJECTIVE_COLUMNS)}")
+        elif mode not in ("max", "min"):
+            c.error(f"objectives.{col}", f"{mode!r} is not valid; allowed: max, min")
+        else:
+            out[col] = mode
+    return out
+
+
+def _check_sampler(c: _Checker, value: Any, default_seed: Any) -> tuple[str, int, dict]:
+    name, kw = _named(c, "sampler", value)
+    seed = kw.pop("seed", default_seed)
+    seed = c.integer("sampler.seed", seed, low=0)
+    if name is None:
+        return "tpe", seed, {}
+    if name not in SAMPLERS:
+        c.error("sampler.name" if isinstance(value, dict) else "sampler",
+                f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+        return "tpe", seed, {}
+    options = kw.pop("options", None) or {}
+    for k in kw:
+        c.error(f"sampler.{k}", "unknown key; allowed: name, seed, options")
+    if not isinstance(options, dict):
+        c.error("sampler.options", f"{options!r} is not a mapping")
+        return name, seed, {}
+    from studies.space import sampler_class
+
+    allowed = [p for p in inspect.signature(sampler_class(name).__init__).parameters
+               if p not in ("self", "seed")]
+    for k in options:
+        if k not in allowed:
+            c.error(f"sampler.options.{k}", f"the {name} sampler does not take {k!r}; it "
+                                            f"takes: {', '.join(allowed)}")
+    return name, seed, {k: _maybe_number(v) for k, v in options.items()}
+
+
+def _check_scheduler(c: _Checker, value: Any, objectives: dict, n_objectives: int
+                     ) -> dict | None:
+    if value is None:
+        return None
+    name, kw = _named(c, "scheduler", value)
+    if name is None:
+        return None
+    if name not in SCHEDULERS:
+        c.error("scheduler", f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
+        return None
+    if n_objectives > 1:
+        c.error("scheduler", f"asha stops trials on one metric; this study has "
+                             f"{n_objectives} objectives. "
+                             "Remove the scheduler or keep one objective")
+    elif objectives and next(iter(objectives)) not in ASHA_OBJECTIVES:
+        c.error("scheduler", f"asha judges trials by the per-epoch validation accuracy, "
+                             f"which does not track {next(iter(objectives))!r}; allowed "
+                             f"objectives with asha: {', '.join(ASHA_OBJECTIVES)}")
+    allowed = ("grace_period", "reduction_factor", "max_t", "brackets")
+    for k, v in kw.items():
+        if k not in allowed:
+            c.error(f"scheduler.{k}", f"unknown key; allowed: name, {', '.join(allowed)}")
+        else:
+            kw[k] = c.integer(f"scheduler.{k}", v, low=1)
+    return {"name": name, **kw}
+
+
+def _check_resources(c: _Checker, value: Any) -> dict:
+    if not isinstance(value, dict):
+        c.error("resources", f"{value!r} is not a mapping such as {{cpu: 1, gpu: 0.5}}")
+        return {"cpu": 1.0, "gpu": 0.0}
+    out = {"cpu": 1.0, "gpu": 0.0}
+    for k, v in value.items():
+        v = _maybe_number(v)
+        if k not in out:
+            c.error(f"resources.{k}", "unknown resource; allowed: cpu, gpu")
+        elif isinstance(v, bool) or not isinstance(v, int | float) or v < 0 \
+                or (k == "cpu" and v == 0):
+            c.error(f"resources.{k}", f"{v!r} is not valid; allowed: a number "
+                                      f"{'> 0' if k == 'cpu' else '>= 0'}")
+        elif k == "gpu" and v > 1 and not float(v).is_integer():
+            c.error("resources.gpu", f"{v!r} is not valid; a trial takes a fraction of one "
+                                     "GPU (0 < gpu < 1) or whole GPUs")
+        else:
+            out[k] = float(v)
+    return out
+
+
+def objective_lists(spec: StudySpec) -> tuple[list[str], list[str]]:
+    """``(metrics, modes)`` in the spec's order, as OptunaSearch takes them."""
+    return list(spec.objectives), list(spec.objectives.values())
+
+
+__all__ = ["OBJECTIVE_COLUMNS", "SAMPLERS", "ParamSpace", "SpecError", "StudyError", "StudySpec",
+           "load_spec", "objective_lists", "parse_overrides", "parse_spec"]

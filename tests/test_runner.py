@@ -1,0 +1,212 @@
+"""Studies on a real local Ray: failures, checkpoint retries, base reuse, driver kill + resume.
+
+Trials use the `none` method on a tiny base model so each takes seconds. A loss is made to
+turn NaN with a huge learning rate plus a large weight decay (each step multiplies the
+weights by 1 - lr * weight_decay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import yaml
+from optuna.trial import TrialState
+
+from studies.record import trial_records
+from studies.runner import run_study
+from studies.spec import StudyError, parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+PRUNE_STUDY = str(ROOT / ".venv" / "bin" / "prune-study")
+pytestmark = pytest.mark.slow
+
+# Two epochs of VGG-11/0.25 on digits: a poor model, but a real one, trained in seconds.
+TINY_BASE = {"epochs": 2, "lr": 0.05}
+
+
+def tiny_spec(name: str, storage: Path, **kw) -> dict:
+    spec = {
+        "name": name, "data": "digits", "model": {"name": "vgg11", "width": 0.25},
+        "baseline": TINY_BASE, "methods": "none", "finetune": {"weight_decay": 5.0},
+        "objectives": {"accuracy": "max", "params": "min"},
+        "sampler": {"name": "random", "seed": 1}, "trials": 4, "storage": str(storage),
+        "max_failures": 2,
+    }
+    spec.update(kw)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def failing_study(local_ray, storage):
+    """Four trials, of which those with lr 10 diverge; trains the base model."""
+    spec = parse_spec(tiny_spec("failing", storage, space={
+        "none.finetune_epochs": 1, "none.lr": {"choices": [1e-4, 10.0]}}))
+    summary = run_study(spec, log=lambda _m: None)
+    return spec, summary
+
+
+def test_failed_trials_are_recorded_and_never_on_a_front(failing_study):
+    spec, summary = failing_study
+    recs = trial_records(spec.study_dir)
+    assert len(recs) == 4 and summary["finished"] + summary["failed"] == 4
+    by_lr = {lr: [r for r in recs if r["params"]["none.lr"] == lr] for lr in (1e-4, 10.0)}
+    assert by_lr[1e-4] and by_lr[10.0], "the seed must draw both learning rates"
+    for r in by_lr[10.0]:
+        assert r["status"] == "failed" and r["row"] == {}
+        assert r["error"].startswith("TrainingDiverged") and "nan" in r["error"]
+    for r in by_lr[1e-4]:
+        assert r["status"] == "ok" and 0 <= r["row"]["accuracy"] <= 1
+        assert r["row"]["none.lr"] == 1e-4 and r["row"]["params"] > 0
+    # Optuna saw the failures as FAIL, so its Pareto front holds only complete trials.
+    study = optuna.load_study(study_name="failing",
+                              storage=f"sqlite:///{spec.study_dir / 'optuna.db'}")
+    states = {t.number: t.state for t in study.trials}
+    assert {r["number"]: states[r["number"]] for r in recs} == {
+        r["number"]: TrialState.COMPLETE if r["status"] == "ok" else TrialState.FAIL
+        for r in recs}
+    ok_numbers = {r["number"] for r in by_lr[1e-4]}
+    assert {t.number for t in study.best_trials} <= ok_numbers
+    assert 1 <= summary["front_size"] <= len(ok_numbers)
+    # The epoch history holds only what trials reported: the diverged ones reported nothing.
+    lines = [json.loads(x) for x in (spec.study_dir / "history.jsonl").read_text().splitlines()]
+    assert {x["trial_id"] for x in lines} == {r["trial_id"] for r in by_lr[1e-4]}
+
+
+def test_base_is_trained_once_and_reused_by_the_next_study(failing_study, storage, local_ray):
+    spec, _ = failing_study
+    study = json.loads((spec.study_dir / "study.json").read_text())
+    assert study["base"]["cached"] is False
+    base = json.loads((spec.study_dir / "base.json").read_text())
+    for r in trial_records(spec.study_dir):
+        if r["status"] == "ok":  # every trial started from that one base model
+            assert r["row"]["base_accuracy"] == base["accuracy"]
+    cache_file = Path(study["base"]["path"])
+    mtime = cache_file.stat().st_mtime_ns
+    logs: list[str] = []
+    second = parse_spec(tiny_spec("second", storage, trials=1,
+                                  space={"none.finetune_epochs": 0}))
+    run_study(second, log=logs.append)
+    study2 = json.loads((second.study_dir / "study.json").read_text())
+    assert study2["base"] == {**study["base"], "cached": True}
+    assert cache_file.stat().st_mtime_ns == mtime
+    assert not any("training the base model" in m for m in logs)
+    assert list(cache_file.parent.glob("base-*.pt")) == [cache_file]
+    # A second run into the same directory is refused, not mixed in.
+    with pytest.raises(StudyError, match="already holds a study"):
+        run_study(second, log=logs.append)
+
+
+def test_killed_trial_process_resumes_from_its_last_checkpoint(failing_study, storage):
+    spec = parse_spec(tiny_spec("retry", storage, trials=1, space={
+        "none.finetune_epochs": 4, "none.lr": 1e-3}, finetune={}))
+    trials_dir = spec.study_dir / "trials"
+    killed: dict = {}
+
+    def kill_after_two_epochs() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            for rec in trial_records(spec.study_dir) if trials_dir.exists() else []:
+                if rec.get("pid") and (rec.get("last") or {}).get("step", 0) >= 2:
+                    killed.update(pid=rec["pid"], step=rec["last"]["step"])
+                    os.kill(rec["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_after_two_epochs, daemon=True)
+    killer.start()
+    run_study(spec, log=lambda _m: None)
+    killer.join(timeout=1)
+    assert killed, "the trial never reached its second epoch"
+    (rec,) = trial_records(spec.study_dir)
+    assert rec["status"] == "ok" and rec["retries"] == 1 and rec["pid"] != killed["pid"]
+    steps = [json.loads(x)["step"] for x in
+             (spec.study_dir / "history.jsonl").read_text().splitlines()]
+    # Retried from the checkpoint of a step >= 2: epoch 1 ran once, and all four ran.
+    assert steps.count(1) == 1 and sorted(set(steps)) == [1, 2, 3, 4]
+    assert len(steps) <= 4 + 1  # at most the epoch in flight at the kill ran again
+
+
+def test_killed_driver_resumes_without_losing_or_repeating_trials(failing_study, storage):
+    raw = tiny_spec("resumed", storage, trials=6, finetune={}, max_concurrent=2,
+                    sampler={"name": "tpe", "seed": 7},
+                    space={"none.finetune_epochs": {"low": 1, "high": 2},
+                           "none.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
+    spec_path = storage / "resumed.yaml"
+    spec_path.write_text(yaml.safe_dump(raw))
+    study_dir = storage / "resumed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    driver = subprocess.Popen([PRUNE_STUDY, "run", str(spec_path)], start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None:
+            if sum(r["status"] == "ok" for r in trial_records(study_dir)
+                   if (study_dir / "trials").exists()) >= 2:
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    before = {r["trial_id"]: r for r in trial_records(study_dir) if r["status"] == "ok"}
+    lines_before = len((study_dir / "history.jsonl").read_text().splitlines())
+    assert len(before) >= 2
+
+    out = subprocess.run([PRUNE_STUDY, "resume", str(study_dir), "--json"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert summary["finished"] == 6 and summary["failed"] == 0
+    recs = trial_records(study_dir)
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert len(ok) == 6
+    # Trials finished before the kill were kept as they were, not run again.
+    for tid, rec in before.items():
+        now = next(r for r in recs if r["trial_id"] == tid)
+        assert now["row"] == rec["row"] and now["ended"] == rec["ended"]
+    history = [json.loads(x) for x in (study_dir / "history.jsonl").read_text().splitlines()]
+    assert not any(x["trial_id"] in before for x in history[lines_before:])
+    # Every finished trial is a distinct configuration, told to Optuna once.
+    configs = {(r["params"]["none.finetune_epochs"], r["params"]["none.lr"]) for r in ok}
+    assert len(configs) == 6
+    study = optuna.load_study(study_name="resumed",
+                              storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    complete = [t.number for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(complete) == sorted(r["number"] for r in ok)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    for r in ok:
+        t = study.trials[r["number"]]
+        assert t.params["none.lr"] == r["params"]["none.lr"]
+        assert t.values == [r["row"]["accuracy"], r["row"]["params"]]
+    # The restored searcher still samples with the spec's seeded TPE.
+    state_file = max((study_dir / "tune").glob("searcher-state-*.pkl"),
+                     key=lambda p: p.stat().st_mtime)
+    searcher = pickle.loads(state_file.read_bytes())
+    assert isinstance(searcher["_sampler"], optuna.samplers.TPESampler)
+    assert searcher["_ot_study"].sampler is not None
+    assert isinstance(searcher["_ot_study"].sampler, optuna.samplers.TPESampler)
