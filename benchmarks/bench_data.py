@@ -11,6 +11,7 @@ horizontal flip, normalisation. Only the data pipeline runs, no model.
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import statistics
 import sys
@@ -131,13 +132,21 @@ augmentation random crop (padding 4) + horizontal flip + normalisation, no model
 Median of {a.epochs} epochs after one warm-up epoch, the two loaders interleaved.
 The tensor loader runs with {a.threads} torch thread(s).
 
-| loader | epoch (s) | images/s |
-|---|---|---|
-| `Data.batches` (tensor ops on whole batches) | {med_ours:.4f} | {a.images / med_ours:,.0f} |
+| loader | epoch (s), median | fastest, slowest | images/s |
+|---|---|---|---|
+| `Data.batches` (tensor ops on whole batches) | {med_ours:.4f} | \
+{min(t_ours):.4f}, {max(t_ours):.4f} | {a.images / med_ours:,.0f} |
 | torchvision `DataLoader`, {a.workers} workers, PIL transforms | {med_theirs:.4f} | \
-{a.images / med_theirs:,.0f} |
+{min(t_theirs):.4f}, {max(t_theirs):.4f} | {a.images / med_theirs:,.0f} |
 
 speedup: **{med_theirs / med_ours:.1f}x**
+"""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        md += f"""
+The machine was shared: load average {load:.1f} on {cores} cores at the end of the run.
+Both loaders were slowed, so these are not idle-machine times; compare ratios only
+between runs at a similar load.
 """
     cmd = command(__file__, sys.argv[1:] if argv is None else argv)
     doc = write_results("data", result, md, a.out, cmd)
