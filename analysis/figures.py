@@ -389,6 +389,8 @@ def draw_params(data: ParamData, colour=None) -> Figure:
                            linewidths=0.8)
                 if data.kinds[param] == "log":
                     ax.set_xscale("log")
+                elif data.kinds[param] == "linear" and (d[param] % 1 == 0).all():
+                    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
                 ax.set_xlabel(param + (" (log)" if data.kinds[param] == "log" else ""))
                 _format_axis(ax, "y", obj)
                 ax.set_ylabel(label(obj))

@@ -104,6 +104,10 @@ def trials_table(studies: list[Study], front_only: bool = False) -> pd.DataFrame
     cols = ["study", "trial_id", "number", "status", "method", *_objective_columns(studies),
             *_param_columns(studies), "on_front", "progress", "error"]
     out = df.reindex(columns=cols)
+    # A failed trial's error may carry a whole traceback: its first line names the error.
+    out["error"] = out["error"].map(
+        lambda e: _shorten(str(e).strip().splitlines()[0]) if isinstance(e, str) and e.strip()
+        else None)
     out = out.loc[:, [c for c in cols if c in ("on_front", "status") or out[c].notna().any()]]
     return out.reset_index(drop=True)
 

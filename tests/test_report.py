@@ -4,6 +4,7 @@ the comparison table of seed 002."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 
 import pandas as pd
@@ -129,3 +130,15 @@ def test_missing_study_directory_is_a_clear_error(tmp_path):
         report.write_report([tmp_path / "missing"], tmp_path / "out")
     with pytest.raises(results.StudyDirError, match="no study directories"):
         report.write_report([], tmp_path / "out")
+
+
+def test_trials_table_keeps_the_first_line_of_an_error(tmp_path):
+    path = make_study(tmp_path, "tb", ok=2, failed=1, running=0)
+    failed = results.load(path).query("status == 'failed'")["trial_id"].item()
+    file = path / "trials" / f"{failed}.json"
+    doc = json.loads(file.read_text())
+    doc["error"] = "ValueError: slimming.lambda = -1 is invalid\nTraceback (most recent...\n" * 40
+    file.write_text(json.dumps(doc))
+    table = report.trials_table(results.open_studies([path]))
+    cell = table.loc[table["trial_id"] == failed, "error"].item()
+    assert cell == "ValueError: slimming.lambda = -1 is invalid"
