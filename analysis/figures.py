@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -114,9 +115,9 @@ def style():
     """A clean paper-like style: white background, ticks, light grid, readable sizes."""
     rc = {"axes.grid": True, "grid.color": "#e6e6e6", "grid.linewidth": 0.6,
           "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 11,
-          "axes.titleweight": "bold", "legend.frameon": False, "savefig.dpi": 150,
-          "figure.dpi": 100, "font.family": "DejaVu Sans"}
-    with sns.axes_style("ticks", rc), sns.plotting_context("paper", font_scale=1.25, rc=rc):
+          "legend.framealpha": 0.9, "legend.edgecolor": "#dddddd"}
+    with sns.axes_style("ticks"), sns.plotting_context("paper", font_scale=1.25), \
+            matplotlib.rc_context(rc):
         yield
 
 
@@ -210,12 +211,14 @@ def front_panels(studies: list[Study]) -> list[ParetoData]:
     return [p for p in panels if p is not None]
 
 
-def draw_pareto(panels: list[ParetoData]) -> Figure:
+def draw_pareto(panels: list[ParetoData], colours: dict | None = None) -> Figure:
     """Accuracy against each cost (log x), one colour per method, fronts as step lines."""
     with style():
         fig = Figure(figsize=(5.0 * len(panels), 4.4), layout="constrained")
         axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-        methods = palette(pd.concat([p.points["method"] for p in panels]))
+        shown = set(pd.concat([p.points["method"] for p in panels]))
+        colours = colours or palette(shown)
+        methods = {m: c for m, c in colours.items() if m in shown}
         study_names = list(dict.fromkeys(panels[0].points["study"]))
         markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(study_names)}
         dashes = {s: DASHES[i % len(DASHES)] for i, s in enumerate(study_names)}
@@ -757,7 +760,7 @@ def _entries(studies: list[Study]) -> list[tuple[str, str, str, object, Callable
          "Each point is a finished trial, coloured by method; ringed points are on the "
          "study's Pareto front over all its objectives. The step line is the front of this "
          "projection: the best accuracy reached at or below each cost. The star is the base "
-         "model.", panels or None, draw_pareto),
+         "model.", panels or None, partial(draw_pareto, colours=colours)),
         ("hypervolume", "Hypervolume against trials",
          "Hypervolume of the front after each trial, normalised by the base model: accuracy "
          "as a share of the base's, each cost as the share of the base's cost saved plus "
