@@ -1,0 +1,177 @@
+"""The study spec: every mistake reported with its field before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prune_core.baseline import BaseSpec
+from prune_core.train import TrainConfig
+from studies.spec import SpecError, load_spec, parse_overrides, parse_spec
+
+SPECS = sorted((Path(__file__).resolve().parent.parent / "studies" / "specs").glob("*.yaml"))
+
+
+def good(**kw) -> dict:
+    spec = {
+        "name": "t", "data": "digits", "model": {"name": "vgg11", "width": 0.25},
+        "baseline": {"epochs": 2, "lr": 0.05}, "methods": "slimming",
+        "space": {"slimming.prune_ratio": {"low": 0.2, "high": 0.9},
+                  "slimming.lambda": {"low": 1e-3, "high": 0.05, "log": True},
+                  "slimming.finetune_epochs": 3},
+        "objectives": {"accuracy": "max", "macs": "min"}, "trials": 5,
+    }
+    spec.update(kw)
+    return spec
+
+
+def errors_of(raw: dict) -> list[str]:
+    with pytest.raises(SpecError) as e:
+        parse_spec(raw)
+    return e.value.errors
+
+
+def test_a_good_spec_becomes_the_trial_spec(tmp_path):
+    spec = parse_spec(good(storage=str(tmp_path), finetune={"lr": "1e-3"}, seed=3))
+    ts = spec.trial_spec()
+    assert ts.model == "vgg11" and ts.model_kw == {"width": 0.25} and ts.data == "digits"
+    assert ts.methods == ["slimming"] and ts.fixed == {"slimming.finetune_epochs": 3}
+    assert ts.finetune == {"lr": 1e-3}  # YAML 1.1 reads 1e-3 as a string; the spec does not
+    assert ts.seed == 3 and Path(ts.cache_dir) == tmp_path.resolve() / "_cache"
+    assert spec.study_dir == tmp_path.resolve() / "t"
+    # The base model key is the one the baseline cache uses.
+    assert ts.base_spec() == BaseSpec(model="vgg11", model_kw={"width": 0.25}, data="digits",
+                                      train=TrainConfig(epochs=2, lr=0.05, seed=3))
+    p = spec.space["slimming.lambda"]
+    assert (p.kind, p.low, p.high, p.log) == ("float", 1e-3, 0.05, True)
+
+
+def test_range_outside_the_method_domain_names_field_value_and_domain():
+    errs = errors_of(good(space={"slimming.prune_ratio": {"low": 0.1, "high": 1.5}}))
+    assert errs == ["space.slimming.prune_ratio.high: 1.5 is outside the domain of "
+                    "slimming.prune_ratio: a number in [0, 1)"]
+
+
+def test_every_error_is_reported_at_once():
+    raw = good(
+        name="bad name", data={"name": "digitz"}, model={"name": "vgg99"},
+        baseline={"lr": -1, "epochz": 3}, methods="slimming+nosuch",
+        space={"slimming.prune_ratio": {"low": 0.9, "high": 0.2},
+               "slimming.lambda": {"low": 0, "high": 0.1, "log": True},
+               "slimming.fold_bias": {"choices": []},
+               "slimming.gamma": 1, "pruner.x": 1},
+        objectives={"accurcy": "max", "macs": "min"}, scheduler="asha",
+        sampler="cmaes", resources={"gpu": -1}, trials=0,
+    )
+    errs = errors_of(raw)
+    expect = [
+        "name: 'bad name'", "data.name: unknown dataset 'digitz'", "model.name: unknown model "
+        "'vgg99'", "baseline.lr: -1", "baseline.epochz: unknown training setting",
+        "methods: unknown method 'nosuch'", "space.slimming.prune_ratio: low 0.9 is above high "
+        "0.2", "space.slimming.lambda.low: 0 with log: true", "space.slimming.fold_bias.choices:"
+        " [] is not valid", "space.slimming.gamma: method 'slimming' has no parameter 'gamma'",
+        "space.pruner.x: unknown stage 'pruner'", "objectives.accurcy: unknown result column",
+        "scheduler: asha stops trials on one metric", "sampler: unknown sampler 'cmaes'",
+        "resources.gpu: -1", "trials: 0 is not valid",
+    ]
+    for e in expect:
+        assert any(x.startswith(e) for x in errs), f"missing {e!r} in {errs}"
+    assert len(errs) == len(expect)
+
+
+def test_missing_data_root_is_reported(tmp_path):
+    errs = errors_of(good(data={"name": "cifar10"}))
+    assert errs == ["data.root: dataset 'cifar10' needs a root directory; set data.root"]
+    errs = errors_of(good(data={"name": "cub200", "root": str(tmp_path / "nowhere")}))
+    assert len(errs) == 1 and errs[0].startswith("data.root: ") and "does not exist" in errs[0]
+    spec = parse_spec(good(data={"name": "cifar10", "root": str(tmp_path)}))
+    assert spec.data_kw["root"] == str(tmp_path.resolve())
+
+
+def test_asha_needs_one_accuracy_objective():
+    spec = parse_spec(good(objectives={"accuracy": "max"}, scheduler={"name": "asha",
+                                                                       "grace_period": 2}))
+    assert spec.scheduler == {"name": "asha", "grace_period": 2}
+    errs = errors_of(good(objectives={"macs": "min"}, scheduler="asha"))
+    assert len(errs) == 1 and "does not track 'macs'" in errs[0]
+
+
+def test_named_without_range_takes_the_declared_search_range():
+    spec = parse_spec(good(space={"slimming.lr": None, "slimming.sparsity_epochs": "search",
+                                  "slimming.fold_bias": {}}))
+    from prune_core.methods import get_method
+
+    m = get_method("slimming")
+    lr = spec.space["slimming.lr"]
+    assert (lr.low, lr.high, lr.log) == (m.param("lr").search["low"],
+                                         m.param("lr").search["high"],
+                                         bool(m.param("lr").search.get("log")))
+    assert spec.space["slimming.sparsity_epochs"].kind == "int"
+    assert spec.space["slimming.fold_bias"].choices == (True, False)
+
+
+def test_fixed_values_and_choices_are_checked_against_the_domain():
+    errs = errors_of(good(space={"slimming.prune_ratio": 1.0,
+                                 "slimming.sparsity_epochs": {"choices": [2, 2.5]},
+                                 "slimming.lambda": [0.1, 0.2]}))
+    assert errs[0].startswith("space.slimming.prune_ratio: 1.0 is outside the domain")
+    assert errs[1].startswith("space.slimming.sparsity_epochs.choices[1]: 2.5 is outside")
+    assert errs[2].startswith("space.slimming.lambda: [0.1, 0.2]: a fixed value must be one")
+
+
+def test_a_choice_between_chains_and_its_stages():
+    spec = parse_spec(good(methods={"choice": ["none", "slimming"]},
+                           space={"slimming.prune_ratio": {"low": 0.2, "high": 0.9},
+                                  "none.finetune_epochs": 2}))
+    assert spec.chain_names == ["none", "slimming"] and spec.methods_label == ["none",
+                                                                              "slimming"]
+    errs = errors_of(good(methods={"choice": ["none", "none"]}, space={}))
+    assert errs == ["methods.choice: chain(s) none listed twice"]
+    errs = errors_of(good(space={"pipeline": {"choices": ["a"]}}))
+    assert errs[0].startswith("space.pipeline:")
+
+
+def test_unknown_top_level_field_and_bad_yaml(tmp_path):
+    assert errors_of(good(trails=3))[0].startswith("trails: unknown field")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_overrides_are_yaml_typed():
+    assert parse_overrides(["slimming.lambda=1e-3", "slimming.sparsity_epochs=4",
+                            "slimming.fold_bias=false", "pipeline=none",
+                            "magnitude.scope=global"]) == {
+        "slimming.lambda": 1e-3, "slimming.sparsity_epochs": 4, "slimming.fold_bias": False,
+        "pipeline": "none", "magnitude.scope": "global"}
+    with pytest.raises(SpecError) as e:
+        parse_overrides(["noequals", "lambda=1"])
+    assert len(e.value.errors) == 2
+
+
+def test_with_overrides_checks_again(tmp_path):
+    spec = parse_spec(good())
+    again = spec.with_overrides(trials=9, storage=str(tmp_path), name="other")
+    assert (again.trials, again.name, again.study_dir) == (9, "other",
+                                                           tmp_path.resolve() / "other")
+    with pytest.raises(SpecError, match="trials"):
+        spec.with_overrides(trials=0)
+    # spec.yaml is written with absolute paths so a study resumes from any directory.
+    assert yaml.safe_load(again.to_yaml())["storage"] == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_spec_validates(path, tmp_path):
+    raw = yaml.safe_load(path.read_text())
+    data = raw.get("data")
+    if isinstance(data, dict) and "root" in data:
+        # GPU specs carry a placeholder root for the user's data; any existing folder will do.
+        raw["data"] = {**data, "root": str(tmp_path)}
+    spec = parse_spec(raw, source=str(path))
+    assert spec.name == path.stem
+    assert spec.trials >= 1 and spec.objectives
