@@ -1,0 +1,236 @@
+"""TransTailor (Liu et al., AAAI 2021, arXiv 2103.01542): target-aware filter pruning.
+
+Starting from a model fine-tuned to the target task, each round trains one scaling
+factor alpha per conv filter with every weight frozen, turns alpha into an importance
+beta by a first-order Taylor expansion of the loss, removes the globally least
+important ``step_ratio`` of the remaining filters, folds alpha into the weights and
+fine-tunes. Rounds stop once the validation accuracy has fallen more than ``tau``
+below the starting model's; the last model within ``tau`` is returned.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prune_core.methods._filters import ConvUnit, conv_units, saved_result, total_filters
+from prune_core.methods._registry import Param, register_method
+from prune_core.surgery import load_resized, remove_channels
+
+
+class AlphaScaled(nn.Module):
+    """``net`` with a trainable factor on each conv filter's output; ``net`` stays frozen.
+
+    The factor multiplies the BatchNorm output (or the conv output where there is no
+    BN), so folding it into that layer's affine weights is exact. ``net`` is kept in
+    eval mode even while training: its BN statistics belong to the frozen weights.
+    """
+
+    def __init__(self, net: nn.Module, units: list[ConvUnit], init: str,
+                 generator: torch.Generator):
+        super().__init__()
+        self.net = net
+        self.units = units
+        for p in net.parameters():
+            p.requires_grad_(False)
+        device = next(net.parameters()).device
+        self.alpha = nn.ParameterDict()
+        self._handles = []
+        for u in units:
+            c = net.get_submodule(u.conv).out_channels
+            a = torch.ones(c) if init == "ones" else torch.rand(c, generator=generator)
+            key = self.key(u)
+            self.alpha[key] = nn.Parameter(a.to(device))
+            target = net.get_submodule(u.bn or u.conv)
+            self._handles.append(target.register_forward_hook(self._scaler(key)))
+
+    @staticmethod
+    def key(unit: ConvUnit) -> str:
+        return unit.conv.replace(".", "__")  # ParameterDict keys cannot hold dots
+
+    def _scaler(self, key: str):
+        def hook(_module, _inputs, out):
+            return out * self.alpha[key].view(1, -1, 1, 1)
+
+        return hook
+
+    def train(self, mode: bool = True) -> AlphaScaled:
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    @torch.no_grad()
+    def fold(self) -> nn.Module:
+        """Multiply alpha into the weights, drop the hooks, unfreeze; returns ``net``."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        for u in self.units:
+            a = self.alpha[self.key(u)].detach()
+            layer = self.net.get_submodule(u.bn or u.conv)
+            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+            layer.weight.mul_(a.view(shape))
+            if layer.bias is not None:
+                layer.bias.mul_(a)
+        for p in self.net.parameters():
+            p.requires_grad_(True)
+        return self.net
+
+
+class _Carry(nn.Module):
+    """Fine-tunes ``net`` while carrying the last accepted model, frozen, in its state.
+
+    A checkpoint taken during fine-tuning then holds the model a resumed trial must
+    fall back to when this round exceeds tau. ``kept`` is registered first so that
+    ``net``'s classifier is the module's last linear layer (its own learning rate).
+    """
+
+    def __init__(self, kept: nn.Module, net: nn.Module):
+        super().__init__()
+        self.kept = kept
+        self.net = net
+        for p in kept.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> _Carry:
+        super().train(mode)
+        self.kept.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def taylor_importance(wrapper: AlphaScaled, data, batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """beta = sum over training batches of |dL_b/dalpha * alpha| per filter."""
+    wrapper.eval()
+    scores = {k: torch.zeros_like(a) for k, a in wrapper.alpha.items()}
+    for x, y in data.batches("train", batch_size, shuffle=False, augment=False):
+        wrapper.zero_grad(set_to_none=True)
+        F.cross_entropy(wrapper(x).float(), y).backward()
+        for k, a in wrapper.alpha.items():
+            scores[k] += (a.grad * a).abs().detach()
+    wrapper.zero_grad(set_to_none=True)
+    return scores
+
+
+def prune_plan(scores: dict[str, torch.Tensor], step_ratio: float,
+               layer_norm: bool = True) -> dict[str, list[int]]:
+    """The globally least important ``step_ratio`` of all filters, one kept per layer.
+
+    With ``layer_norm`` each layer's scores are divided by their L2 norm first, so
+    layers of different widths and gradient scales compete on one scale.
+    """
+    if layer_norm:
+        scores = {k: s / s.norm().clamp_min(1e-12) for k, s in scores.items()}
+    total = sum(len(s) for s in scores.values())
+    n = max(1, round(step_ratio * total))
+    ranked = sorted((float(v), k, i) for k, s in scores.items() for i, v in enumerate(s))
+    plan: dict[str, list[int]] = {k: [] for k in scores}
+    for _, k, i in ranked:
+        if n == 0:
+            break
+        if len(plan[k]) < len(scores[k]) - 1:
+            plan[k].append(i)
+            n -= 1
+    return plan
+
+
+def _alpha_stats(wrapper: AlphaScaled) -> dict:
+    a = torch.cat([p.detach().flatten() for p in wrapper.alpha.values()])
+    return {"alpha_mean": float(a.mean()), "alpha_min": float(a.min())}
+
+
+PARAMS = [
+    Param(name="tau", kind="float", default=0.02, low=0.0, high=1.0,
+          doc="largest validation accuracy drop (0..1) against the starting model",
+          search={"low": 0.005, "high": 0.1, "log": True}),
+    Param(name="step_ratio", kind="float", default=0.1, low=0.0, high=1.0, low_open=True,
+          high_open=True, doc="share of the remaining filters removed per round",
+          search={"low": 0.05, "high": 0.3}),
+    Param(name="alpha_epochs", kind="int", default=2, low=1, high=1000,
+          doc="epochs training the scaling factors alpha (weights frozen) per round",
+          search={"low": 1, "high": 5}),
+    Param(name="alpha_lr", kind="float", default=0.01, low=0.0, low_open=True, high=10.0,
+          doc="learning rate of the scaling factors", search={"low": 1e-3, "high": 0.1,
+                                                                "log": True}),
+    Param(name="alpha_init", kind="categorical", default="ones", choices=("ones", "random"),
+          doc="alpha starts at 1 or uniform in [0, 1)", search={"choices": ["ones", "random"]}),
+    Param(name="finetune_epochs", kind="int", default=5, low=1, high=1000,
+          doc="fine-tuning epochs after each pruning step (early stopping on val accuracy)",
+          search={"low": 2, "high": 10}),
+    Param(name="lr", kind="float", default=0.005, low=0.0, low_open=True, high=10.0,
+          doc="fine-tuning learning rate of the conv layers",
+          search={"low": 5e-4, "high": 0.05, "log": True}),
+    Param(name="classifier_lr", kind="float", default=0.05, low=0.0, low_open=True, high=10.0,
+          doc="fine-tuning learning rate of the classifier",
+          search={"low": 5e-3, "high": 0.5, "log": True}),
+    Param(name="patience", kind="int", default=3, low=1, high=1000,
+          doc="early stopping: epochs without a better val accuracy", search={"low": 2,
+                                                                              "high": 5}),
+    Param(name="max_rounds", kind="int", default=10, low=1, high=1000,
+          doc="most prune-and-fine-tune rounds", search={"low": 2, "high": 20}),
+    Param(name="layer_norm", kind="bool", default=True,
+          doc="L2-normalise the importance within each layer before the global ranking",
+          search={"choices": [True, False]}),
+]
+
+
+@register_method("transtailor", params=PARAMS, seed="000",
+                 doc="target-aware filter pruning by trained scaling factors (TransTailor)")
+def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
+    units = conv_units(model)
+    start = ctx.evaluate(model, "val")
+    start_filters = total_filters(model)
+    ctx.result("start_val_accuracy", start["accuracy"])
+    gen = torch.Generator().manual_seed(ctx.seed)
+    kept = model
+    saved = saved_result(ctx, "rounds", [])
+    rounds: list[dict] = []
+    for r in range(1, params["max_rounds"] + 1):
+        candidate = copy.deepcopy(kept)
+        wrapper = AlphaScaled(candidate, units, params["alpha_init"], gen)
+        ctx.fit(wrapper, params["alpha_epochs"], phase="alpha", lr=params["alpha_lr"],
+                classifier_lr=params["alpha_lr"], weight_decay=0.0, extra=_alpha_stats)
+        # Weights are frozen while alpha trains: the wrapped copy is the accepted model,
+        # and after a resume inside this call it is the only intact copy of it.
+        load_resized(kept, candidate.state_dict())
+        plan = prune_plan(taylor_importance(wrapper, ctx.data), params["step_ratio"],
+                          params["layer_norm"])
+        plan = {u.conv: plan[AlphaScaled.key(u)] for u in units}
+        candidate = wrapper.fold()
+        if not any(plan.values()):
+            break  # every layer is down to one filter
+        remove_channels(candidate, plan, ctx.input_shape)
+        carry = _Carry(kept, candidate)
+        ctx.fit(carry, params["finetune_epochs"], phase="finetune", lr=params["lr"],
+                classifier_lr=params["classifier_lr"], patience=params["patience"])
+        for p in kept.parameters():
+            p.requires_grad_(True)
+        if ctx.replaying:
+            # A resumed trial re-runs rounds it had finished; their outcome was saved.
+            record = saved[r - 1] if r - 1 < len(saved) else {"round": r, "accepted": True}
+        else:
+            val = ctx.evaluate(candidate, "val")
+            drop = start["accuracy"] - val["accuracy"]
+            record = {"round": r, "filters": total_filters(candidate),
+                      "val_accuracy": val["accuracy"],
+                      "val_balanced_accuracy": val["balanced_accuracy"],
+                      "drop": drop, "accepted": drop <= params["tau"]}
+            ctx.report({"phase": "round", **{k: v for k, v in record.items()
+                                             if k != "accepted"},
+                        "accepted": float(record["accepted"])})
+        rounds.append(record)
+        ctx.result("rounds", list(rounds))
+        if not record["accepted"]:
+            break
+        kept = candidate
+    ctx.result("rounds_accepted", sum(1 for rec in rounds if rec["accepted"]))
+    ctx.result("filters_removed", 1.0 - total_filters(kept) / start_filters)
+    return kept

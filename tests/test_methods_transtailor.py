@@ -1,0 +1,170 @@
+"""TransTailor: alpha folding, Taylor importance, the tau rule, on the digits-split transfer."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from prune_core import models
+from prune_core.baseline import get_base
+from prune_core.methods import Context, ParamError, get_method
+from prune_core.methods._filters import conv_units, filter_counts, total_filters
+from prune_core.methods.transtailor import AlphaScaled, prune_plan, taylor_importance
+from prune_core.train import TrainConfig
+from prune_core.trial import TrialSpec
+from tests.conftest import TEST_CACHE
+
+# A small VGG-11 trained on digits 0-4, then fine-tuned to digits 5-9: W^{s*}_f.
+TRANSFER_SPEC = TrialSpec(
+    model="vgg11", model_kw={"width": 0.125}, data="digits-split",
+    baseline={"epochs": 10, "lr": 0.05}, transfer={"epochs": 10, "lr": 0.05},
+)
+
+
+@pytest.fixture(scope="session")
+def transfer_base(digits_split):
+    base, _ = get_base(TRANSFER_SPEC.base_spec(), digits_split, TEST_CACHE, log=lambda _m: None)
+    return base
+
+
+def _ctx(data, rows: list | None = None) -> Context:
+    return Context(data=data, train=TrainConfig(epochs=5, lr=0.01, seed=0), stage="transtailor",
+                   report=(rows.append if rows is not None else lambda _r: None))
+
+
+def test_folding_alpha_keeps_the_output(digits_split):
+    torch.manual_seed(0)
+    net = models.build("vgg11", num_classes=5, width=0.125)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        net(torch.randn(64, 3, 32, 32))  # non-trivial BN running statistics
+    net.eval()
+    plain = copy.deepcopy(net)
+    wrapper = AlphaScaled(net, conv_units(net), "random", torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        scaled = wrapper(x)
+    folded = wrapper.fold()
+    with torch.no_grad():
+        assert torch.allclose(folded(x), scaled, atol=1e-5)
+        # the factors really act: random alpha changes the output
+        assert not torch.allclose(scaled, plain(x), atol=1e-3)
+    assert not any(m._forward_hooks for m in folded.modules())
+    assert all(p.requires_grad for p in folded.parameters())
+
+
+def test_alpha_training_moves_only_alpha(digits_split):
+    net = models.build("vgg11", num_classes=5, width=0.125)
+    before = copy.deepcopy(net.state_dict())
+    wrapper = AlphaScaled(net, conv_units(net), "ones", torch.Generator())
+    _ctx(digits_split).fit(wrapper, 1, lr=0.05, weight_decay=0.0, classifier_lr=0.05)
+    after = net.state_dict()
+    # weights and BN running statistics are frozen while alpha trains
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.all(a == 1) for a in wrapper.alpha.values())
+
+
+def test_importance_is_taylor_of_alpha_and_plan_is_global(digits_split):
+    net = models.build("vgg11", num_classes=5, width=0.125)
+    wrapper = AlphaScaled(net, conv_units(net), "ones", torch.Generator())
+    scores = taylor_importance(wrapper, digits_split)
+    # Setting one alpha to zero changes the loss by about what its importance says
+    # (first-order); a filter ranked at the top matters more than one at the bottom.
+    assert set(scores) == set(wrapper.alpha)
+    assert all((s >= 0).all() for s in scores.values())
+    plan = prune_plan(scores, 0.3)
+    counts = {AlphaScaled.key(u): c for u, c in zip(conv_units(net),
+                                                    filter_counts(net).values(), strict=True)}
+    assert sum(len(v) for v in plan.values()) == round(0.3 * sum(counts.values()))
+    assert all(len(plan[k]) <= counts[k] - 1 for k in plan)
+    # one filter survives in every layer even when nearly everything goes
+    greedy = prune_plan(scores, 0.99)
+    assert all(len(greedy[k]) == counts[k] - 1 for k in greedy)
+
+
+def test_taylor_importance_tracks_the_loss_change(digits_split, transfer_base):
+    digits_split = dataclasses.replace(digits_split, train=digits_split.val)  # fewer batches
+    net = transfer_base.build()
+    wrapper = AlphaScaled(net, conv_units(net), "ones", torch.Generator())
+    scores = taylor_importance(wrapper, digits_split)["features__conv7"]
+    lo, hi = int(scores.argmin()), int(scores.argmax())
+
+    def loss_without(i: int) -> float:
+        with torch.no_grad():
+            wrapper.alpha["features__conv7"][i] = 0.0
+            total = sum(float(torch.nn.functional.cross_entropy(wrapper(x), y))
+                        for x, y in digits_split.batches("train", 128, shuffle=False,
+                                                         augment=False))
+            wrapper.alpha["features__conv7"][i] = 1.0
+        return total
+
+    with torch.no_grad():
+        ref = sum(float(torch.nn.functional.cross_entropy(wrapper(x), y))
+                  for x, y in digits_split.batches("train", 128, shuffle=False, augment=False))
+    assert abs(loss_without(hi) - ref) > abs(loss_without(lo) - ref)
+
+
+def test_tau_bounds_the_drop_and_a_third_of_the_filters_go(digits_split, transfer_base):
+    model = transfer_base.build()
+    start_val = _ctx(digits_split).evaluate(model, "val")["accuracy"]
+    start_filters = total_filters(model)
+    rows: list = []
+    ctx = _ctx(digits_split, rows)
+    method = get_method("transtailor")
+    params = method.resolve({"tau": 0.02, "step_ratio": 0.2, "max_rounds": 2,
+                             "alpha_epochs": 1, "finetune_epochs": 3, "patience": 2,
+                             "lr": 0.01, "classifier_lr": 0.05})
+    out = method(model, params, ctx)
+    val = ctx.evaluate(out, "val")
+    assert start_val - val["accuracy"] <= 0.02 + 1e-9
+    assert total_filters(out) <= 0.7 * start_filters
+    rounds = ctx.results["transtailor.rounds"]
+    assert ctx.results["transtailor.filters_removed"] == pytest.approx(
+        1 - total_filters(out) / start_filters)
+    # the returned model is the last accepted round's, with its reported accuracy
+    accepted = [r for r in rounds if r["accepted"]]
+    assert accepted and accepted[-1]["filters"] == total_filters(out)
+    assert accepted[-1]["val_accuracy"] == pytest.approx(val["accuracy"])
+    round_rows = [r for r in rows if r["phase"] == "round"]
+    assert len(round_rows) == len(rounds)
+    assert all("val_balanced_accuracy" in r for r in round_rows)
+    # no scaling factors left behind
+    assert not any("alpha" in k for k in out.state_dict())
+
+
+def test_random_alpha_init_runs_and_respects_tau(digits_split, transfer_base):
+    model = transfer_base.build()
+    ctx = _ctx(digits_split)
+    start_val = ctx.evaluate(model, "val")["accuracy"]
+    method = get_method("transtailor")
+    params = method.resolve({"tau": 0.02, "alpha_init": "random", "step_ratio": 0.2,
+                             "max_rounds": 1, "alpha_epochs": 1, "finetune_epochs": 2})
+    out = method(model, params, ctx)
+    assert start_val - ctx.evaluate(out, "val")["accuracy"] <= 0.02 + 1e-9
+    (record,) = ctx.results["transtailor.rounds"]
+    # a round beyond tau returns the starting model untouched
+    expect = total_filters(model) if not record["accepted"] else record["filters"]
+    assert total_filters(out) == expect
+
+
+def test_a_round_beyond_tau_returns_the_previous_model(digits_split, transfer_base):
+    model = transfer_base.build()
+    before = copy.deepcopy(model.state_dict())
+    ctx = _ctx(digits_split)
+    method = get_method("transtailor")
+    # Removing 90 % of the filters with one epoch of fine-tuning is far beyond a zero tau.
+    params = method.resolve({"tau": 0.0, "step_ratio": 0.9, "max_rounds": 1,
+                             "alpha_epochs": 1, "finetune_epochs": 1})
+    out = method(model, params, ctx)
+    assert ctx.results["transtailor.rounds"][0]["accepted"] is False
+    assert ctx.results["transtailor.filters_removed"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in out.state_dict().items())
+
+
+@pytest.mark.parametrize("name,value", [("tau", -0.01), ("step_ratio", 0.0), ("step_ratio", 1.0),
+                                        ("alpha_init", "zeros"), ("alpha_epochs", 0)])
+def test_bad_parameters_name_the_domain(name, value):
+    with pytest.raises(ParamError, match=rf"transtailor\.{name} = .*allowed"):
+        get_method("transtailor").resolve({name: value})
