@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from prune_core import data as datasets
+from prune_core import models
 from prune_core.baseline import BaseModel, BaseSpec, get_base
 from prune_core.measure import channel_counts, measure
 from prune_core.methods import Context, chain_name, parse_chain, split_params
@@ -116,6 +117,14 @@ def environment() -> dict:
     return env
 
 
+def fresh_model(base: BaseModel, seed: int, device: torch.device | str = "cpu") -> nn.Module:
+    """The base architecture freshly initialised under ``seed``; the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = models.build(base.model, num_classes=base.num_classes, **base.model_kw)
+    return m.to(device)
+
+
 def _base_row(base: BaseModel) -> dict:
     return base.row
 
@@ -175,7 +184,7 @@ def run_trial(
             data=data, train=spec.finetune_config(), stage=stage.name, report=stage_report,
             results=results, base_model=original, seed=spec.seed, log=log,
             save=stage_save if not stage.method.terminal else None,
-            resume=inner,
+            resume=inner, fresh_model=lambda seed: fresh_model(base, seed, device),
         )
         if inner is not None:
             results.update(inner.get("results", {}))

@@ -44,6 +44,9 @@ class Context:
     # Checkpointing: save(payload) persists; resume is a payload saved earlier in this stage.
     save: Callable[[dict], None] | None = None
     resume: dict | None = None
+    # fresh_model(seed): the base architecture freshly initialised under ``seed`` (for
+    # methods that re-initialise weights); None where the caller cannot build one.
+    fresh_model: Callable[[int], nn.Module] | None = None
     _calls: int = 0
 
     @property

@@ -128,8 +128,13 @@ class Method:
     def resolve(self, values: dict, stage: str | None = None) -> dict:
         """Defaults filled in, unknown names rejected, every value checked against its domain."""
         stage = stage or self.name
+        known = {p.name for p in self.params}
         for k in values:
-            self.param(k)
+            if k not in known:
+                raise ParamError(
+                    f"{stage}.{k} = {values[k]!r}: method {self.name!r} has no parameter {k!r}; "
+                    f"its parameters: {', '.join(p.name for p in self.params) or '(none)'}"
+                )
         return {p.name: p.check(values.get(p.name, p.default), f"{stage}.{p.name}")
                 for p in self.params}
 

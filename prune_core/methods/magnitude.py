@@ -1,0 +1,142 @@
+"""Magnitude pruning: L1-unstructured weights (per layer or global) or Ln-structured filters.
+
+Unstructured mode zeroes the ``ratio`` smallest-|w| weights of every conv and linear
+layer (``scope=layer``) or of all of them together (``scope=global``, one threshold),
+as ``torch.nn.utils.prune.l1_unstructured`` / ``global_unstructured`` do, and holds
+those zeros fixed through fine-tuning with :class:`prune_core.surgery.Masks`. The
+deployed weights are plain tensors with zeros: no pruning hooks are left behind.
+
+Structured mode ranks the filters of each conv layer by their Ln norm, as
+``torch.nn.utils.prune.ln_structured(dim=0)`` does, and removes the weakest
+``ratio`` of them physically, so params and MACs fall.
+
+The surviving weights keep their trained values (``keep``), or are re-initialised
+(``random``), or are set back to initial values (``rewind``, Frankle & Carbin 2019).
+The base model's true initial weights are not stored, so ``rewind`` takes those of
+a model freshly built under the study seed, and ``random`` those of one built under
+another seed: both are draws from the same initialisation, one reproducible per seed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prune_core.methods._registry import Param, ParamError, register_method
+from prune_core.methods.slimming import plain_convs
+from prune_core.surgery import Masks, remove_channels
+
+RANDOM_SEED_OFFSET = 7919  # ``random`` re-initialises under seed + this, ``rewind`` under seed
+
+
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv and linear layers by name (the ones magnitude pruning touches)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+
+
+def _smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly the ``k`` smallest entries (ties broken by position)."""
+    mask = torch.zeros(values.numel(), dtype=torch.bool, device=values.device)
+    if k > 0:
+        mask[torch.argsort(values.flatten(), stable=True)[:k]] = True
+    return mask.view_as(values)
+
+
+@torch.no_grad()
+def unstructured_masks(model: nn.Module, ratio: float, scope: str) -> dict[str, torch.Tensor]:
+    """Keep-masks (1 keep, 0 pruned) removing ``ratio`` of the weights by |w|."""
+    layers = weight_layers(model)
+    if scope == "layer":
+        return {n: (~_smallest(m.weight.abs(), int(round(ratio * m.weight.numel())))).float()
+                for n, m in layers.items()}
+    flat = torch.cat([m.weight.abs().flatten() for m in layers.values()])
+    pruned = _smallest(flat, int(round(ratio * flat.numel())))
+    masks, start = {}, 0
+    for n, m in layers.items():
+        size = m.weight.numel()
+        masks[n] = (~pruned[start:start + size]).float().view_as(m.weight)
+        start += size
+    return masks
+
+
+def filter_plan(model: nn.Module, ratio: float, n: float,
+                input_shape: tuple[int, ...]) -> dict[str, list[int]]:
+    """The ``round(ratio * C)`` filters of smallest Ln norm in each prunable conv (>= 1 kept)."""
+    mods = dict(model.named_modules())
+    plan = {}
+    for name in plain_convs(model, input_shape):
+        w = mods[name].weight.detach()
+        k = min(int(round(ratio * w.shape[0])), w.shape[0] - 1)
+        norms = w.flatten(1).norm(p=n, dim=1)
+        plan[name] = sorted(torch.argsort(norms, stable=True)[:k].tolist())
+    return plan
+
+
+def _reinitialised(model: nn.Module, how: str, ctx) -> nn.Module:
+    if how == "keep":
+        return model
+    if ctx.fresh_model is None:
+        raise ParamError(f"{ctx.stage or 'magnitude'}.reinit = {how!r} needs a context that can "
+                         f"build a fresh model (run it through run_trial)")
+    seed = ctx.seed + (RANDOM_SEED_OFFSET if how == "random" else 0)
+    return ctx.fresh_model(seed).to(ctx.device)
+
+
+def _sizes(model: nn.Module) -> dict[str, int]:
+    return {n: m.weight.numel() for n, m in weight_layers(model).items()}
+
+
+@register_method(
+    "magnitude",
+    doc="magnitude pruning: L1-unstructured (layer or global) or Ln-structured filters",
+    seed="002",
+    params=[
+        Param(name="mode", kind="categorical", default="unstructured",
+              choices=("unstructured", "structured"),
+              doc="zero single weights, or remove whole filters physically",
+              search={"choices": ["unstructured", "structured"]}),
+        Param(name="scope", kind="categorical", default="global", choices=("layer", "global"),
+              doc="unstructured: one threshold per layer or one over all layers",
+              search={"choices": ["layer", "global"]}),
+        Param(name="ratio", kind="float", default=0.5, low=0, high=1, high_open=True,
+              doc="share of weights (unstructured) or of each layer's filters (structured) "
+                  "removed", search={"low": 0.1, "high": 0.98}),
+        Param(name="n", kind="categorical", default=2, choices=(1, 2),
+              doc="structured: the norm ranking filters (L1 or L2)",
+              search={"choices": [1, 2]}),
+        Param(name="reinit", kind="categorical", default="keep",
+              choices=("keep", "random", "rewind"),
+              doc="surviving weights: trained values, a fresh random draw, or the initial "
+                  "values of a model built under the study seed",
+              search={"choices": ["keep", "random", "rewind"]}),
+        Param(name="finetune_epochs", kind="int", default=10, low=0, high=1000,
+              doc="fine-tuning epochs after pruning", search={"low": 0, "high": 20}),
+        Param(name="lr", kind="float", default=0.01, low=0, low_open=True, high=10,
+              doc="learning rate of fine-tuning", search={"low": 1e-3, "high": 0.1, "log": True}),
+    ],
+)
+def magnitude(model: nn.Module, params: dict, ctx) -> nn.Module:
+    before = _sizes(model)
+    hooks = None
+    if params["mode"] == "unstructured":
+        masks = unstructured_masks(model, params["ratio"], params["scope"])
+        model = _reinitialised(model, params["reinit"], ctx)
+        keep = Masks({n: m.to(ctx.device) for n, m in masks.items()})
+        keep.apply(model)
+        hooks = keep.hooks()
+        ctx.result("layer_sparsity", keep.sparsity())
+    else:
+        plan = filter_plan(model, params["ratio"], params["n"], ctx.input_shape)
+        model = _reinitialised(model, params["reinit"], ctx)
+        remove_channels(model, {k: v for k, v in plan.items() if v}, ctx.input_shape)
+        after = _sizes(model)
+        ctx.result("filters_removed", {k: len(v) for k, v in plan.items()})
+        ctx.result("layer_sparsity",
+                   {k: 1.0 - after[k] / v for k, v in before.items() if k in after})
+    if params["finetune_epochs"] > 0:
+        ctx.fit(model, params["finetune_epochs"], phase="finetune", hooks=hooks,
+                lr=params["lr"])
+    return model
+
+
+__all__ = ["filter_plan", "unstructured_masks", "weight_layers"]
