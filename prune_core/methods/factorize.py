@@ -1,0 +1,190 @@
+"""Factorized weights: orthogonal parametrization or separable k x 1 + 1 x k convolutions.
+
+``orthogonal`` wraps the largest layers in ``torch.nn.utils.parametrizations.orthogonal``
+(as seed 002 suggests). PyTorch makes the last two dimensions of the weight orthogonal:
+the whole matrix of a linear layer, and each kh x kw kernel slice of a conv layer. The
+stored weight is unchanged in size (the deployed model materialises it), so the method
+records its degrees of freedom instead: ``dof_params`` counts each orthogonal m x n
+matrix as m(n + 1) / 2, the seed's formula, and ``stiefel_dof_params`` as
+mn - k(k + 1) / 2 with k = min(m, n), the dimension of the set of such matrices.
+
+``separable`` replaces each of the largest conv layers (kernels 3 x 3 and bigger) by a
+kh x 1 conv to ``r`` channels followed by a 1 x kw conv, the vertical-horizontal
+decomposition of Tai et al. (ICLR 2016). Both start from the truncated SVD of the
+kernel unfolded to a (C_in kh) x (C_out kw) matrix, which is exact at full rank
+(r = min(C_in kh, C_out kw)), so accuracy before fine-tuning is not random. Stored
+weights fall from C_out C_in kh kw to r (C_in kh + C_out kw) per layer.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import orthogonal
+
+from prune_core.measure import count_params
+from prune_core.methods._registry import Param, register_method
+from prune_core.methods.slimming import refresh_bn_stats
+from prune_core.train import evaluate
+
+
+def _eligible(model: nn.Module, variant: str) -> dict[str, nn.Module]:
+    out = {}
+    for name, m in model.named_modules():
+        if parametrize.is_parametrized(m):
+            continue
+        if variant == "orthogonal" and isinstance(m, nn.Conv2d | nn.Linear):
+            out[name] = m
+        elif (variant == "separable" and isinstance(m, nn.Conv2d) and m.groups == 1
+              and min(m.kernel_size) >= 3 and m.padding_mode == "zeros"
+              and not isinstance(m.padding, str)):
+            out[name] = m
+    return out
+
+
+def largest_layers(model: nn.Module, variant: str, k: int,
+                   reference: nn.Module | None = None) -> list[str]:
+    """Names of the ``k`` eligible layers with the most weights (ties: forward order).
+
+    Sizes are read from ``reference`` (the base model) where given, so the choice does not
+    depend on an earlier pruning stage and a fresh model reproduces it.
+    """
+    sizes = {n: m.weight.numel() for n, m in _eligible(reference or model, variant).items()}
+    present = _eligible(model, variant)
+    order = [n for n in sizes if n in present]
+    order.sort(key=lambda n: -sizes[n])  # stable: ties keep forward order
+    return order[:k]
+
+
+def separable_rank(conv: nn.Conv2d, rank: float) -> int:
+    """Intermediate channels: ``rank`` times the input channels, at most full rank."""
+    kh, kw = conv.kernel_size
+    full = min(conv.in_channels * kh, conv.out_channels * kw)
+    return max(1, min(full, int(round(rank * conv.in_channels))))
+
+
+def separable_pair(conv: nn.Conv2d, r: int) -> nn.Sequential:
+    """An uninitialised kh x 1 then 1 x kw pair with the conv's stride, padding, dilation."""
+    kh, kw = conv.kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    v = nn.Conv2d(conv.in_channels, r, (kh, 1), stride=(sh, 1), padding=(ph, 0),
+                  dilation=(dh, 1), bias=False)
+    h = nn.Conv2d(r, conv.out_channels, (1, kw), stride=(1, sw), padding=(0, pw),
+                  dilation=(1, dw), bias=conv.bias is not None)
+    return nn.Sequential(OrderedDict(v=v, h=h)).to(conv.weight.device)
+
+
+@torch.no_grad()
+def separable_from(conv: nn.Conv2d, r: int) -> nn.Sequential:
+    """The pair initialised from the rank-``r`` truncated SVD of the conv's kernel."""
+    pair = separable_pair(conv, r)
+    w = conv.weight.detach().float()
+    o, i, kh, kw = w.shape
+    mat = w.permute(1, 2, 0, 3).reshape(i * kh, o * kw)  # rows (i, a), columns (o, c)
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    root = s[:r].sqrt()
+    left = u[:, :r] * root  # (i kh, r)
+    right = vh[:r].T * root  # (o kw, r)
+    pair.v.weight.copy_(left.T.reshape(r, i, kh, 1))
+    pair.h.weight.copy_(right.reshape(o, kw, r).permute(0, 2, 1).unsqueeze(2))
+    if conv.bias is not None:
+        pair.h.bias.copy_(conv.bias)
+    return pair
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+@torch.no_grad()
+def make_orthogonal(layer: nn.Module) -> None:
+    """Parametrize in place, starting from the nearest orthogonal matrices (polar factors)."""
+    w = layer.weight.detach()
+    u, _, vh = torch.linalg.svd(w, full_matrices=False)
+    orthogonal(layer)
+    layer.weight = (u @ vh).contiguous()
+
+
+def seed_dof(m: int, n: int) -> int:
+    """Seed 002's size of an orthogonal m x n matrix: m (n + 1) / 2."""
+    return m * (n + 1) // 2
+
+
+def stiefel_dof(m: int, n: int) -> int:
+    """Dimension of the m x n matrices with orthonormal rows or columns."""
+    k = min(m, n)
+    return m * n - k * (k + 1) // 2
+
+
+def factorize_layers(model: nn.Module, params: dict, reference: nn.Module | None = None,
+                     *, init: bool = True) -> list[str]:
+    """Apply the variant to the ``layers`` largest layers in place; returns their names."""
+    names = largest_layers(model, params["variant"], params["layers"], reference)
+    mods = dict(model.named_modules())
+    for name in names:
+        if params["variant"] == "orthogonal":
+            if init:
+                make_orthogonal(mods[name])
+            else:
+                orthogonal(mods[name])
+        else:
+            r = separable_rank(mods[name], params["rank"])
+            build = separable_from if init else separable_pair
+            _set(model, name, build(mods[name], r))
+    return names
+
+
+def restructure(model: nn.Module, params: dict) -> nn.Module:
+    """The same structural edit on a freshly built model, for loading a checkpoint."""
+    factorize_layers(model, params, init=False)
+    return model
+
+
+@register_method(
+    "factorize",
+    doc="orthogonal parametrization or separable kx1 + 1xk convs on the largest layers",
+    seed="002",
+    restructure=restructure,
+    params=[
+        Param(name="variant", kind="categorical", default="separable",
+              choices=("orthogonal", "separable"), doc="which factorization",
+              search={"choices": ["orthogonal", "separable"]}),
+        Param(name="layers", kind="int", default=2, low=1, high=1000,
+              doc="how many of the largest layers (by weight count) to factorize",
+              search={"low": 1, "high": 8}),
+        Param(name="rank", kind="float", default=0.5, low=0, low_open=True, high=4,
+              doc="separable: intermediate channels as a multiple of the layer's input "
+                  "channels (1 is the seed's layout; capped at full rank)",
+              search={"low": 0.05, "high": 1.5, "log": True}),
+        Param(name="finetune_epochs", kind="int", default=10, low=0, high=1000,
+              doc="fine-tuning epochs after factorizing", search={"low": 0, "high": 20}),
+        Param(name="lr", kind="float", default=0.01, low=0, low_open=True, high=10,
+              doc="learning rate of fine-tuning", search={"low": 1e-3, "high": 0.1, "log": True}),
+    ],
+)
+def factorize(model: nn.Module, params: dict, ctx) -> nn.Module:
+    names = factorize_layers(model, params, ctx.base_model)
+    model.to(ctx.device)
+    ctx.result("layers_factorized", names)
+    if params["variant"] == "orthogonal":
+        mods = dict(model.named_modules())
+        total = count_params(model)[0]
+        shapes = [mods[n].weight.shape for n in names]
+        dense = sum(s.numel() for s in shapes)
+        batch = [s[:-2].numel() for s in shapes]
+        ctx.result("dof_params", total - dense + sum(
+            b * seed_dof(s[-2], s[-1]) for b, s in zip(batch, shapes, strict=True)))
+        ctx.result("stiefel_dof_params", total - dense + sum(
+            b * stiefel_dof(s[-2], s[-1]) for b, s in zip(batch, shapes, strict=True)))
+    if not ctx.replaying:
+        # New weights change every later layer's input statistics; re-measure them so the
+        # accuracy before fine-tuning reflects the factorization, not stale BN averages.
+        refresh_bn_stats(model, ctx.data)
+        ctx.result("accuracy_before_finetune", evaluate(model, ctx.data, "test")["accuracy"])
+    if params["finetune_epochs"] > 0:
+        ctx.fit(model, params["finetune_epochs"], phase="finetune", lr=params["lr"])
+    return model
