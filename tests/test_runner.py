@@ -95,62 +95,59 @@ def test_failed_trials_are_recorded_and_never_on_a_front(failing_study):
     assert {x["trial_id"] for x in lines} == {r["trial_id"] for r in by_lr[1e-4]}
 
 
-def test_base_is_trained_once_and_reused_by_the_next_study(failing_study, storage, local_ray):
-    spec, _ = failing_study
-    study = json.loads((spec.study_dir / "study.json").read_text())
-    assert study["base"]["cached"] is False
-    base = json.loads((spec.study_dir / "base.json").read_text())
-    for r in trial_records(spec.study_dir):
-        if r["status"] == "ok":  # every trial started from that one base model
-            assert r["row"]["base_accuracy"] == base["accuracy"]
-    cache_file = Path(study["base"]["path"])
-    mtime = cache_file.stat().st_mtime_ns
-    logs: list[str] = []
-    second = parse_spec(tiny_spec("second", storage, trials=1,
-                                  space={"none.finetune_epochs": 0}))
-    run_study(second, log=logs.append)
-    study2 = json.loads((second.study_dir / "study.json").read_text())
-    assert study2["base"] == {**study["base"], "cached": True}
-    assert cache_file.stat().st_mtime_ns == mtime
-    assert not any("training the base model" in m for m in logs)
-    assert list(cache_file.parent.glob("base-*.pt")) == [cache_file]
-    # A second run into the same directory is refused, not mixed in.
-    with pytest.raises(StudyError, match="already holds a study"):
-        run_study(second, log=logs.append)
-
-
 def test_killed_trial_process_resumes_from_its_last_checkpoint(failing_study, storage):
+    """Also: the second study with the same base settings reuses the base model."""
+    first, _ = failing_study
     spec = parse_spec(tiny_spec("retry", storage, trials=1, space={
-        "none.finetune_epochs": 4, "none.lr": 1e-3}, finetune={}))
+        "none.finetune_epochs": 3, "none.lr": 1e-3}, finetune={}))
     trials_dir = spec.study_dir / "trials"
     killed: dict = {}
 
-    def kill_after_two_epochs() -> None:
+    def kill_after_first_epoch() -> None:
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             for rec in trial_records(spec.study_dir) if trials_dir.exists() else []:
-                if rec.get("pid") and (rec.get("last") or {}).get("step", 0) >= 2:
+                if rec.get("pid") and (rec.get("last") or {}).get("step", 0) >= 1:
                     killed.update(pid=rec["pid"], step=rec["last"]["step"])
                     os.kill(rec["pid"], signal.SIGKILL)
                     return
-            time.sleep(0.1)
+            time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_after_two_epochs, daemon=True)
+    study1 = json.loads((first.study_dir / "study.json").read_text())
+    cache_file = Path(study1["base"]["path"])
+    mtime = cache_file.stat().st_mtime_ns
+    logs: list[str] = []
+    killer = threading.Thread(target=kill_after_first_epoch, daemon=True)
     killer.start()
-    run_study(spec, log=lambda _m: None)
+    run_study(spec, log=logs.append)
     killer.join(timeout=1)
-    assert killed, "the trial never reached its second epoch"
+    assert killed, "the trial never finished its first epoch"
     (rec,) = trial_records(spec.study_dir)
     assert rec["status"] == "ok" and rec["retries"] == 1 and rec["pid"] != killed["pid"]
     steps = [json.loads(x)["step"] for x in
              (spec.study_dir / "history.jsonl").read_text().splitlines()]
-    # Retried from the checkpoint of a step >= 2: epoch 1 ran once, and all four ran.
-    assert steps.count(1) == 1 and sorted(set(steps)) == [1, 2, 3, 4]
-    assert len(steps) <= 4 + 1  # at most the epoch in flight at the kill ran again
+    # Retried from the checkpoint of epoch >= 1: epoch 1 ran once, and all three ran.
+    assert steps.count(1) == 1 and sorted(set(steps)) == [1, 2, 3]
+    assert len(steps) <= 3 + 1  # at most the epoch in flight at the kill ran again
+
+    # The base model of the first study was found in the cache, not trained again.
+    study2 = json.loads((spec.study_dir / "study.json").read_text())
+    assert study1["base"]["cached"] is False
+    assert study2["base"] == {**study1["base"], "cached": True}
+    assert cache_file.stat().st_mtime_ns == mtime
+    assert not any("training the base model" in m for m in logs)
+    assert list(cache_file.parent.glob("base-*.pt")) == [cache_file]
+    base = json.loads((first.study_dir / "base.json").read_text())
+    for r in trial_records(first.study_dir) + [rec]:
+        if r["status"] == "ok":  # every trial started from that one base model
+            assert r["row"]["base_accuracy"] == base["accuracy"]
+    # A second run into the same directory is refused, not mixed in.
+    with pytest.raises(StudyError, match="already holds a study"):
+        run_study(spec, log=logs.append)
 
 
 def test_killed_driver_resumes_without_losing_or_repeating_trials(failing_study, storage):
-    raw = tiny_spec("resumed", storage, trials=6, finetune={}, max_concurrent=2,
+    raw = tiny_spec("resumed", storage, trials=4, finetune={}, max_concurrent=2,
                     sampler={"name": "tpe", "seed": 7},
                     space={"none.finetune_epochs": {"low": 1, "high": 2},
                            "none.lr": {"low": 1e-4, "high": 1e-2, "log": True}})
@@ -181,10 +178,10 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(failing_study,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
-    assert summary["finished"] == 6 and summary["failed"] == 0
+    assert summary["finished"] == 4 and summary["failed"] == 0
     recs = trial_records(study_dir)
     ok = [r for r in recs if r["status"] == "ok"]
-    assert len(ok) == 6
+    assert len(ok) == 4
     # Trials finished before the kill were kept as they were, not run again.
     for tid, rec in before.items():
         now = next(r for r in recs if r["trial_id"] == tid)
@@ -193,7 +190,7 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(failing_study,
     assert not any(x["trial_id"] in before for x in history[lines_before:])
     # Every finished trial is a distinct configuration, told to Optuna once.
     configs = {(r["params"]["none.finetune_epochs"], r["params"]["none.lr"]) for r in ok}
-    assert len(configs) == 6
+    assert len(configs) == 4
     study = optuna.load_study(study_name="resumed",
                               storage=f"sqlite:///{study_dir / 'optuna.db'}")
     complete = [t.number for t in study.trials if t.state == TrialState.COMPLETE]
