@@ -207,3 +207,19 @@ def test_killed_driver_resumes_without_losing_or_repeating_trials(failing_study,
     assert isinstance(searcher["_sampler"], optuna.samplers.TPESampler)
     assert searcher["_ot_study"].sampler is not None
     assert isinstance(searcher["_ot_study"].sampler, optuna.samplers.TPESampler)
+
+
+def test_bench_tune_tiny_compares_tune_with_a_plain_loop(tmp_path):
+    from benchmarks import bench_tune
+
+    doc = bench_tune.main(["--tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert saved["trials"] == 2 and len(saved["loop"]["accuracy"]) == 2
+    assert saved["tune_1_concurrent"]["finished"] == saved["tune_2_concurrent"]["finished"] == 2
+    assert saved["overhead_trials"] == pytest.approx(
+        saved["tune_1_concurrent"]["trials_seconds"] / saved["loop"]["trials_seconds"])
+    assert doc["concurrency_speedup"] == pytest.approx(
+        saved["tune_1_concurrent"]["trials_seconds"] / saved["tune_2_concurrent"]
+        ["trials_seconds"])
+    md = (tmp_path / "tune.md").read_text()
+    assert "plain loop" in md and "bench_tune.py --tiny" in md
