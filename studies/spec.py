@@ -180,6 +180,8 @@ class StudySpec:
             source["storage"] = str(Path(self.storage).expanduser().resolve())
         if "root" in self.data_kw:
             source["data"] = {"name": self.data, **self.data_kw}
+        if "weights" in self.model_kw:
+            source["model"] = {"name": self.model, **self.model_kw}
         return yaml.safe_dump(source, sort_keys=False)
 
 
@@ -405,6 +407,13 @@ def _check_model(c: _Checker, value: Any) -> tuple[str, dict]:
         if k not in allowed:
             c.error(f"model.{k}", f"model {name!r} does not take {k!r}; it takes: "
                                   f"{', '.join(allowed)}")
+    weights = kw.get("weights")
+    if weights is not None:
+        if not isinstance(weights, str) or not Path(weights).expanduser().is_file():
+            c.error("model.weights", f"{weights!r} is not a file; give the path of a local "
+                                     "weights file (nothing is downloaded at run time)")
+        else:
+            kw["weights"] = str(Path(weights).expanduser().resolve())
     if "width" in kw:
         w = kw["width"]
         if not isinstance(w, int | float) or isinstance(w, bool) or not 0 < w <= 4:

@@ -84,6 +84,8 @@ def test_every_error_is_reported_at_once():
 def test_missing_data_root_is_reported(tmp_path):
     errs = errors_of(good(data={"name": "cifar10"}))
     assert errs == ["data.root: dataset 'cifar10' needs a root directory; set data.root"]
+    errs = errors_of(good(model={"name": "vgg16_bn", "weights": str(tmp_path / "w.pth")}))
+    assert errs[0].startswith("model.weights: ") and "is not a file" in errs[0]
     errs = errors_of(good(data={"name": "cub200", "root": str(tmp_path / "nowhere")}))
     assert len(errs) == 1 and errs[0].startswith("data.root: ") and "does not exist" in errs[0]
     spec = parse_spec(good(data={"name": "cifar10", "root": str(tmp_path)}))
@@ -172,6 +174,10 @@ def test_every_shipped_spec_validates(path, tmp_path):
     if isinstance(data, dict) and "root" in data:
         # GPU specs carry a placeholder root for the user's data; any existing folder will do.
         raw["data"] = {**data, "root": str(tmp_path)}
+    model = raw.get("model")
+    if isinstance(model, dict) and "weights" in model:
+        (tmp_path / "weights.pth").write_bytes(b"")  # likewise a placeholder weights file
+        raw["model"] = {**model, "weights": str(tmp_path / "weights.pth")}
     spec = parse_spec(raw, source=str(path))
     assert spec.name == path.stem
     assert spec.trials >= 1 and spec.objectives
