@@ -1,0 +1,40 @@
+"""The evidence scripts run end to end at tiny settings and write JSON + Markdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bench_gpu, bench_search
+
+
+@pytest.mark.slow
+def test_bench_gpu_tiny_writes_throughputs(tmp_path):
+    doc = bench_gpu.main(["--tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu-tiny.json").read_text())
+    assert saved["ratio"] == pytest.approx(doc["ratio"])
+    assert all(r > 0 for r in saved["resident_images_per_s"] + saved["dataloader_images_per_s"])
+    study = saved["study"]
+    assert study["exclusive"]["trials"] == study["shared"]["trials"] == 4
+    assert study["shared"]["max_concurrent"] == 4 and study["exclusive"]["max_concurrent"] == 1
+    assert study["ratio"] == pytest.approx(
+        study["shared"]["trials_per_hour"] / study["exclusive"]["trials_per_hour"])
+    md = (tmp_path / "gpu-tiny.md").read_text()
+    assert "images/s" in md and "trials/hour" in md and "Reproduce with" in md
+
+
+@pytest.mark.slow
+def test_bench_search_tiny_compares_samplers(tmp_path):
+    doc = bench_search.main(["--tiny", "--out", str(tmp_path), "--storage",
+                             str(tmp_path / "runs")])
+    table = doc["samplers"]
+    assert set(table) == {"random", "nsga2"}
+    assert table["random"]["ratio_to_random"] == pytest.approx(1.0)
+    for run in doc["runs"]:
+        assert len(run["curve"]) == 2
+        # hypervolume after each trial never falls
+        assert run["curve"][1] >= run["curve"][0] >= 0
+        assert run["final_hypervolume"] == run["curve"][-1]
+    assert (tmp_path / "search-tiny.png").stat().st_size > 1000
+    assert "ratio to random" in (tmp_path / "search-tiny.md").read_text()
