@@ -358,6 +358,8 @@ def _tune_environment() -> None:
     # Save the experiment state at most a second after a trial starts or ends, so a killed
     # driver resumes with (almost) every trial accounted for; the rest is reconciled below.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # That frequent saving is deliberate; Tune would warn about it on a slow disk.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # With those loggers off, Tune's closing summary cannot read per-trial metrics files and
     # says so for every trial; the study's own files hold them.
