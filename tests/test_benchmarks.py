@@ -38,3 +38,22 @@ def test_bench_search_tiny_compares_samplers(tmp_path):
         assert run["final_hypervolume"] == run["curve"][-1]
     assert (tmp_path / "search-tiny.png").stat().st_size > 1000
     assert "ratio to random" in (tmp_path / "search-tiny.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_methods_tiny_tabulates_knees(tmp_path):
+    from benchmarks import bench_methods
+
+    doc = bench_methods.main(["--tiny", "--out", str(tmp_path), "--storage",
+                              str(tmp_path / "runs")])
+    rows = doc["methods"]
+    assert set(rows) == {"slimming + quantize", "magnitude (unstructured)"}
+    base = doc["base"]
+    # int8 after slimming: fewer bytes than the fp32 base by more than the 4x of int8 alone
+    assert rows["slimming + quantize"]["size_bytes"] < base["size_bytes"] / 4
+    # unstructured pruning keeps the dense shapes, zeroes weights
+    mag = rows["magnitude (unstructured)"]
+    assert mag["params"] == base["params"] and mag["nonzero_params"] < base["nonzero_params"]
+    md = (tmp_path / "methods-tiny.md").read_text()
+    assert md.index("| base model |") < md.index("| slimming + quantize |")
+    assert (tmp_path / "methods-tiny-report" / "report.html").is_file()
