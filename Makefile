@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# A second `make demo` continues (or just reports) the study the first one wrote.
 demo: $(STAMP)
-	$(BIN)/prune-study run studies/specs/quickstart.yaml --storage $(STORAGE)
+	if [ -f $(STORAGE)/quickstart/study.json ]; then \
+	  $(BIN)/prune-study resume $(STORAGE)/quickstart; \
+	else \
+	  $(BIN)/prune-study run studies/specs/quickstart.yaml --storage $(STORAGE); \
+	fi
 	$(BIN)/prune-study report $(STORAGE)/quickstart -o $(STORAGE)/quickstart/report
 	@echo "report: $(STORAGE)/quickstart/report/report.html"
 
