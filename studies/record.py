@@ -30,7 +30,7 @@ TUNE_KEYS = frozenset({
     "done", "trial_id", "experiment_tag", "should_checkpoint",
 })
 # Keys the trainable adds to its reports besides run_trial's metrics.
-OWN_KEYS = frozenset({"final", "node_id", "error", "traceback", "checkpoint"})
+OWN_KEYS = frozenset({"final", "node_id", "error", "traceback", "checkpoint", "report_seconds"})
 FINAL_STATES = ("ok", "failed", "stopped")
 
 
@@ -206,9 +206,11 @@ class Recorder(tune.Callback):
             if result.get("status") == "ok":
                 metrics.pop("step", None)
                 rec.update(status="ok", row=metrics, error=None)
+                if "report_seconds" in result:
+                    rec["report_seconds"] = result["report_seconds"]
             else:
                 rec.update(status="failed", row={}, error=result.get("error"),
-                           traceback=result.get("traceback"))
+                           traceback=result.get("traceback") or rec.get("traceback"))
             rec["ended"] = rec["ended"] if replayed and rec["ended"] else time.time()
             self._save(rec)
             self._progress(rec)

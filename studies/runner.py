@@ -172,26 +172,30 @@ class _TuneReport:
     def __init__(self, extra: dict):
         self.extra = extra
         self.pending: dict | None = None
+        self.seconds = 0.0  # spent reporting and checkpointing: Tune's cost inside a trial
 
     def __call__(self, metrics: dict, checkpoint: dict | None = None) -> None:
+        t0 = time.perf_counter()
         metrics = save_json_safe(metrics)
         if checkpoint is None and not metrics.get("final"):
             self.flush()
             self.pending = metrics
-            return
-        if checkpoint is None:
+        elif checkpoint is None:
             self.flush()
-            tune.report({**metrics, **self.extra})
+            self.seconds += time.perf_counter() - t0
+            tune.report({**metrics, **self.extra, "report_seconds": self.seconds})
             return
-        if self.pending is not None and self.pending.get("step") == metrics.get("step"):
-            metrics = {**self.pending, **metrics}
-            self.pending = None
         else:
-            self.flush()
-        with tempfile.TemporaryDirectory(prefix="prune-study-ckpt-") as d:
-            torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
-            tune.report({**metrics, **self.extra},
-                        checkpoint=tune.Checkpoint.from_directory(d))
+            if self.pending is not None and self.pending.get("step") == metrics.get("step"):
+                metrics = {**self.pending, **metrics}
+                self.pending = None
+            else:
+                self.flush()
+            with tempfile.TemporaryDirectory(prefix="prune-study-ckpt-") as d:
+                torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
+                tune.report({**metrics, **self.extra},
+                            checkpoint=tune.Checkpoint.from_directory(d))
+        self.seconds += time.perf_counter() - t0
 
     def flush(self) -> None:
         if self.pending is not None:
@@ -400,8 +404,8 @@ def run_study(spec: StudySpec, *, address: str | None = None, log: Log = _stderr
     log(f"[{spec.name}] {spec.trials} trials of {spec.methods_label} with the {spec.sampler} "
         f"sampler; objectives {', '.join(f'{k} {m}' for k, m in spec.objectives.items())}; "
         f"study directory {study_dir}")
-    tuner.fit()
-    return finish_study(study_dir, log)
+    grid = tuner.fit()
+    return finish_study(study_dir, _trial_ids(grid), spec.trials, log)
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None,
@@ -436,21 +440,31 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
         tune_storage(spec, study_dir) + "/tune", trainable=make_trainable(spec, base, done),
         resume_unfinished=True, resume_errored=True,
     )
-    tuner.fit()
-    return finish_study(study_dir, log)
+    grid = tuner.fit()
+    return finish_study(study_dir, _trial_ids(grid), spec.trials, log)
 
 
-def finish_study(study_dir: Path, log: Log = _stderr) -> dict:
-    """Reconcile trial files with the finished experiment and summarise."""
+def _trial_ids(grid) -> set[str]:
+    # Trial directories are named by trial id (_trial_dirname).
+    return {Path(r.path).name for r in grid}
+
+
+def finish_study(study_dir: Path, known: set[str], requested: int, log: Log = _stderr) -> dict:
+    """Reconcile trial files with the experiment Tune ran, and summarise."""
     for rec in trial_records(study_dir):
-        if rec.get("status") not in FINAL_STATES:
-            # Started after the last saved experiment state of a killed driver: Tune has
-            # no record of it and the sampler drew a replacement.
+        if rec.get("status") not in FINAL_STATES and rec["trial_id"] not in known:
+            # Sampled after the last saved experiment state of a killed driver: Tune has
+            # no record of it, and the sampler drew a replacement.
             rec.update(status="stopped", ended=rec.get("ended") or time.time(),
                        error="lost when the driver stopped before its state was saved; "
                              "a replacement trial was sampled")
             write_json(study_dir / "trials" / f"{rec['trial_id']}.json", rec)
     summary = study_summary(study_dir)
+    ended = summary["finished"] + summary["failed"] + summary.get("stopped", 0)
+    if ended < requested or summary["running"]:
+        log(f"[{summary['name']}] stopped before its end ({summary['finished']} of "
+            f"{requested} finished); continue it with `prune-study resume {study_dir}`")
+        return summary
     log(f"[{summary['name']}] done: {summary['finished']} finished, {summary['failed']} "
         f"failed, front of {summary['front_size']}; report with `prune-study report "
         f"{study_dir}`")

@@ -216,6 +216,10 @@ def test_bench_tune_tiny_compares_tune_with_a_plain_loop(tmp_path):
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert saved["trials"] == 2 and len(saved["loop"]["accuracy"]) == 2
     assert saved["tune_1_concurrent"]["finished"] == saved["tune_2_concurrent"]["finished"] == 2
+    tune1 = saved["tune_1_concurrent"]
+    assert 0 < tune1["report_seconds"] < tune1["compute_seconds"] < tune1["trials_seconds"]
+    assert saved["overhead_in_run"] == pytest.approx(tune1["trials_seconds"]
+                                                     / tune1["compute_seconds"])
     assert saved["overhead_trials"] == pytest.approx(
         saved["tune_1_concurrent"]["trials_seconds"] / saved["loop"]["trials_seconds"])
     assert doc["concurrency_speedup"] == pytest.approx(
