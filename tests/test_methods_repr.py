@@ -106,16 +106,19 @@ def test_reinit_in_the_null_space_is_orthogonal_and_output_preserving():
     idx = torch.tensor([1, 5, 9, 14])
     drop = FilterDrop(units, {u.conv: (idx if u is unit else torch.empty(0, dtype=torch.long))
                               for u in units})
+    previous = model.get_submodule(unit.conv).weight.detach()[idx].clone()
     drop.apply(model)
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
     info = reinit_filters(model, unit, idx, variant="qr", clip=100.0,
-                          generator=torch.Generator().manual_seed(0))
+                          generator=torch.Generator().manual_seed(0), previous=previous)
     w = model.get_submodule(unit.conv).weight.detach()
     survivors = torch.tensor([i for i in range(16) if i not in idx.tolist()])
     assert torch.equal(info["basis"], survivors)
     assert _cos(w[idx], w[survivors]).abs().max() < 1e-5
+    # 12 survivors + 2 * 4 <= 27: room to be orthogonal to the dropped values too
+    assert info["previous"] and _cos(w[idx], previous).abs().max() < 1e-5
     mutual = _cos(w[idx], w[idx]) - torch.eye(4, dtype=torch.float64)
     assert mutual.abs().max() < 1e-5
     # scaled like the survivors, not left at unit norm
@@ -208,6 +211,12 @@ def test_epoch_budget_must_hold_the_cycles(digits):
         method(models.build("c3", num_classes=10, k=4), params, ctx)
 
 
+def test_default_search_ranges_always_fit_the_epoch_budget():
+    method = get_method("repr")
+    hi = {n: method.param(n).search["high"] for n in ("s1", "s2", "cycles")}
+    assert hi["cycles"] * (hi["s1"] + hi["s2"]) <= method.param("epochs").search["low"]
+
+
 def test_bench_repr_tiny(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/bench_repr.py", "--tiny",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
@@ -220,3 +229,22 @@ def test_bench_repr_tiny(tmp_path):
     diffs = [r["repr_accuracy"] - r["plain_accuracy"] for r in doc["runs"]]
     assert doc["summary"]["difference"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
     assert "| seed |" in (tmp_path / "repr.md").read_text()
+
+
+def test_a_trial_resumed_inside_s2_finds_its_dropped_filters(digits):
+    digits = _few(digits, 128)
+    method = get_method("repr")
+    params = method.resolve({"epochs": 3, "s1": 1, "s2": 1, "cycles": 1, "ratio": 0.3})
+    saves: list = []
+    ctx = Context(data=digits, train=TrainConfig(seed=0), stage="repr", save=saves.append)
+    method(models.build("c3", num_classes=10, k=4), params, ctx)
+    s2 = next(p for p in saves if p["fit_call"] == 2)  # plain (0), s1 (1), s2 (2)
+    rows: list = []
+    ctx2 = Context(data=digits, train=TrainConfig(seed=0), stage="repr", report=rows.append,
+                   results=dict(s2["results"]), resume=s2)
+    out = method(models.build("c3", num_classes=10, k=4), params, ctx2)
+    assert [r["phase"] for r in rows] == ["final"]  # nothing before the checkpoint re-trains
+    # plain results kept, the dropped filters recovered from the checkpoint's zeros
+    assert ctx2.results == ctx.results
+    assert all(m.weight.reshape(m.out_channels, -1).abs().sum(1).min() > 0
+               for m in out.modules() if isinstance(m, nn.Conv2d))

@@ -168,3 +168,30 @@ def test_a_round_beyond_tau_returns_the_previous_model(digits_split, transfer_ba
 def test_bad_parameters_name_the_domain(name, value):
     with pytest.raises(ParamError, match=rf"transtailor\.{name} = .*allowed"):
         get_method("transtailor").resolve({name: value})
+
+
+def test_a_resumed_trial_ends_where_an_uninterrupted_one_does(digits_split, transfer_base):
+    method = get_method("transtailor")
+    params = method.resolve({"tau": 0.05, "step_ratio": 0.2, "max_rounds": 2,
+                             "alpha_epochs": 1, "finetune_epochs": 2, "patience": 2})
+    saves: list = []
+    ctx = Context(data=digits_split, train=TrainConfig(epochs=5, lr=0.01, seed=0),
+                  stage="transtailor", save=saves.append)
+    full = method(transfer_base.build(), params, ctx)
+    # calls: round 1 alpha (0), fine-tune (1); round 2 alpha (2), fine-tune (3)
+    alpha2 = next(p for p in saves if p["fit_call"] == 2)
+    tune2 = next(p for p in saves if p["fit_call"] == 3)
+    # every checkpoint of round 2 holds the model round 2 started from (round 1's)
+    start2 = {k[len("net."):]: v for k, v in alpha2["state_dict"].items() if k.startswith("net.")}
+    kept2 = {k[len("kept."):]: v for k, v in tune2["state_dict"].items()
+             if k.startswith("kept.")}
+    assert start2.keys() == kept2.keys()
+    assert all(torch.equal(start2[k], kept2[k]) for k in start2)
+    # resumed after round 2's alpha training: the same rounds, the same model
+    ctx2 = Context(data=digits_split, train=TrainConfig(epochs=5, lr=0.01, seed=0),
+                   stage="transtailor", results=dict(alpha2["results"]), resume=alpha2)
+    resumed = method(transfer_base.build(), params, ctx2)
+    assert ctx2.results == ctx.results
+    assert filter_counts(resumed) == filter_counts(full)
+    ref = full.state_dict()
+    assert all(torch.allclose(v, ref[k], atol=1e-6) for k, v in resumed.state_dict().items())

@@ -15,7 +15,6 @@ from torch import nn
 
 from prune_core import models
 from prune_core.surgery import conv_followers
-from prune_core.train import seed_everything
 
 
 @dataclass(frozen=True)
@@ -81,21 +80,22 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     copy gets exactly the initialisation a new model of that kind gets; any other
     model is copied and every layer's ``reset_parameters`` is called.
     """
-    seed_everything(seed)
     device = next(model.parameters()).device
     head = model.get_submodule(models.classifier_name(model))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if isinstance(model, models.VGG):
-        fresh = models.VGG(_vgg_cfg(model), head.out_features, 1.0, convs[0].in_channels)
-    elif isinstance(model, models.C3) and len({c.out_channels for c in convs}) == 1:
-        fresh = models.C3(head.out_features, convs[0].out_channels, convs[0].in_channels)
-    else:
-        fresh = copy.deepcopy(model)
-        for m in fresh.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-                m.reset_running_stats()
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left untouched
+        torch.manual_seed(seed)
+        if isinstance(model, models.VGG):
+            fresh = models.VGG(_vgg_cfg(model), head.out_features, 1.0, convs[0].in_channels)
+        elif isinstance(model, models.C3) and len({c.out_channels for c in convs}) == 1:
+            fresh = models.C3(head.out_features, convs[0].out_channels, convs[0].in_channels)
+        else:
+            fresh = copy.deepcopy(model)
+            for m in fresh.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+                if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                    m.reset_running_stats()
     return fresh.to(device)
 
 

@@ -127,24 +127,29 @@ class FilterDrop:
 
 @torch.no_grad()
 def reinit_filters(model: nn.Module, unit: ConvUnit, idx: torch.Tensor, *, variant: str = "qr",
-                   clip: float = 3.0, generator: torch.Generator | None = None) -> dict:
+                   clip: float = 3.0, generator: torch.Generator | None = None,
+                   previous: torch.Tensor | None = None) -> dict:
     """Give the dropped filters ``idx`` of ``unit.conv`` new weights.
 
     ``variant="qr"``: random vectors in the null space of the surviving filters (from a
     complete QR decomposition), mutually orthonormal where the null space is large
-    enough. Where the survivors span the whole fan-in (no null space), the new filters
-    are made orthogonal to the most overlapping survivors only, as many as leave room
-    for them. ``variant="random"``: random directions. Either way each new filter is
+    enough; ``previous`` (the dropped filters' weights before the drop) joins the
+    survivors where the null space still has room for every new filter, so the new
+    filters also differ from what was dropped, as in the paper. Where the survivors span
+    the whole fan-in (no null space), the new filters are made orthogonal to the most
+    overlapping survivors only, as many as leave room for them. ``variant="random"``:
+    random directions. Either way each new filter is
     scaled to the survivors' mean norm and then shrunk, keeping its direction, until no
     weight exceeds ``clip`` times the survivors' weight standard deviation. Biases and
     BN shifts restart at zero, BN scales at the survivors' mean; the next layer's input
     channels for these filters are zeroed, so the network's output does not change.
 
-    Returns ``{"basis": survivor indices the new filters are orthogonal to, "limit"}``.
+    Returns ``{"basis": survivor indices the new filters are orthogonal to, "previous":
+    whether they are orthogonal to ``previous`` too, "limit": the clip bound}``.
     """
     conv = model.get_submodule(unit.conv)
     if len(idx) == 0:
-        return {"basis": torch.empty(0, dtype=torch.long), "limit": 0.0}
+        return {"basis": torch.empty(0, dtype=torch.long), "previous": False, "limit": 0.0}
     w = conv.weight.detach().reshape(conv.out_channels, -1).double().cpu()
     n, d = w.shape[1], len(idx)
     keep = torch.ones(conv.out_channels, dtype=torch.bool)
@@ -152,6 +157,7 @@ def reinit_filters(model: nn.Module, unit: ConvUnit, idx: torch.Tensor, *, varia
     survivors = torch.nonzero(keep).flatten()
     s = w[survivors]
     basis = torch.empty(0, dtype=torch.long)
+    with_previous = False
     if variant == "qr":
         basis = survivors
         if len(survivors) >= n:
@@ -160,6 +166,9 @@ def reinit_filters(model: nn.Module, unit: ConvUnit, idx: torch.Tensor, *, varia
             order = orthogonality_scores(s).argsort(descending=True)[:m]
             basis = survivors[order.sort().values]
         rows = w[basis]
+        if previous is not None and len(survivors) + 2 * d <= n:
+            rows = torch.cat([rows, previous.detach().reshape(d, -1).double().cpu()])
+            with_previous = True
         if len(rows):
             q, _ = torch.linalg.qr(rows.T, mode="complete")
             null = q[:, len(rows):]
@@ -188,23 +197,24 @@ def reinit_filters(model: nn.Module, unit: ConvUnit, idx: torch.Tensor, *, varia
         bn.running_mean[dev_idx] = 0
         bn.running_var[dev_idx] = 1
     zero_input_channels(model, unit, idx)
-    return {"basis": basis, "limit": limit}
+    return {"basis": basis, "previous": with_previous, "limit": limit}
 
 
+# The default search ranges keep every combination feasible: 3 * (6 + 4) <= 30.
 PARAMS = [
     Param(name="epochs", kind="int", default=30, low=1, high=10_000,
           doc="total training epochs (the same budget the plain control gets)",
-          search={"low": 20, "high": 60}),
+          search={"low": 30, "high": 60}),
     Param(name="s1", kind="int", default=5, low=1, high=10_000,
-          doc="epochs of full-network training before each drop", search={"low": 2, "high": 10}),
+          doc="epochs of full-network training before each drop", search={"low": 2, "high": 6}),
     Param(name="s2", kind="int", default=3, low=1, high=10_000,
           doc="epochs of training with the dropped filters held at zero",
-          search={"low": 1, "high": 6}),
+          search={"low": 1, "high": 4}),
     Param(name="ratio", kind="float", default=0.3, low=0.0, high=1.0, low_open=True,
           high_open=True, doc="share of filters dropped in each cycle",
           search={"low": 0.1, "high": 0.5}),
     Param(name="cycles", kind="int", default=2, low=1, high=1000,
-          doc="number of drop / re-initialise cycles", search={"low": 1, "high": 4}),
+          doc="number of drop / re-initialise cycles", search={"low": 1, "high": 3}),
     Param(name="rank", kind="categorical", default="global", choices=("global", "layer"),
           doc="rank filters over the whole network or within each layer",
           search={"choices": ["global", "layer"]}),
@@ -233,8 +243,9 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
     train = {"lr": params["lr"], "schedule": "constant"}
     fresh = fresh_copy(model, ctx.seed)
     plain = copy.deepcopy(fresh)
+    skipped = ctx.replaying  # a resumed trial re-runs this call instantly: keep saved results
     ctx.fit(plain, epochs, phase="plain", **train)
-    if not ctx.replaying:
+    if not skipped:
         test = ctx.evaluate(plain, "test")
         ctx.result("plain_accuracy", test["accuracy"])
         ctx.result("plain_balanced_accuracy", test["balanced_accuracy"])
@@ -249,14 +260,20 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
     for c in range(cycles):
         ctx.fit(net, s1, phase="s1", **train)
         drop = FilterDrop(units, drop_plan(net, units, params["ratio"], params["rank"]))
+        previous = {u.conv: net.get_submodule(u.conv).weight.detach()[drop.plan[u.conv]].clone()
+                    for u in units}
         drop.apply(net)
+        skipped, fresh_run = ctx.replaying, ctx.resume is None
         ctx.fit(net, s2, phase="s2", hooks=drop.hooks(),
                 extra=lambda m, _d=drop: {"dropped_max_abs": _d.max_abs(m)}, **train)
-        shares.append(saved[c] if ctx.replaying and c < len(saved) else drop.shares(net))
+        shares.append(saved[c] if skipped and c < len(saved) else drop.shares(net))
         ctx.result("pruned_share_per_cycle", list(shares))
         for u in units:
+            # After a resume inside S2 the pre-drop values are unknown (the checkpoint holds
+            # zeros there); the new filters are then orthogonal to the survivors only.
+            prev = previous[u.conv] if fresh_run else None
             reinit_filters(net, u, drop.plan[u.conv], variant=params["reinit"],
-                           clip=params["clip"], generator=gen)
+                           clip=params["clip"], generator=gen, previous=prev)
     rest = epochs - cycles * (s1 + s2)
     if rest:
         ctx.fit(net, rest, phase="final", **train)

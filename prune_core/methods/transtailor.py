@@ -62,6 +62,15 @@ class AlphaScaled(nn.Module):
         self.net.eval()
         return self
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also resize alpha to the checkpoint's filter counts (a resumed trial)."""
+        for key, a in list(self.alpha.items()):
+            t = state_dict.get(f"alpha.{key}")
+            if t is not None and t.shape != a.shape:
+                self.alpha[key] = nn.Parameter(torch.empty(t.shape, dtype=a.dtype,
+                                                           device=a.device))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -189,12 +198,13 @@ def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
     start = ctx.evaluate(model, "val")
     start_filters = total_filters(model)
     ctx.result("start_val_accuracy", start["accuracy"])
-    gen = torch.Generator().manual_seed(ctx.seed)
     kept = model
     saved = saved_result(ctx, "rounds", [])
     rounds: list[dict] = []
     for r in range(1, params["max_rounds"] + 1):
         candidate = copy.deepcopy(kept)
+        # one generator per round: a resumed trial draws the same random alpha
+        gen = torch.Generator().manual_seed(ctx.seed * 1009 + r)
         wrapper = AlphaScaled(candidate, units, params["alpha_init"], gen)
         ctx.fit(wrapper, params["alpha_epochs"], phase="alpha", lr=params["alpha_lr"],
                 classifier_lr=params["alpha_lr"], weight_decay=0.0, extra=_alpha_stats)
@@ -209,11 +219,12 @@ def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
             break  # every layer is down to one filter
         remove_channels(candidate, plan, ctx.input_shape)
         carry = _Carry(kept, candidate)
+        skipped = ctx.replaying  # a resumed trial re-runs this call instantly
         ctx.fit(carry, params["finetune_epochs"], phase="finetune", lr=params["lr"],
                 classifier_lr=params["classifier_lr"], patience=params["patience"])
         for p in kept.parameters():
             p.requires_grad_(True)
-        if ctx.replaying:
+        if skipped:
             # A resumed trial re-runs rounds it had finished; their outcome was saved.
             record = saved[r - 1] if r - 1 < len(saved) else {"round": r, "accepted": True}
         else:
