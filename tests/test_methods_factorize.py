@@ -122,3 +122,19 @@ def test_restructure_reloads_a_checkpoint_with_weights_only(variant, base_vgg, d
     fresh.eval()
     x = next(digits.batches("test", 16))[0]
     torch.testing.assert_close(fresh(x), model(x))
+
+
+def test_orthogonal_linear_survives_weight_decay_steps():
+    """A non-square orthogonal layer stays orthogonal (not zero) through SGD with
+    momentum and weight decay."""
+    torch.manual_seed(0)
+    layer = nn.Linear(128, 10)
+    Fz.make_orthogonal(layer)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(32, 128)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(x).square().mean().backward()
+        opt.step()
+    w = layer.weight.detach()
+    torch.testing.assert_close(w @ w.T, torch.eye(10), atol=1e-5, rtol=0)

@@ -169,3 +169,25 @@ def test_plain_convs_of_resnet_are_the_block_internal_ones():
 def test_model_without_batchnorm_is_refused():
     with pytest.raises(S.SlimmingError, match="C3"):
         S.slimmable(build("c3", k=8), (3, 32, 32))
+
+
+def test_resume_inside_finetuning_keeps_the_pruned_model_and_results(base_vgg):
+    from prune_core.trial import TrialSpec, run_trial
+
+    spec = TrialSpec(model="vgg11", model_kw={"width": 0.25}, data="digits",
+                     baseline={"epochs": 12, "lr": 0.05}, methods="slimming")
+    params = {"slimming.sparsity_epochs": 1, "slimming.finetune_epochs": 2,
+              "slimming.prune_ratio": 0.5}
+    saved: list[dict] = []
+
+    def report(metrics, checkpoint=None):
+        if checkpoint is not None and metrics.get("checkpoint"):
+            saved.append(checkpoint)
+
+    row = run_trial({"study": spec, "params": params}, report, base=base_vgg)
+    inside = [c for c in saved if c["inner"] and c["inner"]["fit_call"] == 1]
+    assert inside, "no checkpoint inside fine-tuning"
+    resumed = run_trial({"study": spec, "params": params}, base=base_vgg, resume=inside[0])
+    for key in ("params", "macs", "slimming.channels_removed", "slimming.gammas",
+                "slimming.accuracy_before_finetune", "slimming.sparsity"):
+        assert resumed[key] == row[key], key

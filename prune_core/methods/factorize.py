@@ -100,12 +100,20 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
+def _parametrize(layer: nn.Module) -> None:
+    # The matrix exponential for every shape: PyTorch's default for non-square weights,
+    # Householder, reads signs from the diagonal of its parameter with int(), and a
+    # single step of weight decay moves -1 to -0.9999995, which int() makes 0: the whole
+    # weight becomes zero (seen on the 10 x 128 classifier).
+    orthogonal(layer, orthogonal_map="matrix_exp")
+
+
 @torch.no_grad()
 def make_orthogonal(layer: nn.Module) -> None:
     """Parametrize in place, starting from the nearest orthogonal matrices (polar factors)."""
     w = layer.weight.detach()
     u, _, vh = torch.linalg.svd(w, full_matrices=False)
-    orthogonal(layer)
+    _parametrize(layer)
     layer.weight = (u @ vh).contiguous()
 
 
@@ -130,7 +138,7 @@ def factorize_layers(model: nn.Module, params: dict, reference: nn.Module | None
             if init:
                 make_orthogonal(mods[name])
             else:
-                orthogonal(mods[name])
+                _parametrize(mods[name])
         else:
             r = separable_rank(mods[name], params["rank"])
             build = separable_from if init else separable_pair
@@ -180,7 +188,7 @@ def factorize(model: nn.Module, params: dict, ctx) -> nn.Module:
             b * seed_dof(s[-2], s[-1]) for b, s in zip(batch, shapes, strict=True)))
         ctx.result("stiefel_dof_params", total - dense + sum(
             b * stiefel_dof(s[-2], s[-1]) for b, s in zip(batch, shapes, strict=True)))
-    if not ctx.replaying:
+    if ctx.resume is None:  # a resumed trial restores the weights and saved results
         # New weights change every later layer's input statistics; re-measure them so the
         # accuracy before fine-tuning reflects the factorization, not stale BN averages.
         refresh_bn_stats(model, ctx.data)

@@ -277,11 +277,15 @@ def slimming(model: nn.Module, params: dict, ctx) -> nn.Module:
         hooks = Hooks(after_backward=[l1_subgradient(params["lambda"], bns)])
         ctx.fit(model, params["sparsity_epochs"], phase="sparsity", hooks=hooks, extra=extra,
                 lr=params["sparsity_lr"])
-        refresh_bn_stats(model, ctx.data)
-    g = gammas(model, layers)
-    ctx.result("gammas", [float(v) for t in g.values() for v in t.tolist()])
-    ctx.result("sparsity", sparsity_of(g, threshold))
-    if not ctx.replaying:
+    # A trial resumed inside fine-tuning still holds its checkpoint here: the model is not
+    # the sparsity-trained one, the next fit call restores the pruned weights, and the
+    # results recorded below were saved with the checkpoint.
+    if ctx.resume is None:
+        if params["sparsity_epochs"] > 0:
+            refresh_bn_stats(model, ctx.data)
+        g = gammas(model, layers)
+        ctx.result("gammas", [float(v) for t in g.values() for v in t.tolist()])
+        ctx.result("sparsity", sparsity_of(g, threshold))
         plan = prune(model, params["prune_ratio"], ctx.input_shape,
                      fold_bias=params["fold_bias"], layers=layers)
         ctx.result("channels_removed", sum(len(v) for v in plan.values()))
