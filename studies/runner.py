@@ -333,9 +333,18 @@ def make_searcher(spec: StudySpec, study_dir: Path):
         mode=modes[0] if single else modes, sampler=make_sampler(spec),
         study_name=spec.name, storage=storage,
     )
-    if spec.max_concurrent:
-        return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent)
-    return searcher
+    # Tune keeps only one trial pending for a searcher that has no limiter, so trials would
+    # start one after another; the limiter lets as many start as the cluster holds.
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent or _capacity(spec))
+
+
+def _capacity(spec: StudySpec) -> int:
+    """How many trials the connected cluster holds at once, given each trial's resources."""
+    have = ray.cluster_resources()
+    slots = [int(have.get("CPU", 1) // spec.resources["cpu"])]
+    if spec.resources["gpu"]:
+        slots.append(int(have.get("GPU", 0) // spec.resources["gpu"]))
+    return max(1, min(slots))
 
 
 def make_scheduler(spec: StudySpec):
