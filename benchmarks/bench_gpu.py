@@ -57,21 +57,34 @@ def resident_throughput(x: np.ndarray, y: np.ndarray, device: torch.device, *, w
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else torch.autocast("cpu", enabled=False))
-    rates = []
-    for epoch in range(epochs + 1):  # the first epoch warms up kernels and is not counted
+
+    def batches(epoch: int):
         gen = torch.Generator().manual_seed(epoch)
+        for xb, yb in data.batches("train", batch, generator=gen):
+            yield xb.contiguous(memory_format=torch.channels_last), yb
+
+    def step(xb, yb):
+        with amp:
+            return F.cross_entropy(model(xb).float(), yb)
+
+    return _timed_epochs(batches, step, opt, device, epochs, len(y))
+
+
+def _timed_epochs(batches, loss_of, opt, device: torch.device, epochs: int, n: int
+                  ) -> list[float]:
+    """Images/s of each epoch after the first, which warms up kernels and is not counted."""
+    rates = []
+    for epoch in range(epochs + 1):
         _sync(device)
         t0 = time.perf_counter()
-        for xb, yb in data.batches("train", batch, generator=gen):
-            xb = xb.contiguous(memory_format=torch.channels_last)
-            with amp:
-                loss = F.cross_entropy(model(xb).float(), yb)
+        for xb, yb in batches(epoch):
+            loss = loss_of(xb, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         _sync(device)
         if epoch:
-            rates.append(len(y) / (time.perf_counter() - t0))
+            rates.append(n / (time.perf_counter() - t0))
     return rates
 
 
@@ -96,20 +109,13 @@ def dataloader_throughput(x: np.ndarray, y: np.ndarray, device: torch.device, *,
                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     model = models.build("vgg16", width=width).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    rates = []
-    for epoch in range(epochs + 1):
-        _sync(device)
-        t0 = time.perf_counter()
+
+    def batches(_epoch: int):
         for xb, yb in loader:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        _sync(device)
-        if epoch:
-            rates.append(len(y) / (time.perf_counter() - t0))
-    return rates
+            yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+
+    return _timed_epochs(batches, lambda xb, yb: F.cross_entropy(model(xb), yb), opt, device,
+                         epochs, len(y))
 
 
 def study_spec(name: str, storage: Path, *, shared: bool, tiny: bool, gpu: bool):

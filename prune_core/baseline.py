@@ -164,7 +164,8 @@ def train_base(spec: BaseSpec, data: Data, log=print) -> BaseModel:
                      history)
 
 
-def get_base(spec: BaseSpec, data: Data, cache_dir: str | Path, log=print) -> tuple[BaseModel, bool]:
+def get_base(spec: BaseSpec, data: Data, cache_dir: str | Path,
+             log=print) -> tuple[BaseModel, bool]:
     """The cached base model, or a freshly trained one (then cached). Returns (base, trained)."""
     cached = load_cached(cache_dir, spec)
     if cached is not None:

@@ -111,8 +111,8 @@ def environment() -> dict:
     env = {
         "prune_study": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
-        or platform.machine(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+        else platform.processor() or platform.machine(),
     }
     return env
 

@@ -47,7 +47,8 @@ def test_removed_channels_match_masked_model(name):
     removed = remove_channels(copy.deepcopy(model), PLANS[name], SHAPE)
     with torch.no_grad():
         assert torch.allclose(masked(x), removed(x), atol=1e-5)
-        assert not torch.allclose(model(x), removed(x), atol=1e-3), "the plan must change the output"
+        changed = not torch.allclose(model(x), removed(x), atol=1e-3)
+        assert changed, "the plan must change the output"
     before = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in removed.parameters()) < before
     convs = dict(removed.named_modules())
