@@ -69,7 +69,10 @@ def _stderr(msg: str) -> None:
 def connect(address: str | None = None, log: Log = _stderr) -> None:
     """Start a local Ray, or join the cluster at ``address``; reuse one already started."""
     if ray.is_initialized():
-        return
+        if not address:
+            return
+        # An explicit address must never be served by a Ray this process started earlier.
+        ray.shutdown()
     if address:
         _check_reachable(address)
         try:

@@ -9,6 +9,15 @@ import pytest
 from benchmarks import bench_gpu, bench_search
 
 
+@pytest.fixture(autouse=True)
+def _own_ray():
+    """The benchmarks start a local Ray in this process; later tests must not inherit it."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.mark.slow
 def test_bench_gpu_tiny_writes_throughputs(tmp_path):
     doc = bench_gpu.main(["--tiny", "--out", str(tmp_path)])
