@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -105,6 +106,7 @@ def run(settings: dict, cache: Path, log=print) -> dict:
     return {"settings": settings, "base": base_row, "runs": runs, "summary": summary,
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "threads": torch.get_num_threads(), "machine": platform.machine(),
+                            "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
                             "git_commit": _git_commit()}}
 
 
@@ -114,6 +116,10 @@ def markdown(doc: dict, command: str) -> str:
         "# Parallel-branch pruning: alpha schedules",
         "",
         f"Reproduce: `{command}`",
+        "",
+        f"Ran on {doc['environment']['cpus']} CPU cores, {doc['environment']['threads']} torch "
+        f"threads; load average at the end {doc['environment']['load_average_end'][1]:.1f} "
+        f"(5 min): seconds are wall time on a shared machine.",
         "",
         f"Base {s['model']} width {s['width']} on digits ({s['base_epochs']} epochs): test "
         f"accuracy {b['accuracy']:.4f}, {b['macs'] / 1e6:.2f} M MACs. keep_ratio "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -87,6 +88,7 @@ def run(settings: dict, log=print) -> dict:
     return {"settings": settings, "runs": runs, "summary": summary,
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "threads": torch.get_num_threads(), "machine": platform.machine(),
+                            "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
                             "git_commit": _git_commit()}}
 
 
@@ -96,6 +98,10 @@ def markdown(doc: dict, command: str) -> str:
         "# RePr against plain training (C^3(k) on digits)",
         "",
         f"Reproduce: `{command}`",
+        "",
+        f"Ran on {doc['environment']['cpus']} CPU cores, {doc['environment']['threads']} torch "
+        f"threads; load average at the end {doc['environment']['load_average_end'][1]:.1f} "
+        f"(5 min): seconds are wall time on a shared machine.",
         "",
         f"Model c3 k={s['k']}; {s['epochs']} epochs for both runs at a constant rate "
         f"{s['lr']}; RePr S1={s['s1']}, S2={s['s2']}, {s['cycles']} cycles, ratio "
