@@ -181,6 +181,7 @@ class Recorder(tune.Callback):
                 "params": {k: v for k, v in config.items() if not k.startswith("_")},
                 "row": {}, "last": {}, "error": None, "node_id": None, "hostname": None,
                 "pid": None, "started": None, "ended": None, "retries": 0,
+                "checkpoint_step": None,
             }
             self.records[trial.trial_id] = rec
         return rec
@@ -225,6 +226,12 @@ class Recorder(tune.Callback):
                 f.write(json.dumps(line, default=_plain) + "\n")
         else:
             rec["last"] = {**rec["last"], "step": metrics.get("step", rec["last"].get("step"))}
+        self._save(rec)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        # Tune has recorded the checkpoint: a retry would continue after this step.
+        rec = self._record(trial)
+        rec["checkpoint_step"] = (trial.last_result or {}).get("step")
         self._save(rec)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

@@ -107,8 +107,9 @@ def test_killed_trial_process_resumes_from_its_last_checkpoint(failing_study, st
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             for rec in trial_records(spec.study_dir) if trials_dir.exists() else []:
-                if rec.get("pid") and (rec.get("last") or {}).get("step", 0) >= 1:
-                    killed.update(pid=rec["pid"], step=rec["last"]["step"])
+                # Killed once Tune has recorded the checkpoint of epoch 1 or later.
+                if rec.get("pid") and (rec.get("checkpoint_step") or 0) >= 1:
+                    killed.update(pid=rec["pid"], step=rec["checkpoint_step"])
                     os.kill(rec["pid"], signal.SIGKILL)
                     return
             time.sleep(0.05)
