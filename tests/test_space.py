@@ -103,3 +103,31 @@ def test_the_space_survives_pickling_as_tune_saves_it():
     consts = space(t)
     assert set(t.params) >= {"pipeline"}
     assert all(not isinstance(v, float) or math.isfinite(v) for v in consts.values())
+
+
+def test_optuna_storage_forms(tmp_path):
+    from studies.runner import make_scheduler, optuna_storage
+
+    def storage_of(value):
+        spec = spec_of(optuna_storage=value)
+        st = optuna_storage(spec, tmp_path)
+        study = optuna.create_study(storage=st, study_name="x", load_if_exists=True)
+        study.tell(study.ask(), 1.0)  # usable: a trial goes in and stays
+        return st, optuna.load_study(study_name="x", storage=st)
+
+    st, study = storage_of(None)
+    assert (tmp_path / "optuna.db").is_file() and len(study.trials) == 1
+    st, _ = storage_of(f"sqlite:///{tmp_path / 'url.db'}")
+    assert (tmp_path / "url.db").is_file()
+    st, _ = storage_of("other.db")
+    assert (tmp_path / "other.db").is_file()
+    st, study = storage_of("journal:trials.journal")
+    assert isinstance(st, optuna.storages.JournalStorage) and (tmp_path / "trials.journal").exists()
+    st, _ = storage_of(str(tmp_path / "abs.log"))
+    assert isinstance(st, optuna.storages.JournalStorage)
+
+    asha = make_scheduler(spec_of(objectives={"accuracy": "max"}, scheduler={
+        "name": "asha", "grace_period": 2, "max_t": 20}))
+    assert (asha.metric, asha._mode, asha._time_attr, asha._max_t) == (
+        "val_accuracy", "max", "training_iteration", 20)
+    assert make_scheduler(spec_of()) is None
