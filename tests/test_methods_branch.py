@@ -107,8 +107,8 @@ def test_keep_three_quarters_on_digits_stays_within_two_points(base_vgg, digits)
     ctx = Context(data=digits, train=TrainConfig(epochs=1, lr=0.01, seed=0), stage="branch",
                   report=rows.append)
     method = get_method("branch")
-    params = method.resolve({"keep_ratio": 0.75, "alpha_schedule": "cosine", "steps": 3,
-                             "epochs_per_step": 1, "finetune_epochs": 2, "lr": 0.01})
+    params = method.resolve({"keep_ratio": 0.75, "alpha_schedule": "cosine", "steps": 4,
+                             "epochs_per_step": 1, "finetune_epochs": 3, "lr": 0.01})
     out = method(model, params, ctx)
     acc = evaluate(out, digits, "test")["accuracy"]
     assert acc >= base_acc - 0.02
@@ -118,8 +118,8 @@ def test_keep_three_quarters_on_digits_stays_within_two_points(base_vgg, digits)
             pytest.approx(0.75 ** 2, rel=0.02)
     assert layers["features.conv0"] / base_layers["features.conv0"] == pytest.approx(0.75)
     assert [r["alpha"] for r in rows if r["phase"] == "branch"] == \
-        pytest.approx(alpha_values("cosine", 3))
-    assert [r["phase"] for r in rows][-2:] == ["finetune", "finetune"]
+        pytest.approx(alpha_values("cosine", 4))
+    assert [r["phase"] for r in rows][-4:] == ["branch"] + ["finetune"] * 3
 
 
 def test_sequential_order_converts_one_layer_per_pass(base_vgg, digits):
