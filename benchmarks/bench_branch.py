@@ -38,7 +38,7 @@ from prune_core.train import TrainConfig, evaluate  # noqa: E402
 
 DEFAULTS = {"model": "vgg11", "width": 0.25, "base_epochs": 30, "keep_ratio": 0.75,
             "schedules": ["linear", "cosine", "exponential"], "steps": 10,
-            "epochs_per_step": 1, "finetune_epochs": 2, "lr": 0.01, "seeds": [0, 1]}
+            "epochs_per_step": 1, "finetune_epochs": 2, "lr": 0.01, "seeds": [0, 1, 2]}
 TINY = {"width": 0.125, "base_epochs": 2, "schedules": ["linear", "cosine"], "steps": 2,
         "finetune_epochs": 1, "seeds": [0], "train_limit": 128}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -191,3 +192,25 @@ def test_resume_inside_finetuning_keeps_the_pruned_model_and_results(base_vgg):
     for key in ("params", "macs", "slimming.channels_removed", "slimming.gammas",
                 "slimming.accuracy_before_finetune", "slimming.sparsity"):
         assert resumed[key] == row[key], key
+
+
+def test_bench_slimming_tiny_sweeps_lambdas_and_prunes(tmp_path):
+    from benchmarks import bench_slimming
+
+    bench_slimming.main(["--tiny", "--out", str(tmp_path)])
+    doc = json.loads((tmp_path / "slimming.json").read_text())
+    settings = doc["settings"]
+    assert [s["lambda"] for s in doc["sweeps"]] == settings["lambdas"]
+    for sweep in doc["sweeps"]:
+        assert [e["epoch"] for e in sweep["epochs"]] == \
+            list(range(1, settings["sparsity_epochs"] + 1))
+        assert all(0 <= e["sparsity"] <= 1 for e in sweep["epochs"])
+        assert len(sweep["gammas"]) == len(doc["sweeps"][0]["gammas"]) > 0
+        half, most = sweep["pruned"]
+        assert (half["prune_ratio"], most["prune_ratio"]) == (0.5, 0.9)
+        # removing more channels leaves fewer MACs and parameters
+        assert most["macs_vs_base"] < half["macs_vs_base"] < 1
+        assert most["params_vs_base"] < half["params_vs_base"] < 1
+    assert (tmp_path / "slimming.png").stat().st_size > 10_000
+    md = (tmp_path / "slimming.md").read_text()
+    assert "| lambda | sparsity |" in md and "--tiny" in doc["command"]
