@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,36 @@ def write_results(
     md = f"{markdown.rstrip()}\n\nReproduce with:\n\n```\n{doc['command']}\n```\n\n{facts}\n"
     (out_dir / f"{name}.md").write_text(md)
     return doc
+
+
+def spread(values: list[float]) -> dict:
+    """Mean, standard deviation (0 for one value), minimum and maximum."""
+    return {"mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values)}
+
+
+def digits(train_limit: int | None = None):
+    """The embedded digits data; with ``train_limit``, only its first training images."""
+    from dataclasses import replace
+
+    from prune_core import data as datasets
+
+    data = datasets.load("digits")
+    if train_limit:
+        data = replace(data, train=datasets.Split(data.train.x[:train_limit],
+                                                  data.train.y[:train_limit]))
+    return data
+
+
+def base_vgg(settings: dict, data, cache: Path, log=print):
+    """The benchmarks' shared base model: a CIFAR VGG trained on ``data`` (cached by content
+    hash under ``cache``; the training subset is part of the key, so a tiny base never
+    passes for a full one)."""
+    from prune_core.baseline import BaseSpec, get_base
+    from prune_core.train import TrainConfig
+
+    spec = BaseSpec(model=settings["model"], model_kw={"width": settings["width"]},
+                    data="digits", data_kw={"train_limit": settings.get("train_limit")},
+                    train=TrainConfig(epochs=settings["base_epochs"], lr=0.05))
+    return get_base(spec, data, cache, log=log)[0]

@@ -14,13 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from prune_core import data as datasets  # noqa: E402
-from prune_core.baseline import BaseSpec, get_base  # noqa: E402
-from prune_core.data import Split  # noqa: E402
+from benchmarks._common import DOCS, base_vgg, command, digits, spread, write_results  # noqa: E402
 from prune_core.measure import measure  # noqa: E402
 from prune_core.methods import Context, get_method  # noqa: E402
 from prune_core.methods.branch import alpha_values  # noqa: E402
@@ -43,24 +36,9 @@ TINY = {"width": 0.125, "base_epochs": 2, "schedules": ["linear", "cosine"], "st
         "finetune_epochs": 1, "seeds": [0], "train_limit": 128}
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def run(settings: dict, cache: Path, log=print) -> dict:
-    data = datasets.load("digits")
-    if settings.get("train_limit"):
-        n = settings["train_limit"]
-        data = replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
-    # The training subset is part of the cache key: a tiny base never passes for a full one.
-    spec = BaseSpec(model=settings["model"], model_kw={"width": settings["width"]},
-                    data="digits", data_kw={"train_limit": settings.get("train_limit")},
-                    train=TrainConfig(epochs=settings["base_epochs"], lr=0.05))
-    base, _ = get_base(spec, data, cache, log=log)
+    data = digits(settings.get("train_limit"))
+    base = base_vgg(settings, data, cache, log)
     base_row = {"accuracy": evaluate(base.build(data.device), data, "test")["accuracy"],
                 **measure(base.build(data.device), data.input_shape)}
     method = get_method("branch")
@@ -98,28 +76,16 @@ def run(settings: dict, cache: Path, log=print) -> dict:
     summary = {}
     for schedule in settings["schedules"]:
         accs = [r["accuracy"] for r in runs if r["schedule"] == schedule]
-        summary[schedule] = {"mean": statistics.fmean(accs),
-                             "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                             "min_val_accuracy_on_the_way": min(
+        summary[schedule] = {**spread(accs), "min_val_accuracy_on_the_way": min(
                                  min(r["val_accuracy_per_alpha"]) for r in runs
                                  if r["schedule"] == schedule)}
-    return {"settings": settings, "base": base_row, "runs": runs, "summary": summary,
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "threads": torch.get_num_threads(), "machine": platform.machine(),
-                            "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
-                            "git_commit": _git_commit()}}
+    return {"settings": settings, "base": base_row, "runs": runs, "summary": summary}
 
 
-def markdown(doc: dict, command: str) -> str:
+def markdown(doc: dict) -> str:
     s, b = doc["settings"], doc["base"]
     lines = [
         "# Parallel-branch pruning: alpha schedules",
-        "",
-        f"Reproduce: `{command}`",
-        "",
-        f"Ran on {doc['environment']['cpus']} CPU cores, {doc['environment']['threads']} torch "
-        f"threads; load average at the end {doc['environment']['load_average_end'][1]:.1f} "
-        f"(5 min): seconds are wall time on a shared machine.",
         "",
         f"Base {s['model']} width {s['width']} on digits ({s['base_epochs']} epochs): test "
         f"accuracy {b['accuracy']:.4f}, {b['macs'] / 1e6:.2f} M MACs. keep_ratio "
@@ -149,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--steps", type=int)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    ap.add_argument("--out", default=str(DOCS))
     ap.add_argument("--cache", help="base model cache (default: runs/_cache, or --out for --tiny)")
     args = ap.parse_args(argv)
     settings = dict(DEFAULTS, **(TINY if args.tiny else {}))
@@ -161,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                                                  else ROOT / "runs" / "_cache")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     doc = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/bench_branch.py " + " ".join(argv if argv is not None
-                                                                else sys.argv[1:])
-    (out / "branch.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "branch.md").write_text(markdown(doc, command.strip()))
+    write_results("branch", doc, markdown(doc), out, cmd=command(__file__, argv))
     print(json.dumps(doc["summary"], indent=2))
     return 0
 

@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,9 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from prune_core import data as datasets  # noqa: E402
+from benchmarks._common import DOCS, command, digits, spread, write_results  # noqa: E402
 from prune_core import models  # noqa: E402
-from prune_core.data import Split  # noqa: E402
 from prune_core.methods import Context, get_method  # noqa: E402
 from prune_core.train import TrainConfig  # noqa: E402
 
@@ -37,25 +31,8 @@ DEFAULTS = {"k": 32, "seeds": [0, 1, 2], "epochs": 30, "s1": 5, "s2": 3, "cycles
 TINY = {"k": 4, "seeds": [0, 1], "epochs": 3, "s1": 1, "s2": 1, "cycles": 1, "train_limit": 256}
 
 
-def _spread(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values)}
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def run(settings: dict, log=print) -> dict:
-    data = datasets.load("digits")
-    if settings.get("train_limit"):
-        n = settings["train_limit"]
-        data = replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
+    data = digits(settings.get("train_limit"))
     method = get_method("repr")
     params = method.resolve({k: settings[k] for k in
                              ("epochs", "s1", "s2", "cycles", "ratio", "rank", "reinit", "clip",
@@ -81,27 +58,17 @@ def run(settings: dict, log=print) -> dict:
         runs.append(row)
     plain = [r["plain_accuracy"] for r in runs]
     rep = [r["repr_accuracy"] for r in runs]
-    summary = {"plain_accuracy": _spread(plain), "repr_accuracy": _spread(rep),
-               "difference": _spread([b - a for a, b in zip(plain, rep, strict=True)]),
+    summary = {"plain_accuracy": spread(plain), "repr_accuracy": spread(rep),
+               "difference": spread([b - a for a, b in zip(plain, rep, strict=True)]),
                "repr_better": sum(b > a for a, b in zip(plain, rep, strict=True)),
                "repr_worse": sum(b < a for a, b in zip(plain, rep, strict=True))}
-    return {"settings": settings, "runs": runs, "summary": summary,
-            "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "threads": torch.get_num_threads(), "machine": platform.machine(),
-                            "cpus": os.cpu_count(), "load_average_end": os.getloadavg(),
-                            "git_commit": _git_commit()}}
+    return {"settings": settings, "runs": runs, "summary": summary}
 
 
-def markdown(doc: dict, command: str) -> str:
+def markdown(doc: dict) -> str:
     s, m = doc["settings"], doc["summary"]
     lines = [
         "# RePr against plain training (C^3(k) on digits)",
-        "",
-        f"Reproduce: `{command}`",
-        "",
-        f"Ran on {doc['environment']['cpus']} CPU cores, {doc['environment']['threads']} torch "
-        f"threads; load average at the end {doc['environment']['load_average_end'][1]:.1f} "
-        f"(5 min): seconds are wall time on a shared machine.",
         "",
         f"Model c3 k={s['k']}; {s['epochs']} epochs for both runs at a constant rate "
         f"{s['lr']}; RePr S1={s['s1']}, S2={s['s2']}, {s['cycles']} cycles, ratio "
@@ -135,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--k", type=int, help="filters per layer of C^3(k)")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    ap.add_argument("--out", default=str(DOCS))
     args = ap.parse_args(argv)
     settings = dict(DEFAULTS, **(TINY if args.tiny else {}))
     for key in ("seeds", "epochs", "k"):
@@ -143,12 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             settings[key] = getattr(args, key)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     doc = run(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/bench_repr.py " + " ".join(argv if argv is not None
-                                                              else sys.argv[1:])
-    (out / "repr.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "repr.md").write_text(markdown(doc, command.strip()))
+    write_results("repr", doc, markdown(doc), Path(args.out), cmd=command(__file__, argv))
     print(json.dumps(doc["summary"], indent=2))
     return 0
 

@@ -17,7 +17,6 @@ import argparse
 import copy
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,10 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks._common import DOCS, command, write_results  # noqa: E402
-from prune_core import data as datasets  # noqa: E402
-from prune_core.baseline import BaseSpec, get_base  # noqa: E402
-from prune_core.data import Split  # noqa: E402
+from benchmarks._common import DOCS, base_vgg, command, digits, write_results  # noqa: E402
 from prune_core.measure import measure  # noqa: E402
 from prune_core.methods import Context  # noqa: E402
 from prune_core.methods.slimming import (  # noqa: E402
@@ -53,15 +49,8 @@ TINY = {"width": 0.125, "base_epochs": 2, "lambdas": [0.0, 5e-2], "sparsity_epoc
 
 
 def run(settings: dict, cache: Path, log=print) -> dict:
-    data = datasets.load("digits")
-    if settings.get("train_limit"):
-        n = settings["train_limit"]
-        data = replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
-    # The same spec as bench_branch.py: both share one cached base model.
-    spec = BaseSpec(model=settings["model"], model_kw={"width": settings["width"]},
-                    data="digits", data_kw={"train_limit": settings.get("train_limit")},
-                    train=TrainConfig(epochs=settings["base_epochs"], lr=0.05))
-    base, _ = get_base(spec, data, cache, log=log)
+    data = digits(settings.get("train_limit"))
+    base = base_vgg(settings, data, cache, log)
     base_model = base.build(data.device)
     base_row = {"accuracy": evaluate(base_model, data, "test")["accuracy"],
                 **measure(base_model, data.input_shape)}
