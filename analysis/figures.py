@@ -244,8 +244,10 @@ def draw_pareto(panels: list[ParetoData], colours: dict | None = None) -> Figure
             _format_axis(ax, "y", p.y)
             ax.set_xlabel(label(p.x) + " (log scale)")
             ax.set_ylabel(label(p.y))
-            lo = min(p.points["y"].min(), p.base["y"].min() if len(p.base) else 1.0)
-            ax.set_ylim(max(0.0, lo - 0.04), min(1.0, p.points["y"].max()) + 0.02)
+            ys = pd.concat([p.points["y"], p.base["y"]])
+            lo, hi = ys.min(), min(1.0, ys.max())
+            # Room above the best point for the base star, which is drawn 300 pt^2 large.
+            ax.set_ylim(max(0.0, lo - 0.04), hi + max(0.02, 0.05 * (hi - lo)))
         handles = [Line2D([], [], marker="o", ls="", color=c, label=m, markersize=7)
                    for m, c in methods.items()]
         if len(study_names) > 1:
