@@ -93,6 +93,22 @@ class Percent(ticker.Formatter):
         return f"{100 * x:.{decimals}f}%"
 
 
+class _LogTicks(ticker.LogLocator):
+    """Log ticks that stay readable: 1-2-5 per decade over up to three decades, decades
+    only beyond that; bytes at powers of 4 (1 KiB, 4 KiB, 16 KiB ...), which print
+    round in binary units."""
+
+    def __init__(self, binary: bool = False):
+        super().__init__(base=4 if binary else 10, numticks=9)
+        self.binary = binary
+
+    def tick_values(self, vmin, vmax):
+        if not self.binary and vmin > 0 and vmax > 0:
+            wide = abs(math.log10(vmax / vmin)) > 3
+            self.set_params(subs=(1.0,) if wide else (1.0, 2.0, 5.0))
+        return super().tick_values(vmin, vmax)
+
+
 def _format_axis(ax, which: str, column: str, log: bool = True) -> None:
     """Log scale with readable ticks for counts and bytes; percent for shares."""
     axis = ax.xaxis if which == "x" else ax.yaxis
@@ -100,8 +116,8 @@ def _format_axis(ax, which: str, column: str, log: bool = True) -> None:
         fmt = human_bytes if column in BYTE_COLUMNS else (lambda v: human_count(v, 2))
         if log:
             (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-            axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            axis.set_minor_locator(ticker.NullLocator())  # 1-2-5 majors suffice; faster
+            axis.set_major_locator(_LogTicks(binary=column in BYTE_COLUMNS))
+            axis.set_minor_locator(ticker.NullLocator())  # the majors suffice; faster
         axis.set_major_formatter(ticker.FuncFormatter(lambda v, _p: fmt(v)))
     elif column in SHARE_COLUMNS:
         axis.set_major_formatter(Percent())
