@@ -23,7 +23,7 @@ from torch import nn
 from prune_core import models
 from prune_core.data import Data
 from prune_core.measure import measure
-from prune_core.train import TrainConfig, evaluate, fit
+from prune_core.train import TrainConfig, evaluate, fit, seed_everything
 
 CACHE_FORMAT = 1
 
@@ -139,10 +139,14 @@ def train_base(spec: BaseSpec, data: Data, log=print) -> BaseModel:
     """Train the base model (on a transfer dataset: source task, then target task)."""
     t0 = time.perf_counter()
     history: list[dict] = []
+    # The initial weights (and a transfer model's new classifier) come from the spec's seed:
+    # the same spec trains the same base model in any process.
+    seed_everything(spec.train.seed)
     if data.source is not None:
         model = models.build(spec.model, num_classes=data.source.num_classes, **spec.model_kw)
         log(f"training base {spec.model} on {data.source.name} for {spec.train.epochs} epochs")
         history += [dict(r, phase="source") for r in fit(model, data.source, spec.train)]
+        seed_everything(spec.train.seed + 1)
         models.replace_classifier(model, data.num_classes)
         transfer = spec.transfer or spec.train
         log(f"fine-tuning to {data.name} for {transfer.epochs} epochs")

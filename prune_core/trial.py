@@ -27,7 +27,7 @@ from prune_core.baseline import BaseModel, BaseSpec, get_base
 from prune_core.measure import channel_counts, measure
 from prune_core.methods import Context, chain_name, parse_chain, split_params
 from prune_core.surgery import load_resized
-from prune_core.train import TrainConfig, evaluate
+from prune_core.train import TrainConfig, evaluate, seed_everything
 
 Report = Callable[..., None]
 DEFAULT_CACHE = "runs/_cache"
@@ -189,6 +189,9 @@ def run_trial(
         if inner is not None:
             results.update(inner.get("results", {}))
         log(f"stage {stage.name}: {values[stage.name]}")
+        # Layers a method creates before its first fit draw from the global RNG: seed it per
+        # stage, so a trial (and a trial resumed inside this stage) is reproducible.
+        seed_everything(spec.seed + 7919 * i)
         model = stage.method(model, values[stage.name], ctx)
         if not stage.method.terminal and i < len(stages) - 1:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -16,6 +16,7 @@ from prune_core.baseline import (
     cache_path,
     get_base,
     safe_load,
+    train_base,
 )
 from prune_core.train import TrainConfig
 from tests.conftest import BASE_VGG, TEST_CACHE
@@ -90,3 +91,20 @@ def test_transfer_base_trains_on_source_then_target(tmp_path, digits_split):
     assert trained
     assert [h["phase"] for h in base.history] == ["source", "transfer"]
     assert base.build().classifier.out_features == digits_split.num_classes == 5
+
+
+def test_the_same_spec_trains_the_same_weights_whatever_ran_before(digits):
+    # The initial weights come from the spec's seed, not from the process's RNG state:
+    # a base trained by a study driver equals one trained by a benchmark or a test.
+    small = dataclasses.replace(digits, train=digits.val)
+    spec = BaseSpec(model="vgg11", model_kw={"width": 0.125}, data="digits",
+                    train=TrainConfig(epochs=1, lr=0.05, seed=3))
+    first = train_base(spec, small, log=lambda _m: None)
+    torch.rand(1000)  # anything else drawing from the global RNG in between
+    second = train_base(spec, small, log=lambda _m: None)
+    for k, v in first.state_dict.items():
+        assert torch.equal(v, second.state_dict[k]), k
+    other = train_base(dataclasses.replace(spec, train=TrainConfig(epochs=1, lr=0.05, seed=4)),
+                       small, log=lambda _m: None)
+    assert not torch.equal(other.state_dict["features.conv0.weight"],
+                           first.state_dict["features.conv0.weight"])
