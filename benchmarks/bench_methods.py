@@ -93,6 +93,19 @@ def knee_row(study_dir: Path) -> dict | None:
     return out
 
 
+def smallest_close_row(study_dir: Path, base_accuracy: float, within: float) -> dict | None:
+    """The trial with the fewest non-zero MACs (then bytes) whose accuracy is at most
+    ``within`` below the base model's; None where no trial came that close."""
+    from analysis import results
+
+    df = results.load(study_dir)
+    close = df[(df["status"] == "ok") & (df["accuracy"] >= base_accuracy - within)]
+    if close.empty:
+        return None
+    row = close.sort_values(["nonzero_macs", "size_bytes"]).iloc[0]
+    return {c: float(row[c]) for c in COLUMNS}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=6, help="trials per method study")
@@ -100,6 +113,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--storage", type=Path, default=None, help="default: a temporary directory")
     p.add_argument("--tiny", action="store_true", help="2 studies x 2 trials, tiny epochs")
     p.add_argument("--out", type=Path, default=DOCS, help="where methods.{json,md} go")
+    p.add_argument("--within", type=float, default=0.01,
+                   help="second table: the cheapest trial at most this far below the base "
+                        "accuracy (default 0.01, one point)")
     args = p.parse_args(argv)
     labels = [s for s in args.only.split(",") if s] or list(STUDIES)
     unknown = sorted(set(labels) - set(STUDIES))
@@ -115,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"    {msg}", file=sys.stderr, flush=True)
 
     rows: dict[str, dict] = {}
+    close: dict[str, dict | None] = {}
     dirs, base = [], None
     for label in labels:
         spec = study_spec(label, storage, args.trials, args.tiny)
@@ -130,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
             from analysis import results
 
             base = results.study_info(spec.study_dir).base
+        close[label] = smallest_close_row(spec.study_dir, base["accuracy"], args.within)
     report_dir = args.out / ("methods-tiny-report" if args.tiny else "methods-report")
     write_report(dirs, report_dir)
     lines = [
@@ -152,13 +170,24 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {label} | {r['params']:,.0f} | {r['nonzero_params']:,.0f} | "
             f"{r['size_bytes']:,.0f} | {r['ops']:,.0f} | {r['macs']:,.0f} | "
             f"{r['nonzero_macs']:,.0f} | {r['accuracy']:.2%} | {r['wall_seconds']:.0f} s |")
+    lines += ["", f"The cheapest trial of each study within {args.within:.0%} of the base "
+              "accuracy (fewest non-zero MACs, then fewest bytes); where none came that "
+              "close, the row says so:", "",
+              "| method | non-zero params | bytes | non-zero MACs | MACs vs base | "
+              "bytes vs base | accuracy |", "|---|---|---|---|---|---|---|"]
+    for label, r in close.items():
+        lines.append(f"| {label} | none within {args.within:.0%} | | | | | |" if r is None else
+                     f"| {label} | {r['nonzero_params']:,.0f} | {r['size_bytes']:,.0f} | "
+                     f"{r['nonzero_macs']:,.0f} | {r['nonzero_macs'] / base['macs']:.3f} | "
+                     f"{r['size_bytes'] / base['size_bytes']:.3f} | {r['accuracy']:.2%} |")
     lines += ["", "Parameters of each knee point:", ""]
     lines += [f"- {label}: {r['params_searched']}" for label, r in rows.items()]
     lines += ["", f"Full report of these studies: [{report_dir.name}/report.md]"
                   f"({report_dir.name}/report.md)"]
     print("\n".join(lines), file=sys.stderr)
     name = "methods-tiny" if args.tiny else "methods"
-    return write_results(name, {"base": base, "methods": rows, "trials": args.trials},
+    return write_results(name, {"base": base, "methods": rows, "trials": args.trials,
+                                "within": args.within, "closest": close},
                          "\n".join(lines), args.out)
 
 

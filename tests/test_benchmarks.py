@@ -63,6 +63,14 @@ def test_bench_methods_tiny_tabulates_knees(tmp_path):
     # unstructured pruning keeps the dense shapes, zeroes weights
     mag = rows["magnitude (unstructured)"]
     assert mag["params"] == base["params"] and mag["nonzero_params"] < base["nonzero_params"]
+    # the second table: the cheapest trial within one point of the base, or none
+    assert set(doc["closest"]) == set(rows)
+    for label, close in doc["closest"].items():
+        if close is not None:
+            assert close["accuracy"] >= base["accuracy"] - doc["within"]
+            assert close["nonzero_macs"] <= rows[label]["nonzero_macs"] or \
+                rows[label]["accuracy"] < close["accuracy"]
     md = (tmp_path / "methods-tiny.md").read_text()
     assert md.index("| base model |") < md.index("| slimming + quantize |")
+    assert "within 1% of the base accuracy" in md
     assert (tmp_path / "methods-tiny-report" / "report.html").is_file()
