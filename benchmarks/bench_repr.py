@@ -41,7 +41,7 @@ def run(settings: dict, log=print) -> dict:
     for seed in settings["seeds"]:
         t0 = time.perf_counter()
         ctx = Context(data=data, train=TrainConfig(seed=seed), stage="repr", seed=seed)
-        torch.manual_seed(seed)  # the fresh initialisation both runs of this seed start from
+        # The method re-initialises the model under ctx.seed: both runs of a seed start there.
         model = method(models.build("c3", num_classes=data.num_classes, k=settings["k"]),
                        params, ctx)
         test = ctx.evaluate(model, "test")
