@@ -90,17 +90,37 @@ def spread(values: list[float]) -> dict:
             "min": min(values), "max": max(values)}
 
 
-def digits(train_limit: int | None = None):
-    """The embedded digits data; with ``train_limit``, only its first training images."""
+def first_images(data, n: int | None):
+    """``data`` with only its first ``n`` training images (of the source task too, for a
+    transfer dataset); all of them when ``n`` is None."""
     from dataclasses import replace
 
+    from prune_core.data import Split
+
+    if not n:
+        return data
+    source = data.source and first_images(data.source, n)
+    return replace(data, train=Split(data.train.x[:n], data.train.y[:n]), source=source)
+
+
+def digits(train_limit: int | None = None):
+    """The embedded digits data; with ``train_limit``, only its first training images."""
     from prune_core import data as datasets
 
-    data = datasets.load("digits")
-    if train_limit:
-        data = replace(data, train=datasets.Split(data.train.x[:train_limit],
-                                                  data.train.y[:train_limit]))
-    return data
+    return first_images(datasets.load("digits"), train_limit)
+
+
+def add_cache_option(parser) -> None:
+    parser.add_argument("--cache", help="base model cache (default: runs/_cache; with --tiny, "
+                                        "_cache under --out)")
+
+
+def cache_dir(args) -> Path:
+    """Where a benchmark keeps its base models: ``--cache``, or the shared runs/_cache; a
+    ``--tiny`` run keeps its small bases beside its output instead."""
+    if args.cache:
+        return Path(args.cache)
+    return Path(args.out) / "_cache" if args.tiny else ROOT / "runs" / "_cache"
 
 
 def base_vgg(settings: dict, data, cache: Path, log=print):

@@ -23,7 +23,16 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks._common import DOCS, base_vgg, command, digits, spread, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    DOCS,
+    add_cache_option,
+    base_vgg,
+    cache_dir,
+    command,
+    digits,
+    spread,
+    write_results,
+)
 from prune_core.measure import measure  # noqa: E402
 from prune_core.methods import Context, get_method  # noqa: E402
 from prune_core.methods.branch import alpha_values  # noqa: E402
@@ -116,15 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--out", default=str(DOCS))
-    ap.add_argument("--cache", help="base model cache (default: runs/_cache, or --out for --tiny)")
+    add_cache_option(ap)
     args = ap.parse_args(argv)
     settings = dict(DEFAULTS, **(TINY if args.tiny else {}))
     for key in ("seeds", "steps"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     out = Path(args.out)
-    cache = Path(args.cache) if args.cache else (out / "_cache" if args.tiny
-                                                 else ROOT / "runs" / "_cache")
+    cache = cache_dir(args)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     doc = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     write_results("branch", doc, markdown(doc), out, cmd=command(__file__, argv))

@@ -24,7 +24,15 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks._common import DOCS, base_vgg, command, digits, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    DOCS,
+    add_cache_option,
+    base_vgg,
+    cache_dir,
+    command,
+    digits,
+    write_results,
+)
 from prune_core.measure import measure  # noqa: E402
 from prune_core.methods import Context  # noqa: E402
 from prune_core.methods.slimming import (  # noqa: E402
@@ -181,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lambdas", type=float, nargs="+", help="L1 weights to sweep")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--out", default=str(DOCS), help="where the JSON, Markdown and PNG go")
-    ap.add_argument("--cache", help="base model cache (default: runs/_cache, or --out for "
-                                    "--tiny)")
+    add_cache_option(ap)
     args = ap.parse_args(argv)
     settings = dict(DEFAULTS, **(TINY if args.tiny else {}))
     for key in ("lambdas", "seed"):
@@ -190,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             settings[key] = getattr(args, key)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     out = Path(args.out)
-    cache = Path(args.cache or (out if args.tiny else ROOT / "runs" / "_cache"))
+    cache = cache_dir(args)
     doc = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     out.mkdir(parents=True, exist_ok=True)
     figure(doc, out / "slimming.png")

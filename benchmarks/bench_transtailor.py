@@ -22,7 +22,6 @@ import copy
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,10 +30,18 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks._common import DOCS, command, spread, write_results  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    DOCS,
+    add_cache_option,
+    cache_dir,
+    command,
+    first_images,
+    spread,
+    write_results,
+)
 from prune_core import data as datasets  # noqa: E402
 from prune_core.baseline import BaseSpec, get_base  # noqa: E402
-from prune_core.data import Data, Split  # noqa: E402
+from prune_core.data import Data  # noqa: E402
 from prune_core.measure import count_macs, count_params  # noqa: E402
 from prune_core.methods import Context, get_method  # noqa: E402
 from prune_core.methods._filters import filter_counts, total_filters  # noqa: E402
@@ -53,14 +60,6 @@ TINY = {"width": 0.125, "source_epochs": 1, "transfer_epochs": 1, "seeds": [0],
         "train_limit": 128}
 # TransTailor parameters taken from the settings; the rest keep the method's defaults.
 METHOD_KEYS = ("tau", "step_ratio", "alpha_epochs", "finetune_epochs", "patience", "max_rounds")
-
-
-def _limit(data: Data, n: int) -> Data:
-    """The first ``n`` training images of the target task and of the source task."""
-    source = data.source
-    if source is not None:
-        source = replace(source, train=Split(source.train.x[:n], source.train.y[:n]))
-    return replace(data, train=Split(data.train.x[:n], data.train.y[:n]), source=source)
 
 
 def _macs(model: nn.Module, data: Data) -> int:
@@ -146,9 +145,7 @@ def _measure(model: nn.Module, ctx: Context, base: dict) -> dict:
 
 
 def run(settings: dict, cache: Path, log=print) -> dict:
-    data = datasets.load("digits-split")
-    if settings.get("train_limit"):
-        data = _limit(data, settings["train_limit"])
+    data = first_images(datasets.load("digits-split"), settings.get("train_limit"))
     # The training subset is part of the cache key: a tiny base never passes for a full one.
     spec = BaseSpec(model=settings["model"], model_kw={"width": settings["width"]},
                     data="digits-split", data_kw={"train_limit": settings.get("train_limit")},
@@ -304,14 +301,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     ap.add_argument("--tau", type=float, help="TransTailor's largest val accuracy drop")
     ap.add_argument("--out", type=Path, default=DOCS)
-    ap.add_argument("--cache", help="base model cache (default: runs/_cache, or --out for --tiny)")
+    add_cache_option(ap)
     args = ap.parse_args(argv)
     settings = dict(DEFAULTS, **(TINY if args.tiny else {}))
     for key in ("seeds", "tau"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    cache = Path(args.cache) if args.cache else (args.out / "_cache" if args.tiny
-                                                 else ROOT / "runs" / "_cache")
+    cache = cache_dir(args)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     t0 = time.perf_counter()
     result = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
