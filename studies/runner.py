@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -380,6 +381,10 @@ def _tune_environment() -> None:
     # With those loggers off, Tune's closing summary cannot read per-trial metrics files and
     # says so for every trial; the study's own files hold them.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # Tune times the define-by-run space, and with it the sampler's own work (GP fits a
+    # model there, 1 to 2 s a trial), and warns at every trial as if it were training.
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`",
+                            category=UserWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

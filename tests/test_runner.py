@@ -14,6 +14,7 @@ import signal
 import subprocess
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -228,3 +229,17 @@ def test_bench_tune_tiny_compares_tune_with_a_plain_loop(tmp_path):
         ["trials_seconds"])
     md = (tmp_path / "tune.md").read_text()
     assert "plain loop" in md and "bench_tune.py --tiny" in md
+
+
+def test_tune_does_not_warn_that_the_samplers_own_work_is_training():
+    # GP fits its model inside the define-by-run space, which Tune times and warns about
+    # at every trial; other warnings still show.
+    from studies.runner import _tune_environment
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _tune_environment()
+        warnings.warn("Define-by-run function passed in the `space` argument took 2.17 "
+                      "seconds to run. Ensure ...", UserWarning, stacklevel=2)
+        warnings.warn("something else", UserWarning, stacklevel=2)
+    assert [str(w.message) for w in caught] == ["something else"]
