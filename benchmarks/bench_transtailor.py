@@ -182,7 +182,7 @@ def run(settings: dict, cache: Path, log=print) -> dict:
               "epoch_budget": None,
               "rounds_accepted": ctx.results["transtailor.rounds_accepted"],
               "rounds": ctx.results["transtailor.rounds"],
-              "filters_removed_reported": ctx.results["transtailor.filters_removed"],
+              "filters_removed_reported": ctx.results["transtailor.filters_removed_share"],
               "seconds": seconds}
         log(f"seed {seed} transtailor: accuracy {tt['accuracy']:.4f}, MACs "
             f"{tt['macs_vs_base']:.3f} of base, {tt['rounds_accepted']} round(s) accepted, "

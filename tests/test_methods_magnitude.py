@@ -114,7 +114,9 @@ def test_structured_removes_filters_and_lowers_macs(base_vgg):
     row = run_trial({"study": _spec(), "params": params}, base=base_vgg)
     assert row["speedup"] > 2.5 and row["params"] < 0.5 * base_vgg.row["params"]
     base_counts = channel_counts(base_vgg.build())
-    for name, removed in row["magnitude.filters_removed"].items():
+    by_layer = row["magnitude.filters_removed_by_layer"]
+    assert row["magnitude.filters_removed"] == sum(by_layer.values()) > 0
+    for name, removed in by_layer.items():
         assert removed == round(0.5 * base_counts[name])
         assert row["channels"][name] == pytest.approx(1 - removed / base_counts[name])
     assert 0 < row["magnitude.layer_sparsity"]["features.conv5"] < 1

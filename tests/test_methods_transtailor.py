@@ -121,7 +121,8 @@ def test_tau_bounds_the_drop_and_a_third_of_the_filters_go(digits_split, transfe
     assert start_val - val["accuracy"] <= 0.02 + 1e-9
     assert total_filters(out) <= 0.7 * start_filters
     rounds = ctx.results["transtailor.rounds"]
-    assert ctx.results["transtailor.filters_removed"] == pytest.approx(
+    assert ctx.results["transtailor.filters_removed"] == start_filters - total_filters(out)
+    assert ctx.results["transtailor.filters_removed_share"] == pytest.approx(
         1 - total_filters(out) / start_filters)
     # the returned model is the last accepted round's, with its reported accuracy
     accepted = [r for r in rounds if r["accepted"]]
@@ -159,7 +160,8 @@ def test_a_round_beyond_tau_returns_the_previous_model(digits_split, transfer_ba
                              "alpha_epochs": 1, "finetune_epochs": 1})
     out = method(model, params, ctx)
     assert ctx.results["transtailor.rounds"][0]["accepted"] is False
-    assert ctx.results["transtailor.filters_removed"] == 0.0
+    assert ctx.results["transtailor.filters_removed"] == 0
+    assert ctx.results["transtailor.filters_removed_share"] == 0.0
     assert all(torch.equal(before[k], v) for k, v in out.state_dict().items())
 
 

@@ -130,7 +130,8 @@ def magnitude(model: nn.Module, params: dict, ctx) -> nn.Module:
         model = _reinitialised(model, params["reinit"], ctx)
         remove_channels(model, {k: v for k, v in plan.items() if v}, ctx.input_shape)
         after = _sizes(model)
-        ctx.result("filters_removed", {k: len(v) for k, v in plan.items()})
+        ctx.result("filters_removed", sum(len(v) for v in plan.values()))
+        ctx.result("filters_removed_by_layer", {k: len(v) for k, v in plan.items()})
         ctx.result("layer_sparsity",
                    {k: 1.0 - after[k] / v for k, v in before.items() if k in after})
     if params["finetune_epochs"] > 0:

@@ -243,5 +243,6 @@ def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
             break
         kept = candidate
     ctx.result("rounds_accepted", sum(1 for rec in rounds if rec["accepted"]))
-    ctx.result("filters_removed", 1.0 - total_filters(kept) / start_filters)
+    ctx.result("filters_removed", start_filters - total_filters(kept))
+    ctx.result("filters_removed_share", 1.0 - total_filters(kept) / start_filters)
     return kept
