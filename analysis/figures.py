@@ -229,9 +229,15 @@ def front_panels(studies: list[Study]) -> list[ParetoData]:
 
 def draw_pareto(panels: list[ParetoData], colours: dict | None = None) -> Figure:
     """Accuracy against each cost (log x), one colour per method, fronts as step lines."""
+    # At most three panels a row, and four as two by two, so a page can hold the figure.
+    ncols = 2 if len(panels) == 4 else min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
     with style():
-        fig = Figure(figsize=(5.0 * len(panels), 4.4), layout="constrained")
-        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        fig = Figure(figsize=(5.0 * ncols, 4.0 * nrows + 0.4), layout="constrained")
+        grid = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+        axes = grid[: len(panels)]
+        for ax in grid[len(panels):]:
+            ax.remove()
         shown = set(pd.concat([p.points["method"] for p in panels]))
         colours = colours or palette(shown)
         methods = {m: c for m, c in colours.items() if m in shown}

@@ -58,6 +58,17 @@ def test_front_panels_add_every_cost_objective(tmp_path):
     assert [p.x for p in panels] == ["macs", "params", "size_bytes"]
 
 
+def test_four_front_panels_are_drawn_two_by_two(tmp_path):
+    path = make_study(tmp_path, "q", methods=("slimming+quantize",), ok=4, failed=0, running=0,
+                      objectives={"accuracy": "max", "nonzero_macs": "min", "size_bytes": "min"})
+    panels = figures.front_panels(results.open_studies([path]))
+    fig = figures.draw_pareto(panels)
+    assert len(fig.axes) == len(panels) == 4
+    rows = {round(ax.get_position().y0, 2) for ax in fig.axes}
+    cols = {round(ax.get_position().x0, 2) for ax in fig.axes}
+    assert len(rows) == len(cols) == 2
+
+
 def test_hypervolume_curve_per_study_ends_at_the_summary_value(studies):
     data = figures.hypervolume_data(studies)
     for s in studies:
