@@ -90,11 +90,16 @@ def cmd_measure(args) -> int:
 
 
 def cmd_trial(args) -> int:
+    import torch
+
     from prune_core.trial import run_trial
     from studies.spec import load_spec, parse_overrides
 
     spec = load_spec(args.spec)
     params = parse_overrides(args.set or [])
+    # A study's trial runs on resources.cpu threads; float sums, and so the weights, depend
+    # on the thread count, so the same count reproduces the study's trial (and base model).
+    torch.set_num_threads(max(1, int(spec.resources["cpu"])))
     row = run_trial({"study": spec.trial_spec().to_dict(), "params": params},
                     lambda m, _ck=None: log(_progress(m)), log=log)
     if args.json:
@@ -251,7 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON document")
     s.set_defaults(fn=cmd_measure)
 
-    s = sub.add_parser("trial", help="run one trial of a spec without Ray and print its row")
+    s = sub.add_parser(
+        "trial", help="run one trial of a spec without Ray and print its row",
+        description="Run one trial of the spec in this process, on resources.cpu threads "
+        "as a study's trial runs, and print its result row. The base model comes from "
+        "<storage>/_cache, or is trained and cached there.")
     s.add_argument("spec", help="study spec (YAML)")
     s.add_argument("--set", action="append", metavar="STAGE.PARAM=VALUE",
                    help="a parameter value (repeatable); unset parameters take defaults")

@@ -153,3 +153,23 @@ def test_help_explains_every_command(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     assert "RAY_AUTH_MODE=token" in capsys.readouterr().out
+
+
+def test_trial_runs_on_the_thread_count_of_a_studys_trial(tmp_path, capsys, monkeypatch,
+                                                         test_cache):
+    import torch
+
+    # The conftest's 12-epoch base, found through <storage>/_cache: no training here.
+    (tmp_path / "_cache").symlink_to(test_cache, target_is_directory=True)
+    spec = {**GOOD, "baseline": {"epochs": 12, "lr": 0.05}, "storage": str(tmp_path),
+            "resources": {"cpu": 3}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    assert main(["trial", str(path), "--set", "none.finetune_epochs=0", "--json"]) == EXIT_OK
+    assert threads == [3]
+    row = json.loads(capsys.readouterr().out)
+    assert row["status"] == "ok" and row["none.finetune_epochs"] == 0
+    # no fine-tuning: the base model itself, measured again
+    assert row["accuracy"] > 0.9 and row["speedup"] == pytest.approx(1.0)
