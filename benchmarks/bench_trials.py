@@ -7,9 +7,9 @@ the spec's resources.cpu threads, as a study's trial); unset parameters keep the
 defaults. Each group writes trials-<group>.json and .md; rows shared by several
 groups run once.
 
-    python benchmarks/bench_trials.py                       # the summary (~5 min)
+    python benchmarks/bench_trials.py                       # the summary (~6.5 min)
     python benchmarks/bench_trials.py --group magnitude     # one method's table
-    python benchmarks/bench_trials.py --group all           # every group
+    python benchmarks/bench_trials.py --group all           # every group (~17 min)
     python benchmarks/bench_trials.py --tiny                # seconds: the test runs this
 """
 
@@ -105,6 +105,7 @@ COLUMNS = ("accuracy", "params", "macs", "nonzero_macs", "size_bytes")
 EXTRA = ("slimming.sparsity", "slimming.accuracy_before_finetune",
          "factorize.accuracy_before_finetune", "factorize.dof_params",
          "factorize.stiefel_dof_params")
+BULKY = ("slimming.gammas",)  # every scale factor: kept out of the JSON (~20 KB a row)
 TINY = {"baseline": {"epochs": 1},
         "params": {"slimming.sparsity_epochs": 1, "slimming.finetune_epochs": 1,
                    "magnitude.finetune_epochs": 1}}
@@ -130,7 +131,7 @@ def run_rows(rows: list[tuple[str, dict]], ts, base, log=print) -> dict[str, dic
         t0 = time.perf_counter()
         row = run_trial({"study": ts, "params": params}, base=base,
                         log=lambda m: log(f"    {m}"))
-        done[key] = row
+        done[key] = {k: v for k, v in row.items() if k not in BULKY}
         log(f"[{i}/{len(todo)}] {label}: accuracy {row['accuracy']:.4f}, "
             f"{row['macs'] / 1e6:.2f} M MACs, {row['size_bytes']:,} bytes "
             f"({time.perf_counter() - t0:.0f} s)")
