@@ -97,7 +97,7 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
             "runs": len(finals), "mean": statistics.fmean(finals),
             "std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
             "min": min(finals), "max": max(finals),
-            "collapsed_mean": statistics.fmean(r.get("collapsed", 0) for r in mine),
+            "collapsed_mean": statistics.fmean(r["collapsed"] for r in mine),
             "minutes_mean": statistics.fmean(r["seconds"] for r in mine) / 60,
         }
     ref = out.get("random", {}).get("mean")
