@@ -281,7 +281,8 @@ def draw_pareto(panels: list[ParetoData], colours: dict | None = None) -> Figure
                            label="on the study's front", markersize=7),
                     Line2D([], [], marker="*", ls="", color="#f2c200", markeredgecolor="black",
                            label="base model", markersize=13)]
-        _legend_below(fig, handles, ncol=min(len(handles), 4))
+        # As many legend columns as the figure is wide for: 2, 3, then 4 from three panels.
+        _legend_below(fig, handles, ncol=min(len(handles), ncols + 1, 4))
     return fig
 
 
