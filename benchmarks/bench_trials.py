@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     intro = (f"Each row is one trial of `studies/specs/none.yaml` ({ts.model} at width "
              f"{ts.model_kw.get('width', 1)} on {ts.data}, a {ts.baseline['epochs']}-epoch "
              "base) with the parameters in the label set and the rest at their defaults "
-             f"(`prune-study describe <method>`), seed {ts.seed}, on "
+             f"(`prune-study methods`), seed {ts.seed}, on "
              f"{torch.get_num_threads()} thread(s) as a study's trial. Ratios are to the "
              "base model; `seconds` is the trial's training time.")
     docs = {}
