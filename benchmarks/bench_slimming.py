@@ -37,6 +37,7 @@ from prune_core.measure import measure  # noqa: E402
 from prune_core.methods import Context  # noqa: E402
 from prune_core.methods.slimming import (  # noqa: E402
     SPARSE_REL,
+    bn_names,
     gammas,
     l1_subgradient,
     prune,
@@ -63,7 +64,7 @@ def run(settings: dict, cache: Path, log=print) -> dict:
     base_row = {"accuracy": evaluate(base_model, data, "test")["accuracy"],
                 **measure(base_model, data.input_shape)}
     layers = slimmable(base_model, data.input_shape)
-    bns = [bn for bn, _ in layers.values()]
+    bns = bn_names(layers)
     # One fixed threshold for every lambda, as the method uses: 1 % of the base mean |gamma|.
     threshold = SPARSE_REL * float(torch.cat(list(gammas(base_model, layers).values())).mean())
     train = TrainConfig(seed=settings["seed"])
@@ -90,7 +91,7 @@ def run(settings: dict, cache: Path, log=print) -> dict:
         }
         for ratio in settings["prune_ratios"]:
             small = copy.deepcopy(model)
-            prune(small, ratio, data.input_shape, layers=layers)
+            prune(small, ratio, data, groups=layers)
             before = evaluate(small, data, "test")["accuracy"]
             ft = Context(data=data, train=train, stage="slimming", seed=settings["seed"])
             ft.fit(small, settings["finetune_epochs"], phase="finetune", lr=settings["lr"])

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -96,7 +97,9 @@ class BaseModel:
     history: list[dict] = field(default_factory=list)
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
-        m = models.build(self.model, num_classes=self.num_classes, **self.model_kw)
+        # The trained weights replace any pretrained file the model started from.
+        kw = {k: v for k, v in self.model_kw.items() if k != "weights"}
+        m = models.build(self.model, num_classes=self.num_classes, **kw)
         m.load_state_dict(self.state_dict)
         return m.to(device)
 
@@ -125,7 +128,11 @@ class BaseModel:
 
 
 def cache_path(cache_dir: str | Path, spec: BaseSpec) -> Path:
-    return Path(cache_dir) / f"base-{spec.model}-{spec.data}-{spec.key()}.pt"
+    """``base-<model>-<data>-<key>.pt``; characters of ``torchvision:...`` or
+    ``import:pkg.mod:fn`` names that do not belong in a file name become ``_`` (registry
+    names have none, so their files keep their names; the key keeps files apart)."""
+    model = re.sub(r"[^A-Za-z0-9_-]", "_", spec.model)
+    return Path(cache_dir) / f"base-{model}-{spec.data}-{spec.key()}.pt"
 
 
 def load_cached(cache_dir: str | Path, spec: BaseSpec) -> BaseModel | None:

@@ -2,12 +2,23 @@
 
 CIFAR-style models take a ``width`` multiplier on every layer. Layers carry names
 (``conv0``, ``bn0``, ``pool1`` ...) so methods and figures can address them.
+
+Besides the registry, ``build`` takes models from elsewhere (see
+:func:`model_source_help`): ``torchvision:<name>``, ``timm:<name>`` and
+``import:<module.path>:<factory>``, each with an optional ``weights`` file that is
+loaded strictly by :func:`load_weights`.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import importlib
 import inspect
+import os
+import re
+import sys
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +28,16 @@ from torch import nn
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DOCS: dict[str, str] = {}
+SOURCES = ("torchvision", "timm", "import")  # `<source>:...` model names
+MAX_LISTED = 10  # tensors named in a weights error before "... and N more"
 
 
 class ModelError(ValueError):
-    """A model cannot be built as asked."""
+    """A model cannot be built as asked; ``key`` names the argument at fault, if one is."""
+
+    def __init__(self, message: str, *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -36,30 +53,91 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
+def model_source(name: str) -> str | None:
+    """``torchvision``, ``timm`` or ``import`` for a ``<source>:...`` name, else None."""
+    source, colon, _ = name.partition(":")
+    return source if colon and source in SOURCES else None
+
+
 def model_doc(name: str) -> str:
-    return _DOCS[name]
+    """One line about a registered model or a ``<source>:...`` name."""
+    source = model_source(name)
+    if source is None:
+        return _DOCS[name]
+    rest = name.partition(":")[2]
+    return {
+        "torchvision": f"torchvision classification model {rest!r} (torchvision.models.get_model)",
+        "timm": f"timm model {rest!r} (timm.create_model)",
+        "import": f"the model returned by {rest!r} (called with num_classes and kwargs)",
+    }[source]
 
 
-def model_kwargs(name: str) -> list[str]:
-    """Keyword arguments a model factory accepts besides ``num_classes``."""
+def model_kwargs(name: str) -> list[str] | None:
+    """Keyword arguments a registered model factory accepts besides ``num_classes``.
+
+    None for ``<source>:...`` names: their arguments are free-form, passed on to the
+    source's constructor and checked when the model is built.
+    """
+    if model_source(name) is not None:
+        return None
+    if name not in _MODELS:
+        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
     sig = inspect.signature(_MODELS[name])
     return [p for p in sig.parameters if p != "num_classes"]
 
 
+def model_source_help() -> str:
+    """How to give a model that is not in the registry (``prune-study models`` prints it)."""
+    return (
+        "Models from elsewhere, as model.name in a spec (every other key goes to the "
+        "constructor):\n"
+        "  torchvision:<name>  any torchvision classification model, built by\n"
+        "                      torchvision.models.get_model(name, weights=None, num_classes=N,"
+        " **kw),\n"
+        "                      e.g. {name: 'torchvision:mobilenet_v2', width_mult: 0.5}; valid "
+        "names:\n"
+        "                      torchvision.models.list_models(module=torchvision.models)\n"
+        "  timm:<name>         timm.create_model(name, pretrained=False, num_classes=N, **kw), "
+        "e.g.\n"
+        "                      'timm:resnet10t' (pip install 'prune-study[timm]')\n"
+        "  import:<module>:<factory>\n"
+        "                      your own network: factory(num_classes=N, **kwargs) returning an\n"
+        "                      nn.Module; in a spec {import: 'mypkg.nets:small_net', kwargs: "
+        "{width: 8}}.\n"
+        "                      The module must be importable from the working directory or "
+        "PYTHONPATH.\n"
+        "  weights: <file>     a local state dict (also for vgg16_bn and resnet18), loaded "
+        "strictly:\n"
+        "                      every missing, unexpected or mis-shaped tensor is an error, "
+        "except a\n"
+        "                      classifier with another number of classes, which starts fresh."
+    )
+
+
 def build(name: str, num_classes: int = 10, **kw) -> nn.Module:
-    """Build a registered model; unknown names and arguments raise ``ModelError``."""
+    """Build a registered or ``<source>:...`` model; mistakes raise ``ModelError``."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"num_classes must be a positive integer; got {num_classes!r}")
+    source = model_source(name) if isinstance(name, str) else None
+    if source is not None:
+        weights = kw.pop("weights", None)
+        builder = {"torchvision": _build_torchvision, "timm": _build_timm,
+                   "import": _build_import}[source]
+        model = builder(name.partition(":")[2], num_classes, kw)
+        return load_weights(model, weights, name) if weights is not None else model
     if name not in _MODELS:
-        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+        raise ModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}; "
+                         f"or one of {', '.join(s + ':' for s in SOURCES)} "
+                         "(see prune-study models)")
     allowed = model_kwargs(name)
     bad = sorted(set(kw) - set(allowed))
     if bad:
         raise ModelError(
-            f"model {name!r} does not take {', '.join(bad)}; it takes: {', '.join(allowed)}"
+            f"model {name!r} does not take {', '.join(bad)}; it takes: {', '.join(allowed)}",
+            key=bad[0],
         )
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ModelError(f"num_classes must be a positive integer; got {num_classes!r}")
     if "width" in kw and not (isinstance(kw["width"], int | float) and 0 < kw["width"] <= 4):
-        raise ModelError(f"model.width must be in (0, 4]; got {kw['width']!r}")
+        raise ModelError(f"model.width must be in (0, 4]; got {kw['width']!r}", key="width")
     return _MODELS[name](num_classes=num_classes, **kw)
 
 
@@ -244,30 +322,66 @@ def resnet56(num_classes: int = 10, width: float = 1.0) -> nn.Module:
 # --------------------------------------------------------------------------- torchvision
 
 
-def _load_pretrained(model: nn.Module, weights: str | Path | None, name: str) -> nn.Module:
-    """Load weights from a local file; a classifier of another size is left fresh."""
-    if weights is None:
-        return model
+def load_weights(model: nn.Module, weights: str | Path, name: str) -> nn.Module:
+    """Load a local state dict into ``model`` strictly (in place).
+
+    Every missing, unexpected or mis-shaped tensor is an error, except the classifier
+    (the last linear layer) with another number of outputs: it stays freshly initialised,
+    with a warning. A ``{"state_dict": ...}`` wrapper and ``module.`` prefixes
+    (DataParallel) are accepted. The file is read with ``weights_only=True``.
+    """
     path = Path(weights).expanduser()
     if not path.is_file():
         raise ModelError(
-            f"model.weights {str(path)!r} for {name!r} is not a file; download the torchvision "
-            f"weights on a machine with internet and give their local path"
+            f"model.weights {str(path)!r} for {name!r} is not a file; download the weights "
+            f"on a machine with internet and give their local path", key="weights"
         )
-    from prune_core.baseline import safe_load
+    from prune_core.baseline import safe_load  # lazy: baseline imports this module
 
     state = safe_load(path)
-    if isinstance(state, dict) and "state_dict" in state:
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ModelError(f"model.weights {str(path)!r} is not a state dict (a mapping of "
+                         f"tensor names to tensors)", key="weights")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing and len(missing) > 2:
+    try:
+        head = classifier_name(model)
+    except ModelError:
+        head = None
+    # A model with another number of classes keeps its fresh classifier: the usual case
+    # of ImageNet weights fine-tuned to a smaller dataset.
+    fresh = [k for k in (f"{head}.weight", f"{head}.bias")
+             if head is not None and k in own and k in state
+             and state[k].shape != own[k].shape and state[k].shape[1:] == own[k].shape[1:]]
+    # BatchNorm's step counter is absent from older torchvision files and unused in eval.
+    missing = [f"missing {k}" for k in own
+               if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [f"unexpected {k}" for k in state if k not in own]
+    shapes = [f"{k} has shape {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in "
+              f"the model" for k in own
+              if k in state and k not in fresh and state[k].shape != own[k].shape]
+    wrong = missing + unexpected + shapes
+    if wrong:
+        more = f"; ... and {len(wrong) - MAX_LISTED} more" if len(wrong) > MAX_LISTED else ""
         raise ModelError(
-            f"model.weights {str(path)!r} does not hold {name!r} weights "
-            f"(missing {len(missing)} tensors, e.g. {missing[0]!r})"
+            f"model.weights {str(path)!r} does not fit {name!r} ({len(wrong)} tensor"
+            f"{'s' if len(wrong) != 1 else ''} wrong): {'; '.join(wrong[:MAX_LISTED])}{more}",
+            key="weights",
         )
-    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(fitting, strict=False)
+    if fresh:
+        shape = tuple(state[f"{head}.weight"].shape) if f"{head}.weight" in state else \
+            tuple(state[fresh[0]].shape)
+        warnings.warn(
+            f"model.weights {str(path)!r}: {head}.weight/bias of shape {shape} replaced: the "
+            f"data has {own[fresh[0]].shape[0]} classes, so {name!r} keeps a freshly "
+            f"initialised classifier", stacklevel=2,
+        )
+    model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
     return model
 
 
@@ -277,7 +391,7 @@ def vgg16_bn(num_classes: int = 1000, weights: str | None = None) -> nn.Module:
     from torchvision.models import vgg16_bn as tv
 
     model = tv(weights=None, num_classes=num_classes)
-    return _load_pretrained(model, weights, "vgg16_bn")
+    return load_weights(model, weights, "vgg16_bn") if weights is not None else model
 
 
 @register_model
@@ -286,7 +400,117 @@ def resnet18(num_classes: int = 1000, weights: str | None = None) -> nn.Module:
     from torchvision.models import resnet18 as tv
 
     model = tv(weights=None, num_classes=num_classes)
-    return _load_pretrained(model, weights, "resnet18")
+    return load_weights(model, weights, "resnet18") if weights is not None else model
+
+
+# --------------------------------------------------------------------------- other sources
+
+
+def _unexpected_key(e: TypeError, kw: dict) -> str | None:
+    """The keyword a constructor refused, from its TypeError, if that is what it says."""
+    m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+    return m.group(1) if m and m.group(1) in kw else None
+
+
+def _near(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _build_torchvision(name: str, num_classes: int, kw: dict) -> nn.Module:
+    import torchvision.models as tvm
+
+    valid = tvm.list_models(module=tvm)  # classification models only
+    if name not in valid:
+        raise ModelError(
+            f"unknown torchvision classification model {name!r}{_near(name, valid)}; "
+            f"the valid names are torchvision.models.list_models(module=torchvision.models), "
+            f"e.g. resnet18, mobilenet_v2, efficientnet_b0, convnext_tiny")
+    try:
+        return tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
+    except TypeError as e:
+        key = _unexpected_key(e, kw)
+        if key is None:
+            raise
+        raise ModelError(f"model 'torchvision:{name}' does not take {key!r} ({e})",
+                         key=key) from e
+
+
+def _build_timm(name: str, num_classes: int, kw: dict) -> nn.Module:
+    try:
+        import timm
+    except ImportError as e:
+        raise ModelError(f"model 'timm:{name}' needs timm, which is not installed: "
+                         "pip install 'prune-study[timm]'") from e
+    if not timm.is_model(name):
+        raise ModelError(f"unknown timm model {name!r}{_near(name, timm.list_models())}; "
+                         "the valid names are timm.list_models()")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kw)
+    except TypeError as e:
+        key = _unexpected_key(e, kw)
+        if key is None:
+            raise
+        raise ModelError(f"model 'timm:{name}' does not take {key!r} ({e})", key=key) from e
+
+
+def _import_module(module: str, where: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        ours = e.name is not None and (module == e.name or module.startswith(e.name + "."))
+        if not ours:  # the module itself imports something missing
+            raise ModelError(f"importing {module!r} for {where!r} failed: {e}") from e
+        # Like `python -m`, look in the working directory too: the `prune-study` script
+        # does not put it on sys.path.
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+            importlib.invalidate_caches()
+            return _import_module(module, where)
+        raise ModelError(
+            f"cannot import module {module!r} for {where!r}: it must be importable from the "
+            f"working directory ({os.getcwd()}) or PYTHONPATH") from e
+    except Exception as e:
+        raise ModelError(f"importing {module!r} for {where!r} failed: "
+                         f"{type(e).__name__}: {e}") from e
+
+
+def _build_import(target: str, num_classes: int, kw: dict) -> nn.Module:
+    where = f"import:{target}"
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr or ":" in attr or not all(
+            p.isidentifier() for p in (*module_name.split("."), attr)):
+        raise ModelError(f"model {where!r} is not valid; write import:<module.path>:<factory>, "
+                         "e.g. import:mypkg.nets:small_net")
+    module = _import_module(module_name, where)
+    if not hasattr(module, attr):
+        public = sorted(n for n, v in vars(module).items()
+                        if callable(v) and not n.startswith("_"))
+        raise ModelError(f"module {module_name!r} has no {attr!r}{_near(attr, public)}; "
+                         f"its public callables: {', '.join(public[:MAX_LISTED]) or 'none'}")
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise ModelError(f"{target!r} is a {type(factory).__name__}, not a factory function "
+                         "or class")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # some builtins have no signature: just call them
+        params = None
+    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        if "num_classes" not in params:
+            raise ModelError(f"factory {target!r} does not take num_classes; it is called as "
+                             f"{attr}(num_classes=N, **kwargs) (its arguments: "
+                             f"{', '.join(params) or 'none'})")
+        bad = sorted(set(kw) - set(params))
+        if bad:
+            raise ModelError(f"factory {target!r} does not take {', '.join(bad)}; it takes: "
+                             f"{', '.join(p for p in params if p != 'num_classes')}",
+                             key=bad[0])
+    model = factory(num_classes=num_classes, **kw)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"factory {target!r} returned a {type(model).__name__}, not a "
+                         "torch.nn.Module")
+    return model
 
 
 # --------------------------------------------------------------------------- helpers

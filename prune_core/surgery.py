@@ -105,28 +105,10 @@ def _zero_out_channels(m: nn.Module, idx: torch.Tensor) -> None:
         m.bias[idx] = 0
 
 
-def conv_followers(model: nn.Module) -> dict[str, tuple[str, str | None]]:
-    """For plain sequential CNNs: conv name -> (its BatchNorm, the next conv or linear).
-
-    Built from module registration order, which is forward order for the registry's
-    VGG and C3 models; returns only convs whose successor is unambiguous.
-    """
-    layers = [(n, m) for n, m in model.named_modules()
-              if isinstance(m, nn.Conv2d | nn.Linear | nn.BatchNorm2d)]
-    out: dict[str, tuple[str, str | None]] = {}
-    for i, (name, m) in enumerate(layers):
-        if not isinstance(m, nn.Conv2d):
-            continue
-        bn = None
-        nxt = None
-        for n2, m2 in layers[i + 1:]:
-            if isinstance(m2, nn.BatchNorm2d) and bn is None and nxt is None:
-                bn = n2
-            elif isinstance(m2, nn.Conv2d | nn.Linear):
-                nxt = n2
-                break
-        out[name] = (bn, nxt)
-    return out
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where the qualified ``name`` is in ``model``."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
 @torch.no_grad()
@@ -152,6 +134,8 @@ def load_resized(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mo
         if w is None:
             continue
         if isinstance(m, nn.Conv2d):
+            if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
+                m.groups = w.shape[0]  # depthwise: one group per channel, however many
             m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
         elif isinstance(m, nn.Linear):
             m.out_features, m.in_features = w.shape

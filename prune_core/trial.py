@@ -136,8 +136,12 @@ def run_trial(
     base: BaseModel | None = None,
     resume: dict | None = None,
     log: Callable[[str], None] = lambda _m: None,
+    model_out: dict | None = None,
 ) -> dict:
-    """Run one trial and return its result row (see DESIGN.md, Measurement)."""
+    """Run one trial and return its result row (see DESIGN.md, Measurement).
+
+    ``model_out``, where given, receives the final model under ``"model"``.
+    """
     t0 = time.perf_counter()
     spec = config["study"] if isinstance(config["study"], TrialSpec) else \
         TrialSpec.from_dict(config["study"])
@@ -200,6 +204,8 @@ def run_trial(
                   "results": dict(results)})
 
     row = finish(model, data, base, spec, stages, values, results)
+    if model_out is not None:
+        model_out["model"] = model
     row["train_seconds"] = time.perf_counter() - t0
     emit({"final": True, "step": step + 1, **row})
     return row

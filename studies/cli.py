@@ -40,6 +40,8 @@ def cmd_models(args) -> int:
     else:
         for r in rows:
             print(f"{r['name']:<10} {r['doc']}  (args: {', '.join(r['kwargs'])})")
+        print()
+        print(models.model_source_help())
     return EXIT_OK
 
 
@@ -239,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("models", help="list the models in the registry")
+    s = sub.add_parser(
+        "models", help="list the models in the registry, and how to use torchvision:, timm: "
+        "and import: models")
     s.add_argument("--json", action="store_true", help="print one JSON document")
     s.set_defaults(fn=cmd_models)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ import yaml
 
 from prune_core import data as datasets
 from prune_core import models
-from prune_core.methods import Method, Param, ParamError, chain_name, list_methods, parse_chain
+from prune_core.methods import (
+    Method,
+    Param,
+    ParamError,
+    chain_name,
+    incompatibilities,
+    list_methods,
+    parse_chain,
+)
 from prune_core.train import TrainConfig
 from prune_core.trial import TrialSpec
 
@@ -181,7 +190,11 @@ class StudySpec:
         if "root" in self.data_kw:
             source["data"] = {"name": self.data, **self.data_kw}
         if "weights" in self.model_kw:
-            source["model"] = {"name": self.model, **self.model_kw}
+            given = self.source.get("model")
+            if isinstance(given, dict) and "import" in given:
+                source["model"] = {**given, "weights": self.model_kw["weights"]}
+            else:
+                source["model"] = {"name": self.model, **self.model_kw}
         return yaml.safe_dump(source, sort_keys=False)
 
 
@@ -251,6 +264,8 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
     baseline = _check_train(c, "baseline", baseline_raw)
     finetune = _check_train(c, "finetune", raw.get("finetune") or {})
     chains = _check_methods(c, raw.get("methods"))
+    if not c.errors:
+        _check_compatible(c, model_name, model_kw, data_name, data_kw, chains)
     space = _check_space(c, raw.get("space") or {}, chains)
     objectives = _check_objectives(c, raw.get("objectives"))
     n_objectives = len(raw["objectives"]) if isinstance(raw.get("objectives"), dict | list) \
@@ -394,31 +409,96 @@ def _dataset_kwargs(name: str) -> list[str] | None:
     return [p for p in inspect.signature(loaders[name]).parameters]
 
 
+IMPORT_KEYS = ("import", "kwargs", "weights")  # model: {import: "pkg.mod:factory", ...}
+
+
 def _check_model(c: _Checker, value: Any) -> tuple[str, dict]:
+    """A registry name with its settings, ``torchvision:``/``timm:`` names, or
+    ``{import: "pkg.mod:factory", kwargs: {...}, weights: file}``."""
+    if isinstance(value, dict) and "import" in value:
+        return _check_import_model(c, value)
     name, kw = _named(c, "model", value)
     if name is None:
         return "vgg11", {}
+    if isinstance(name, str) and models.model_source(name) is not None:
+        _check_weights(c, kw)
+        _check_built(c, name, kw, "model.name", "model.")
+        return name, kw
     if name not in models.list_models():
         c.error("model.name", f"unknown model {name!r}; valid names: "
-                              f"{', '.join(models.list_models())}")
+                              f"{', '.join(models.list_models())}; or torchvision:<name>, "
+                              "timm:<name>, {import: 'pkg.module:factory'} "
+                              "(see prune-study models)")
         return name, kw
     allowed = models.model_kwargs(name)
     for k in kw:
         if k not in allowed:
             c.error(f"model.{k}", f"model {name!r} does not take {k!r}; it takes: "
                                   f"{', '.join(allowed)}")
-    weights = kw.get("weights")
-    if weights is not None:
-        if not isinstance(weights, str) or not Path(weights).expanduser().is_file():
-            c.error("model.weights", f"{weights!r} is not a file; give the path of a local "
-                                     "weights file (nothing is downloaded at run time)")
-        else:
-            kw["weights"] = str(Path(weights).expanduser().resolve())
+    _check_weights(c, kw)
     if "width" in kw:
         w = kw["width"]
         if not isinstance(w, int | float) or isinstance(w, bool) or not 0 < w <= 4:
             c.error("model.width", f"{w!r} is not valid; allowed: a number in (0, 4]")
     return name, kw
+
+
+def _check_weights(c: _Checker, kw: dict) -> None:
+    """An existing local file, made absolute in ``kw`` (dropped from ``kw`` if it is not)."""
+    weights = kw.get("weights")
+    if weights is None:
+        return
+    if not isinstance(weights, str) or not Path(weights).expanduser().is_file():
+        c.error("model.weights", f"{weights!r} is not a file; give the path of a local "
+                                 "weights file (nothing is downloaded at run time)")
+        kw.pop("weights")
+    else:
+        kw["weights"] = str(Path(weights).expanduser().resolve())
+
+
+def _check_import_model(c: _Checker, value: dict) -> tuple[str, dict]:
+    target = value["import"]
+    for k in value:
+        if k == "name":
+            c.error("model.name", "give either name or import, not both")
+        elif k not in IMPORT_KEYS:
+            c.error(f"model.{k}", f"unknown key beside import; allowed: "
+                                  f"{', '.join(IMPORT_KEYS)} (the factory's arguments go "
+                                  "under kwargs)")
+    kwargs = value.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        c.error("model.kwargs", f"{kwargs!r} is not a mapping of the factory's arguments")
+        kwargs = {}
+    kw = {str(k): _maybe_number(v) for k, v in kwargs.items()}
+    if "weights" in kw:
+        c.error("model.kwargs.weights", "'weights' is read by prune-study itself; give the "
+                                        "file as model.weights")
+        kw.pop("weights")
+    if not isinstance(target, str) or not target.strip():
+        c.error("model.import", f"{target!r} is not valid; write 'pkg.module:factory'")
+        return "vgg11", {}
+    name = f"import:{target.strip()}"
+    if "weights" in value:
+        kw["weights"] = value["weights"]
+        _check_weights(c, kw)
+    _check_built(c, name, kw, "model.import", "model.kwargs.")
+    return name, kw
+
+
+def _check_built(c: _Checker, name: str, kw: dict, where: str, key_prefix: str) -> None:
+    """Build a non-registry model once, so every mistake in it is reported now."""
+    try:
+        # The classifier warning of a weights file names a class count that, here, is
+        # only the one the check builds with.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models.build(name, num_classes=10, **kw)
+    except models.ModelError as e:
+        field_ = where if e.key is None else \
+            "model.weights" if e.key == "weights" else f"{key_prefix}{e.key}"
+        c.error(field_, str(e))
+    except Exception as e:  # user code: anything can go wrong in it
+        c.error("model", f"building {name} failed: {type(e).__name__}: {e}")
 
 
 def _check_train(c: _Checker, where: str, value: Any) -> dict:
@@ -441,6 +521,29 @@ def _check_train(c: _Checker, where: str, value: Any) -> dict:
             continue
         out[k] = v
     return out
+
+
+_COMPATIBLE: dict[tuple, list[str]] = {}  # checks already made in this process
+
+
+def _check_compatible(c: _Checker, model_name: str, model_kw: dict, data_name: str,
+                      data_kw: dict, chains: tuple[tuple, ...]) -> None:
+    """Build the model once and ask each method whether it has anything to act on."""
+    size = data_kw.get("image_size", datasets.dataset_options(data_name).get("image_size", 32))
+    shape = (3, int(size), int(size))
+    key = (model_name, repr(sorted(model_kw.items())), shape, repr(chains))
+    if key not in _COMPATIBLE:
+        kw = {k: v for k, v in model_kw.items() if k != "weights"}
+        try:
+            model = models.build(model_name, num_classes=10, **kw)
+        except Exception as e:  # reported by _check_model already where it can be
+            _COMPATIBLE[key] = [f"building the model failed: {type(e).__name__}: {e}"]
+        else:
+            _COMPATIBLE[key] = [line for chain in chains for line in
+                                incompatibilities(parse_chain(list(chain)), model, shape,
+                                                  model_name)]
+    for line in dict.fromkeys(_COMPATIBLE[key]):
+        c.error("methods", line)
 
 
 def _check_methods(c: _Checker, value: Any) -> tuple[tuple, ...]:

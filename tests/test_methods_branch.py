@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import subprocess
@@ -18,7 +19,7 @@ from prune_core.methods.branch import (
     Branched,
     BranchError,
     alpha_values,
-    vgg_blocks,
+    branch_blocks,
 )
 from prune_core.train import TrainConfig, evaluate
 from tests.conftest import ROOT
@@ -61,7 +62,8 @@ def _randomise(branched: Branched, x: torch.Tensor, seed: int = 0) -> None:
 
 @pytest.mark.parametrize("layers", [None, ["conv3"], ["conv7"], ["conv0", "conv1"]])
 def test_merge_equals_the_alpha_zero_model(base_vgg, digits, layers):
-    branched = Branched(base_vgg.build(), 0.75, layers)
+    layers = None if layers is None else [f"features.{n}" for n in layers]
+    branched = Branched(base_vgg.build(), 0.75, digits.input_shape, layers)
     x, _ = next(digits.batches("test", 64, shuffle=False, augment=False))
     _randomise(branched, next(digits.batches("train", 128))[0])
     branched.eval()
@@ -75,26 +77,30 @@ def test_merge_equals_the_alpha_zero_model(base_vgg, digits, layers):
     assert not branched.branches
     # a plain registry VGG again, with the layer names kept and fewer channels
     assert isinstance(merged, models.VGG)
-    assert [b.conv for b in vgg_blocks(merged)] == [f"conv{i}" for i in range(8)]
-    full = {b.conv: getattr(base_vgg.build().features, b.conv).out_channels
-            for b in vgg_blocks(merged)}
+    blocks = branch_blocks(merged, digits.input_shape)
+    assert [b.conv for b in blocks] == [f"features.conv{i}" for i in range(8)]
+    full = {b.conv: base_vgg.build().get_submodule(b.conv).out_channels for b in blocks}
     for name, c in full.items():
         expect = round(0.75 * c) if layers is None or name in layers else c
-        assert getattr(merged.features, name).out_channels == expect
+        assert merged.get_submodule(name).out_channels == expect
     assert merged.classifier.in_features == merged.features.conv7.out_channels
 
 
 def test_mixture_uses_both_paths(base_vgg, digits):
-    branched = Branched(base_vgg.build(), 0.5, ["conv2"])
+    branched = Branched(base_vgg.build(), 0.5, digits.input_shape, ["features.conv2"])
     _randomise(branched, next(digits.batches("train", 128))[0])
     branched.eval()
+    plain = copy.deepcopy(branched.net)
+    for m in plain.modules():  # the network alone, without the branch's hooks
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
     x, _ = next(digits.batches("test", 16, shuffle=False, augment=False))
     with torch.no_grad():
         outs = {}
         for a in (1.0, 0.5, 0.0):
             branched.set_alpha(a)
             outs[a] = branched(x)
-        assert torch.allclose(outs[1.0], branched.net.eval()(x), atol=1e-5)
+        assert torch.allclose(outs[1.0], plain(x), atol=1e-5)
         assert not torch.allclose(outs[0.5], outs[1.0], atol=1e-3)
         assert not torch.allclose(outs[0.5], outs[0.0], atol=1e-3)
 
@@ -138,10 +144,26 @@ def test_sequential_order_converts_one_layer_per_pass(base_vgg, digits):
     assert widths == [round(0.5 * c) for c in full]
 
 
-def test_non_vgg_models_are_refused(digits):
+def test_vgg_blocks_have_their_pooling_on_the_path(digits):
+    blocks = {b.conv: b for b in branch_blocks(models.build("vgg11", width=0.25),
+                                               digits.input_shape)}
+    assert blocks["features.conv0"].path == ("features.relu0", "features.pool0")
+    assert blocks["features.conv2"].path == ("features.relu2",)
+    assert blocks["features.conv7"].path == ("features.relu7", "avgpool")
+    assert blocks["features.conv7"].readers == ("classifier",)
+
+
+def test_resnet_blocks_are_the_first_conv_of_each_residual_block(digits):
+    blocks = branch_blocks(models.build("resnet20", width=0.5), digits.input_shape)
+    assert [b.conv for b in blocks] == [f"layer{s}.{i}.conv1" for s in (1, 2, 3)
+                                        for i in range(3)]
+    assert all(b.readers == (b.conv[:-1] + "2",) for b in blocks)
+
+
+def test_models_without_batchnorm_are_refused(digits):
     ctx = Context(data=digits, train=TrainConfig(), stage="branch")
     method = get_method("branch")
-    with pytest.raises(BranchError, match="VGG"):
+    with pytest.raises(BranchError, match="no conv layer"):
         method(models.build("c3", num_classes=10, k=4), method.resolve({}), ctx)
 
 

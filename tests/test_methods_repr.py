@@ -61,7 +61,7 @@ def test_the_overlapping_filters_rank_worst():
 
 def test_drop_plan_global_and_per_layer():
     model = _trained_c3(16)
-    units = conv_units(model)
+    units = conv_units(model, (3, 32, 32))
     plan = drop_plan(model, units, 0.25, "global")
     assert sum(len(v) for v in plan.values()) == round(0.25 * 48)
     layer = drop_plan(model, units, 0.25, "layer")
@@ -73,7 +73,7 @@ def test_drop_plan_global_and_per_layer():
 def test_dropped_filters_stay_exactly_zero_through_sgd(digits):
     digits = _few(digits)
     model = _trained_c3(8)
-    units = conv_units(model)
+    units = conv_units(model, (3, 32, 32))
     drop = FilterDrop(units, drop_plan(model, units, 0.5, "layer"))
     cfg = TrainConfig(epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4, seed=0)
     # Stale momentum from training before the drop: the worst case for held zeros.
@@ -101,7 +101,7 @@ def test_dropped_filters_stay_exactly_zero_through_sgd(digits):
 
 def test_reinit_in_the_null_space_is_orthogonal_and_output_preserving():
     model = _trained_c3(16).eval()
-    units = conv_units(model)
+    units = conv_units(model, (3, 32, 32))
     unit = units[0]  # fan-in 3*3*3 = 27 > 12 survivors: a null space exists
     idx = torch.tensor([1, 5, 9, 14])
     drop = FilterDrop(units, {u.conv: (idx if u is unit else torch.empty(0, dtype=torch.long))
@@ -125,14 +125,15 @@ def test_reinit_in_the_null_space_is_orthogonal_and_output_preserving():
     norms = w.reshape(16, -1).norm(dim=1)
     assert torch.allclose(norms[idx], norms[survivors].mean().expand(4), rtol=1e-4)
     # the next layer's matching input channels are zeroed, so the output is unchanged
-    assert model.get_submodule(unit.next).weight[:, idx].abs().sum() == 0
+    assert [r.name for r in unit.readers] == ["features.conv1"]
+    assert model.features.conv1.weight[:, idx].abs().sum() == 0
     with torch.no_grad():
         assert torch.allclose(model(x), before, atol=1e-6)
 
 
 def test_reinit_without_null_space_uses_the_most_overlapping_and_clips():
     model = _trained_c3(32)
-    units = conv_units(model)
+    units = conv_units(model, (3, 32, 32))
     unit = units[0]  # 29 survivors span all 27 input dimensions: no null space
     idx = torch.tensor([0, 10, 20])
     drop = FilterDrop(units, {u.conv: (idx if u is unit else torch.empty(0, dtype=torch.long))
@@ -153,9 +154,9 @@ def test_reinit_without_null_space_uses_the_most_overlapping_and_clips():
 
 def test_reinit_of_the_last_conv_zeroes_the_classifier_columns():
     model = _trained_c3(8)
-    units = conv_units(model)
+    units = conv_units(model, (3, 32, 32))
     last = units[-1]
-    assert last.next == "classifier"
+    assert [r.name for r in last.readers] == ["classifier"]
     idx = torch.tensor([2, 3])
     reinit_filters(model, last, idx, variant="random", clip=3.0)
     cols = model.classifier.weight.view(10, 8, 16)[:, idx]  # flatten of [8, 4, 4]

@@ -8,7 +8,9 @@ import math
 
 import pytest
 import torch
+import torchvision.models as tv
 
+from prune_core.groups import channel_groups, fold_removed, group_bn_scales
 from prune_core.measure import channel_counts, count_macs
 from prune_core.methods import Context, get_method
 from prune_core.methods import slimming as S
@@ -31,7 +33,7 @@ def sweep(digits, base_vgg):
         ref = S.SPARSE_REL * float(torch.cat(list(S.gammas(model, layers).values())).mean())
         rows: list[dict] = []
         ctx = Context(data=digits, train=TrainConfig(epochs=1, lr=0.05), report=rows.append)
-        hooks = Hooks(after_backward=[S.l1_subgradient(lam, [b for b, _ in layers.values()])])
+        hooks = Hooks(after_backward=[S.l1_subgradient(lam, S.bn_names(layers))])
         ctx.fit(model, SWEEP_EPOCHS, hooks=hooks, lr=0.05, schedule="constant",
                 phase="sparsity", extra=lambda m, layers=layers, ref=ref: {
                     "sparsity": S.sparsity_of(S.gammas(m, layers), ref)})
@@ -75,7 +77,7 @@ def test_sparsity_phase_reports_and_records(sparse):
 def test_folding_keeps_accuracy_where_gammas_are_near_zero(sparse, digits):
     model = sparse[0]
     layers = S.slimmable(model, digits.input_shape)
-    g = S.gammas(model, layers)
+    g = group_bn_scales(model, layers)
     ratio = 0.3
     plan = S.select_channels(g, ratio)
     removed = torch.cat([g[k][v] for k, v in plan.items() if v])
@@ -83,7 +85,7 @@ def test_folding_keeps_accuracy_where_gammas_are_near_zero(sparse, digits):
     acc = {}
     for fold in (True, False):
         m = copy.deepcopy(model)
-        S.prune(m, ratio, digits.input_shape, fold_bias=fold)
+        S.prune(m, ratio, digits, fold_bias=fold)
         acc[fold] = evaluate(m, digits, "test")["accuracy"]
     unpruned = evaluate(model, digits, "test")["accuracy"]
     assert acc[True] > 0.9 and acc[True] > unpruned - 0.05, (acc, unpruned)
@@ -92,7 +94,7 @@ def test_folding_keeps_accuracy_where_gammas_are_near_zero(sparse, digits):
 
 def test_70_percent_removed_and_finetuned_within_one_point(sparse, digits, base_vgg):
     model = copy.deepcopy(sparse[0])
-    plan = S.prune(model, 0.7, digits.input_shape)
+    plan, _ = S.prune(model, 0.7, digits)
     assert sum(len(v) for v in plan.values()) == round(0.7 * 688)
     ctx = Context(data=digits, train=TrainConfig(epochs=1, lr=0.01))
     ctx.fit(model, 10, lr=0.01)
@@ -112,24 +114,49 @@ def test_fold_into_classifier_is_exact(base_vgg, digits):
         bn.bias[:5] = torch.tensor([0.3, -0.2, 0.5, 0.0, 1.0])
     x = next(digits.batches("test", 64))[0]
     before = model(x)
-    plan = {k: [] for k in layers}
-    plan["features.conv7"] = [0, 1, 2, 3, 4]
-    S.fold_constants(model, plan, layers, digits.input_shape)
-    remove_channels(model, {"features.conv7": plan["features.conv7"]}, digits.input_shape)
+    plan = {"features.conv7": [0, 1, 2, 3, 4]}
+    assert fold_removed(model, layers, plan, digits) == {"folded": ["classifier"],
+                                                         "skipped": []}
+    remove_channels(model, plan, digits.input_shape)
     assert model.classifier.in_features == bn.num_features == 128 - 5
     torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
 
 
-def test_channel_constant_matches_gamma_zero_and_sampled_mean():
-    bn = torch.nn.BatchNorm2d(3)
+def test_fold_behind_a_flatten_uses_each_channels_own_columns(digits):
+    """torchvision's vgg16_bn flattens a 7 x 7 map into its first linear layer: a removed
+    channel owns 49 columns there, and folding must use exactly those."""
+    torch.manual_seed(0)
+    model = tv.vgg16_bn(num_classes=10).eval()
+    bn = model.features[41]
     with torch.no_grad():
-        bn.weight.copy_(torch.tensor([0.0, 0.5, 2.0]))
-        bn.bias.copy_(torch.tensor([0.4, -0.3, 0.1]))
-    c = S.channel_constants(bn)
-    assert float(c[0]) == pytest.approx(0.4)
-    z = torch.randn(400_000, generator=torch.Generator().manual_seed(0))
-    sampled = torch.relu(bn.weight[1:, None].detach() * z + bn.bias[1:, None].detach()).mean(1)
-    torch.testing.assert_close(c[1:], sampled, atol=5e-3, rtol=0)
+        bn.weight[:4] = 0
+        bn.bias[:4] = torch.tensor([0.7, 0.2, -0.1, 1.5])
+        bn.bias[4:8] = 2.0  # kept channels with large outputs: wrong columns would show
+    x = next(digits.batches("test", 16))[0]
+    before = model(x)
+    groups = channel_groups(model, digits.input_shape)
+    plan = {"features.40": [0, 1, 2, 3]}
+    assert fold_removed(model, groups, plan, digits, batches=1)["folded"] == ["classifier.0"]
+    remove_channels(model, plan, digits.input_shape)
+    assert model.classifier[0].in_features == (512 - 4) * 49
+    torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)
+
+
+def test_residual_stream_channels_are_pruned_with_every_coupled_layer(digits):
+    model = build("resnet20", width=0.5).eval()
+    groups = S.slimmable(model, digits.input_shape)
+    stream = [g for g in groups if g.coupled]
+    assert len(stream) == 3  # one residual stream per stage
+    covered = {c for g in groups for c in g.convs}
+    assert covered == {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    plan, folding = S.prune(model, 0.5, digits, groups=groups)
+    assert not folding["skipped"]
+    counts = channel_counts(model)
+    first = stream[0]
+    kept = first.size - len(plan[first.root])
+    assert kept < first.size
+    assert {counts[c] for c in first.convs} == {kept}  # the stem and every block's conv2
+    assert model(next(digits.batches("test", 8))[0]).shape == (8, 10)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.3, 0.7, 0.95])
@@ -149,7 +176,7 @@ def test_selected_count_matches_ratio_and_keeps_every_layer(ratio):
 def test_physical_and_masked_models_agree(sparse, digits):
     model = sparse[0]
     layers = S.slimmable(model, digits.input_shape)
-    plan = S.select_channels(S.gammas(model, layers), 0.5)
+    plan = S.select_channels(group_bn_scales(model, layers), 0.5)
     masked = mask_channels(copy.deepcopy(model), plan, digits.input_shape).eval()
     removed = remove_channels(copy.deepcopy(model), {k: v for k, v in plan.items() if v},
                               digits.input_shape).eval()
@@ -158,13 +185,6 @@ def test_physical_and_masked_models_agree(sparse, digits):
     counts = channel_counts(removed)
     for name, idxs in plan.items():
         assert counts[name] == dict(model.named_modules())[name].out_channels - len(idxs)
-
-
-def test_plain_convs_of_resnet_are_the_block_internal_ones():
-    model = build("resnet20", width=0.25)
-    names = S.plain_convs(model, (3, 32, 32))
-    assert names and all(n.endswith(".conv1") and n.startswith("layer") for n in names)
-    assert names["layer1.0.conv1"] == ("layer1.0.bn1", "layer1.0.conv2")
 
 
 def test_model_without_batchnorm_is_refused():

@@ -11,7 +11,7 @@ import torch
 from prune_core import models
 from prune_core.baseline import get_base
 from prune_core.methods import Context, ParamError, get_method
-from prune_core.methods._filters import conv_units, filter_counts, total_filters
+from prune_core.methods._filters import filter_counts, total_filters
 from prune_core.methods.transtailor import AlphaScaled, prune_plan, taylor_importance
 from prune_core.train import TrainConfig
 from prune_core.trial import TrialSpec
@@ -43,7 +43,7 @@ def test_folding_alpha_keeps_the_output(digits_split):
         net(torch.randn(64, 3, 32, 32))  # non-trivial BN running statistics
     net.eval()
     plain = copy.deepcopy(net)
-    wrapper = AlphaScaled(net, conv_units(net), "random", torch.Generator().manual_seed(1))
+    wrapper = AlphaScaled(net, (3, 32, 32), "random", torch.Generator().manual_seed(1))
     with torch.no_grad():
         scaled = wrapper(x)
     folded = wrapper.fold()
@@ -58,7 +58,7 @@ def test_folding_alpha_keeps_the_output(digits_split):
 def test_alpha_training_moves_only_alpha(digits_split):
     net = models.build("vgg11", num_classes=5, width=0.125)
     before = copy.deepcopy(net.state_dict())
-    wrapper = AlphaScaled(net, conv_units(net), "ones", torch.Generator())
+    wrapper = AlphaScaled(net, (3, 32, 32), "ones", torch.Generator())
     _ctx(digits_split).fit(wrapper, 1, lr=0.05, weight_decay=0.0, classifier_lr=0.05)
     after = net.state_dict()
     # weights and BN running statistics are frozen while alpha trains
@@ -68,15 +68,14 @@ def test_alpha_training_moves_only_alpha(digits_split):
 
 def test_importance_is_taylor_of_alpha_and_plan_is_global(digits_split):
     net = models.build("vgg11", num_classes=5, width=0.125)
-    wrapper = AlphaScaled(net, conv_units(net), "ones", torch.Generator())
+    wrapper = AlphaScaled(net, (3, 32, 32), "ones", torch.Generator())
     scores = taylor_importance(wrapper, digits_split)
     # Setting one alpha to zero changes the loss by about what its importance says
     # (first-order); a filter ranked at the top matters more than one at the bottom.
     assert set(scores) == set(wrapper.alpha)
     assert all((s >= 0).all() for s in scores.values())
     plan = prune_plan(scores, 0.3)
-    counts = {AlphaScaled.key(u): c for u, c in zip(conv_units(net),
-                                                    filter_counts(net).values(), strict=True)}
+    counts = {AlphaScaled.key(n): c for n, c in filter_counts(net).items()}
     assert sum(len(v) for v in plan.values()) == round(0.3 * sum(counts.values()))
     assert all(len(plan[k]) <= counts[k] - 1 for k in plan)
     # one filter survives in every layer even when nearly everything goes
@@ -87,7 +86,7 @@ def test_importance_is_taylor_of_alpha_and_plan_is_global(digits_split):
 def test_taylor_importance_tracks_the_loss_change(digits_split, transfer_base):
     digits_split = dataclasses.replace(digits_split, train=digits_split.val)  # fewer batches
     net = transfer_base.build()
-    wrapper = AlphaScaled(net, conv_units(net), "ones", torch.Generator())
+    wrapper = AlphaScaled(net, (3, 32, 32), "ones", torch.Generator())
     scores = taylor_importance(wrapper, digits_split)["features__conv7"]
     lo, hi = int(scores.argmin()), int(scores.argmax())
 

@@ -11,7 +11,6 @@ from prune_core import models
 from prune_core.surgery import (
     Masks,
     SurgeryError,
-    conv_followers,
     load_resized,
     mask_channels,
     remove_channels,
@@ -115,7 +114,3 @@ def test_load_resized_restores_a_pruned_model_into_a_fresh_one():
         assert torch.equal(fresh(x), model(x))
 
 
-def test_conv_followers_names_bn_and_next_layer():
-    f = conv_followers(models.build("vgg11", width=0.25))
-    assert f["features.conv0"] == ("features.bn0", "features.conv1")
-    assert f["features.conv7"] == ("features.bn7", "classifier")

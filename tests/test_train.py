@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from prune_core import models
+from prune_core.surgery import remove_channels
 from prune_core.train import (
     TrainConfig,
     TrainingDiverged,
     evaluate,
     fit,
     make_optimizer,
+    memory_format,
 )
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("field, value, allowed", [
@@ -104,3 +109,45 @@ def test_early_stopping_stops_and_keeps_best(digits):
     assert len(history) == 3
     best = max(h["val_accuracy"] for h in history)
     assert evaluate(model, digits, "val")["accuracy"] == pytest.approx(best)
+
+
+def test_cpu_layout_is_channels_last_only_for_whole_blocks_of_channels():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    vgg = models.build("vgg11", width=0.25)  # 16 ... 128 channels
+    assert memory_format(vgg, cpu) is torch.channels_last
+    remove_channels(vgg, {"features.conv3": [0, 5, 7]}, (3, 32, 32))  # 61 channels
+    assert memory_format(vgg, cpu) is torch.contiguous_format
+    assert memory_format(vgg, cuda) is torch.channels_last
+
+
+# A ResNet-20 slimmed on its dependency groups to uneven widths, then trained by ``fit``:
+# on torch 2.14.1's CPU kernels this crashed the process (segfault, "double free or
+# corruption") while ``fit`` trained every model in channels_last.
+CRASH = """
+import torch
+from prune_core import data as D, models as M
+from prune_core.methods.slimming import prune
+from prune_core.train import TrainConfig, fit
+torch.set_num_threads(2)
+torch.manual_seed(0)
+data = D.load("digits")
+m = M.build("resnet20", num_classes=10)
+with torch.no_grad():
+    for bn in m.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.weight.uniform_(0, 1)
+prune(m, 0.5, data, fold_bias=False)
+counts = sorted({c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)})
+assert any(c % 16 for c in counts), counts
+fit(m, data, TrainConfig(epochs=2, lr=0.05, seed=0))
+assert all(p.is_contiguous() for p in m.parameters())
+print("trained", counts)
+"""
+
+
+@pytest.mark.slow
+def test_a_resnet_pruned_to_uneven_widths_trains_without_killing_its_process():
+    proc = subprocess.run([sys.executable, "-c", CRASH], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.startswith("trained")

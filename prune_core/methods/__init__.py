@@ -3,7 +3,13 @@
 import importlib
 import pkgutil
 
-from prune_core.methods._chain import Stage, chain_name, parse_chain, split_params
+from prune_core.methods._chain import (
+    Stage,
+    chain_name,
+    incompatibilities,
+    parse_chain,
+    split_params,
+)
 from prune_core.methods._context import Context
 from prune_core.methods._registry import (
     Method,
@@ -27,6 +33,7 @@ __all__ = [
     "Stage",
     "chain_name",
     "get_method",
+    "incompatibilities",
     "list_methods",
     "parse_chain",
     "register_method",

@@ -62,3 +62,24 @@ def split_params(stages: list[Stage], flat: dict) -> dict[str, dict]:
                              f"stages of this chain: {', '.join(by_stage)}")
         by_stage[stage][param] = value
     return {s.name: s.method.resolve(by_stage[s.name], s.name) for s in stages}
+
+
+def incompatibilities(stages: list[Stage], model, input_shape: tuple[int, ...],
+                      model_name: str = "this model") -> list[str]:
+    """Why each stage's method cannot act on ``model``: one line per stage that cannot.
+
+    Every stage is checked on the base model: the earlier stages of a chain change
+    channel counts and weights, not which layers a method can act on.
+    """
+    out = []
+    for s in stages:
+        if s.method.check is None:
+            continue
+        try:
+            reason = s.method.check(model, tuple(input_shape))
+        except Exception as e:  # a model torch-pruning or torch.export cannot follow
+            reason = f"tracing the model failed ({type(e).__name__}: {e})"
+        if reason:
+            out.append(f"method {s.method.name!r} (stage {s.name!r}) cannot run on model "
+                       f"{model_name!r}: {reason}")
+    return out

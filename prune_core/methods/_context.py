@@ -47,7 +47,13 @@ class Context:
     # fresh_model(seed): the base architecture freshly initialised under ``seed`` (for
     # methods that re-initialise weights); None where the caller cannot build one.
     fresh_model: Callable[[int], nn.Module] | None = None
+    # Tensors a method keeps with every later checkpoint (see ``keep``).
+    kept: dict = field(default_factory=dict)
     _calls: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resume is not None:
+            self.kept = dict(self.resume.get("kept", {}))
 
     @property
     def device(self) -> torch.device:
@@ -61,6 +67,12 @@ class Context:
     def replaying(self) -> bool:
         """True while a resumed method re-runs the part before its checkpoint."""
         return self.resume is not None and self._calls < self.resume["fit_call"]
+
+    def keep(self, key: str, value) -> None:
+        """Keep tensors or plain data with every later checkpoint of this stage: state a
+        method derived from weights that later training overwrites. A resumed method
+        finds it in ``kept``."""
+        self.kept[key] = value
 
     def result(self, key: str, value) -> None:
         """Record an extra result column ``<stage>.<key>``."""
@@ -88,7 +100,7 @@ class Context:
         self._calls += 1
         cfg = self.train.with_(epochs=epochs, seed=self.seed + 1000 * call, **overrides)
         hooks = hooks or Hooks()
-        start, optimizer = 0, None
+        start, optimizer, stopping = 0, None, {}
         if self.resume is not None and call < self.resume["fit_call"]:
             return []
         if self.resume is not None and call == self.resume["fit_call"]:
@@ -99,6 +111,7 @@ class Context:
             optimizer = make_optimizer(model, cfg)
             optimizer.load_state_dict(self.resume["optimizer"])
             start = int(self.resume["epoch"])
+            stopping = dict(self.resume.get("early_stopping") or {})
             self.resume = None
 
         def on_epoch(row: dict) -> None:
@@ -115,10 +128,12 @@ class Context:
                 "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 "optimizer": copy.deepcopy(opt.state_dict()),
                 "results": dict(self.results),
+                "kept": dict(self.kept),
+                "early_stopping": dict(stopping),
             })
 
         return fit(model, self.data, cfg, hooks=hooks, on_epoch=on_epoch, start_epoch=start,
-                   optimizer=optimizer, on_epoch_state=on_state)
+                   optimizer=optimizer, on_epoch_state=on_state, early_stopping=stopping)
 
     def evaluate(self, model: nn.Module, split: str = "val") -> dict:
         return evaluate(model, self.data, split)

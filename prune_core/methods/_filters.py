@@ -1,9 +1,5 @@
-"""Filter-level helpers shared by TransTailor, RePr and parallel-branch pruning.
-
-They address the plain sequential CNNs of the registry (VGG, C3 and torchvision's
-``vgg16_bn``): every conv layer, the BatchNorm right after it (if any) and the
-layer that consumes its channels next.
-"""
+"""Filter-level helpers shared by TransTailor and RePr: every conv layer, the BatchNorm
+that follows it and the layers that read its filters, found on the dependency graph."""
 
 from __future__ import annotations
 
@@ -14,21 +10,38 @@ import torch
 from torch import nn
 
 from prune_core import models
-from prune_core.surgery import conv_followers
+from prune_core.groups import Reader, dependency_graph, follower_bn, group_of, output_layers
 
 
 @dataclass(frozen=True)
 class ConvUnit:
-    """A conv layer, its BatchNorm (or None) and the conv / linear layer fed by it."""
+    """A conv layer, the BatchNorm that alone follows it (or None), and the layers reading
+    its filters' outputs through their weights, from the dependency graph.
+
+    ``readers`` is empty where the conv adds into channels other convs write too (a
+    residual block's last conv): there no reader's input carries this conv's filter alone.
+    """
 
     conv: str
     bn: str | None
-    next: str | None
+    readers: tuple[Reader, ...]
+    coupled: bool
 
 
-def conv_units(model: nn.Module) -> list[ConvUnit]:
-    """Every conv layer of a sequential CNN in forward order, with its BN and successor."""
-    return [ConvUnit(name, bn, nxt) for name, (bn, nxt) in conv_followers(model).items()]
+def conv_units(model: nn.Module, input_shape: tuple[int, ...]) -> list[ConvUnit]:
+    """Every conv layer but an output layer, in module order, with its BN and readers."""
+    graph = dependency_graph(model, input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    skip = output_layers(model)
+    units = []
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Conv2d) or m in skip:
+            continue
+        g = group_of(model, graph, name)
+        bn = follower_bn(graph, m)
+        units.append(ConvUnit(name, names.get(bn) if bn is not None else None,
+                              () if g.coupled else tuple(g.readers), g.coupled))
+    return units
 
 
 def filter_counts(model: nn.Module) -> dict[str, int]:
@@ -42,25 +55,16 @@ def total_filters(model: nn.Module) -> int:
 
 @torch.no_grad()
 def zero_input_channels(model: nn.Module, unit: ConvUnit, idx: torch.Tensor) -> None:
-    """Zero the weights through which the next layer reads ``unit.conv``'s channels ``idx``.
+    """Zero the weights through which the readers of ``unit.conv`` see its filters ``idx``.
 
-    A linear successor reads a flattened ``[C, h, w]`` map: channel ``c`` owns the
-    ``h * w`` contiguous input columns starting at ``c * h * w``.
+    The graph maps each filter to its readers' input indices: offsets behind a
+    concatenation, and ``h * w`` columns of a linear layer behind a flatten.
     """
-    if unit.next is None or len(idx) == 0:
+    if len(idx) == 0:
         return
-    nxt = model.get_submodule(unit.next)
-    channels = model.get_submodule(unit.conv).out_channels
-    if isinstance(nxt, nn.Conv2d):
-        nxt.weight[:, idx] = 0
-        return
-    per = nxt.in_features // channels
-    if per * channels != nxt.in_features:
-        raise ValueError(f"{unit.next!r} has {nxt.in_features} inputs, not a multiple of the "
-                         f"{channels} channels of {unit.conv!r}")
-    cols = (idx.to(nxt.weight.device)[:, None] * per
-            + torch.arange(per, device=nxt.weight.device)).reshape(-1)
-    nxt.weight[:, cols] = 0
+    for rd in unit.readers:
+        layer = model.get_submodule(rd.name)
+        layer.weight[:, rd.columns(idx).to(layer.weight.device)] = 0
 
 
 def _vgg_cfg(model: models.VGG) -> list[int | str]:

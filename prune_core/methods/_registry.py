@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -114,7 +114,9 @@ class Method:
     restructure: Callable[[nn.Module, dict], nn.Module] | None = None
     # True where the stage must come last (its output is no longer a trainable float model).
     terminal: bool = False
-    extra: dict = field(default_factory=dict)
+    # check(model, input_shape) -> why the method has nothing to act on in this model, or
+    # None; run on the built base model before a study starts.
+    check: Callable[[nn.Module, tuple[int, ...]], str | None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -153,6 +155,7 @@ def register_method(
     seed: str = "",
     restructure: Callable[[nn.Module, dict], nn.Module] | None = None,
     terminal: bool = False,
+    check: Callable[[nn.Module, tuple[int, ...]], str | None] | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn(model, params, ctx) -> model`` as a compression method."""
 
@@ -162,7 +165,7 @@ def register_method(
         _METHODS[name] = Method(
             name=name, fn=fn, params=tuple(params),
             doc=doc or (fn.__doc__ or "").strip().splitlines()[0], seed=seed,
-            restructure=restructure, terminal=terminal,
+            restructure=restructure, terminal=terminal, check=check,
         )
         return fn
 

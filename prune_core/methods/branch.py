@@ -1,19 +1,25 @@
 """Parallel-branch pruning (seed 004): a narrow branch learns to replace each conv layer.
 
-Beside each conv layer of a VGG runs a branch fed by the conv's raw output ``y``:
-a 1x1 compress P (C -> k = keep_ratio * C), its own BN, ReLU, the layer's pooling and
-a 1x1 expand E (k -> C). The next layer sees ``alpha * original + (1 - alpha) * branch``
-while alpha follows a schedule from 1 to 0, and everything trains at each alpha.
-At alpha = 0 the original path is unused and the branch merges exactly:
+Beside a conv layer runs a branch fed by the conv's raw output ``y``: a 1x1 compress P
+(C -> k = keep_ratio * C), its own BN, the layer's own channel-wise path (activation,
+pooling: copies of the modules between the layer's BN and its readers) and a 1x1 expand
+E (k -> C). The layers reading the conv's channels see ``alpha * original + (1 - alpha)
+* branch`` while alpha follows a schedule from 1 to 0, and everything trains at each
+alpha. At alpha = 0 the original path is unused and the branch merges exactly:
 
 * ``P`` is linear and acts on the raw conv output, so the conv becomes ``W' = P W``
   (k filters) and the branch's BN becomes the layer's BN;
-* ``E`` is linear, last in the branch and without bias; the next conv is zero-padded
-  and linear in its input, so ``E`` folds into its input channels, ``V' = V E``, or,
-  after global average pooling, into the classifier's input features.
+* ``E`` is linear, last in the branch and without bias; every reader (a zero-padded
+  conv, or a linear layer after global pooling) is linear in its input, so ``E`` folds
+  into its input channels, ``V' = V E``.
 
-Pooling sits before ``E`` so that max-pooling, which does not commute with a linear
+The path sits before ``E`` so that max-pooling, which does not commute with a linear
 map, acts on the k branch channels, exactly as it will in the merged model.
+
+Which layers qualify comes from the dependency graph and one traced forward pass: a
+conv whose channels no other conv writes (in a ResNet: the first conv of each block),
+followed by a BatchNorm that alone reads it, then only channel-wise modules, then the
+readers. :func:`branch_blocks` lists them; a model with none is refused.
 """
 
 from __future__ import annotations
@@ -25,8 +31,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prune_core import models
+from prune_core.groups import CONV_LINEAR, dependency_graph, follower_bn, group_of
 from prune_core.methods._registry import Param, register_method
+from prune_core.surgery import example_input, replace_module
+
+# Modules that act on each channel alone (so they commute with removing channels).
+CHANNELWISE = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardtanh,
+    nn.Mish, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d,
+    nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+)
 
 SCHEDULES = ("step", "linear", "cosine", "exponential")
 
@@ -63,42 +77,115 @@ def alpha_values(schedule: str, steps: int) -> list[float]:
 
 @dataclass(frozen=True)
 class Block:
-    """Names, inside ``features``, of one conv layer, its BN, ReLU and pooling (or None)."""
+    """A conv layer a branch can replace: conv -> BN -> ``path`` -> ``readers``."""
 
     conv: str
     bn: str
-    relu: str
-    pool: str | None
+    path: tuple[str, ...]  # channel-wise modules between the BN and the readers
+    readers: tuple[str, ...]  # conv / linear layers reading the result
 
 
-def vgg_blocks(model: nn.Module) -> list[Block]:
-    """The conv -> BN -> ReLU [-> pool] blocks of a registry VGG, in forward order."""
-    if not isinstance(model, models.VGG):
-        raise BranchError(f"branch works on the registry's CIFAR VGG models (vgg11 ... vgg19); "
-                          f"got {type(model).__name__}")
-    items = list(model.features.named_children())
-    blocks, i = [], 0
-    while i < len(items):
-        kinds = [type(m) for _, m in items[i:i + 3]]
-        if kinds != [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]:
-            raise BranchError(f"features.{items[i][0]}: expected conv -> BN -> ReLU")
-        pool = None
-        if i + 3 < len(items) and isinstance(items[i + 3][1], nn.MaxPool2d | nn.AvgPool2d):
-            pool = items[i + 3][0]
-        blocks.append(Block(items[i][0], items[i + 1][0], items[i + 2][0], pool))
-        i += 4 if pool else 3
+@dataclass
+class _Call:
+    name: str
+    module: nn.Module
+    inp: tuple[int, int] | None  # (data pointer, numel) of the first input
+    out: tuple[int, int] | None
+
+
+def _key(t) -> tuple[int, int] | None:
+    return (t.data_ptr(), t.numel()) if isinstance(t, torch.Tensor) else None
+
+
+@torch.no_grad()
+def _trace(model: nn.Module, input_shape: tuple[int, ...]) -> list[_Call]:
+    """Every leaf module call of one eval forward pass, in order, with its tensors' keys.
+
+    Outputs are held until the end, so no address is reused within the pass; a view
+    (``torch.flatten`` of a pooled map) keeps its tensor's key.
+    """
+    calls: list[_Call] = []
+    keep: list = []
+
+    def hook(name):
+        def fn(module, args, out):
+            calls.append(_Call(name, module, _key(args[0]) if args else None, _key(out)))
+            keep.append(out)
+        return fn
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input(model, input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return calls
+
+
+def branch_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> list[Block]:
+    """The conv layers a parallel branch can replace and merge into exactly."""
+    graph = dependency_graph(model, input_shape)
+    calls = _trace(model, input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    counts: dict[str, int] = {}
+    for c in calls:
+        counts[c.name] = counts.get(c.name, 0) + 1
+    blocks = []
+    for i, call in enumerate(calls):
+        m = call.module
+        if not isinstance(m, nn.Conv2d) or m.groups != 1 or counts[call.name] != 1:
+            continue
+        bn = follower_bn(graph, m)
+        g = group_of(model, graph, call.name)
+        if (bn is None or g.coupled or g.convs != [call.name] or g.bns != [names[bn]]
+                or not g.readers
+                or any(not torch.equal(r.idxs, r.root_idxs) for r in g.readers)):
+            continue
+        block = _follow(calls, i, names[bn], counts)
+        if block is not None and set(block[1]) == {r.name for r in g.readers}:
+            blocks.append(Block(call.name, names[bn], *block))
     return blocks
 
 
-class Branch(nn.Module):
-    """compress (1x1, C -> k) -> BN -> ReLU -> pooling -> expand (1x1, k -> C)."""
+def _follow(calls: list[_Call], i: int, bn: str, counts: dict
+            ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """From the conv call ``i``: its BN, then channel-wise modules, then the readers."""
 
-    def __init__(self, channels: int, k: int, pool: nn.Module | None):
+    def users(key, at: int) -> list[int]:
+        return [j for j in range(at + 1, len(calls)) if calls[j].inp == key]
+
+    first = users(calls[i].out, i)
+    if not first or calls[first[0]].name != bn or counts[bn] != 1:
+        return None
+    at = first[0]
+    path: list[str] = []
+    while True:
+        after = users(calls[at].out, at)
+        if not after:
+            return None
+        nxt = calls[after[0]]
+        if isinstance(nxt.module, CHANNELWISE):
+            path.append(nxt.name)
+            at = after[0]
+            continue
+        readers = [calls[j] for j in after]
+        if not all(isinstance(r.module, CONV_LINEAR) for r in readers):
+            return None
+        return tuple(path), tuple(r.name for r in readers)
+
+
+class Branch(nn.Module):
+    """compress (1x1, C -> k) -> BN -> the layer's path -> expand (1x1, k -> C)."""
+
+    def __init__(self, channels: int, k: int, path: list[nn.Module]):
         super().__init__()
         self.compress = nn.Conv2d(channels, k, 1, bias=False)
         self.bn = nn.BatchNorm2d(k)
-        self.relu = nn.ReLU()
-        self.pool = copy.deepcopy(pool) if pool is not None else nn.Identity()
+        self.path = nn.Sequential(*[copy.deepcopy(m) for m in path])
         self.expand = nn.Conv2d(k, channels, 1, bias=False)
 
     @torch.no_grad()
@@ -114,89 +201,106 @@ class Branch(nn.Module):
             getattr(self.bn, name).copy_(getattr(bn, name)[top])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.expand(self.pool(self.relu(self.bn(self.compress(y)))))
+        z = self.path(self.bn(self.compress(y)))
+        # E on dimension 1 of whatever the path left: a map, or pooled features
+        return torch.einsum("ck,nk...->nc...", self.expand.weight[:, :, 0, 0], z)
 
 
 class Branched(nn.Module):
-    """A VGG with parallel branches on some of its conv layers and one alpha per branch."""
+    """A network with parallel branches on some of its conv layers and one alpha per branch.
 
-    def __init__(self, net: nn.Module, keep_ratio: float, layers: list[str] | None = None):
+    Hooks carry the branches: each branched conv's output also feeds its branch, and each
+    reader's input becomes the alpha mixture. ``forward`` is the network's own.
+    """
+
+    def __init__(self, net: nn.Module, keep_ratio: float, input_shape: tuple[int, ...],
+                 layers: list[str] | None = None):
         super().__init__()
         self.net = net
-        self.blocks = vgg_blocks(net)
+        self.blocks = {b.conv: b for b in branch_blocks(net, input_shape)
+                       if layers is None or b.conv in layers}
         self.branches = nn.ModuleDict()
         self.alpha: dict[str, float] = {}
-        f = net.features
-        for b in self.blocks:
-            if layers is not None and b.conv not in layers:
-                continue
-            c = getattr(f, b.conv).out_channels
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._handles: dict[str, list] = {}
+        for b in self.blocks.values():
+            conv = net.get_submodule(b.conv)
+            c = conv.out_channels
             branch = Branch(c, max(1, round(keep_ratio * c)),
-                            getattr(f, b.pool) if b.pool else None)
-            branch.start_from(getattr(f, b.bn))
-            self.branches[b.conv] = branch.to(getattr(f, b.conv).weight.device)
+                            [net.get_submodule(p) for p in b.path])
+            branch.start_from(net.get_submodule(b.bn))
+            key = self.key(b.conv)
+            self.branches[key] = branch.to(conv.weight.device)
             self.alpha[b.conv] = 1.0
+            handles = [conv.register_forward_hook(self._feed(b.conv))]
+            handles += [net.get_submodule(r).register_forward_pre_hook(self._mix(b.conv))
+                        for r in b.readers]
+            self._handles[b.conv] = handles
+
+    @staticmethod
+    def key(conv: str) -> str:
+        return conv.replace(".", "__")  # ModuleDict keys cannot hold dots
 
     def set_alpha(self, value: float) -> None:
         for k in self.alpha:
             self.alpha[k] = float(value)
 
-    def _original(self, b: Block, y: torch.Tensor) -> torch.Tensor:
-        f = self.net.features
-        x = getattr(f, b.relu)(getattr(f, b.bn)(y))
-        return getattr(f, b.pool)(x) if b.pool else x
+    def _feed(self, conv: str):
+        def hook(_module, _args, y):
+            if self.alpha[conv] < 1.0:
+                self._outputs[conv] = self.branches[self.key(conv)](y)
+        return hook
+
+    def _mix(self, conv: str):
+        def hook(_module, args):
+            a = self.alpha[conv]
+            if a >= 1.0:
+                return None
+            x, b = args[0], self._outputs[conv].reshape(args[0].shape)
+            return (b if a <= 0.0 else a * x + (1 - a) * b, *args[1:])
+        return hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.net.features
-        for b in self.blocks:
-            y = getattr(f, b.conv)(x)
-            a = self.alpha.get(b.conv, 1.0)
-            if a >= 1.0:
-                x = self._original(b, y)
-            elif a <= 0.0:
-                x = self.branches[b.conv](y)
-            else:
-                x = a * self._original(b, y) + (1 - a) * self.branches[b.conv](y)
-        return self.net.classifier(torch.flatten(self.net.avgpool(x), 1))
+        try:
+            return self.net(x)
+        finally:
+            self._outputs.clear()
 
     @torch.no_grad()
     def merge(self, layer: str) -> None:
         """Fold the branch of ``layer`` into the network (exact at alpha = 0)."""
-        f = self.net.features
-        names = [b.conv for b in self.blocks]
-        block = self.blocks[names.index(layer)]
-        branch = self.branches[layer]
-        conv = getattr(f, layer)
+        block = self.blocks.pop(layer)
+        for h in self._handles.pop(layer):
+            h.remove()
+        branch = self.branches[self.key(layer)]
+        conv = self.net.get_submodule(layer)
         p = branch.compress.weight.detach()[:, :, 0, 0]  # [k, C]
         merged = nn.Conv2d(conv.in_channels, p.shape[0], conv.kernel_size, conv.stride,
-                           conv.padding, bias=conv.bias is not None).to(conv.weight.device)
+                           conv.padding, conv.dilation, bias=conv.bias is not None,
+                           padding_mode=conv.padding_mode).to(conv.weight.device)
         merged.weight.copy_(torch.einsum("kc,cihw->kihw", p, conv.weight.detach()))
         if conv.bias is not None:
             merged.bias.copy_(p @ conv.bias.detach())
-        setattr(f, layer, merged)
-        setattr(f, block.bn, branch.bn)
+        replace_module(self.net, layer, merged)
+        replace_module(self.net, block.bn, branch.bn)
         e = branch.expand.weight.detach()[:, :, 0, 0]  # [C, k]
-        at = names.index(layer)
-        if at + 1 < len(names):
-            nxt = getattr(f, names[at + 1])
-            folded = nn.Conv2d(e.shape[1], nxt.out_channels, nxt.kernel_size, nxt.stride,
-                               nxt.padding, bias=nxt.bias is not None).to(nxt.weight.device)
-            folded.weight.copy_(torch.einsum("ochw,ck->okhw", nxt.weight.detach(), e))
-            if nxt.bias is not None:
-                folded.bias.copy_(nxt.bias.detach())
-            setattr(f, names[at + 1], folded)
-        else:
-            head = self.net.classifier
-            if head.in_features != e.shape[0]:
-                raise BranchError(f"classifier reads {head.in_features} features, "
-                                  f"not the {e.shape[0]} channels of {layer}")
-            folded = nn.Linear(e.shape[1], head.out_features,
-                               bias=head.bias is not None).to(head.weight.device)
-            folded.weight.copy_(head.weight.detach() @ e)
-            if head.bias is not None:
-                folded.bias.copy_(head.bias.detach())
-            self.net.classifier = folded
-        del self.branches[layer]
+        for name in block.readers:
+            reader = self.net.get_submodule(name)
+            if isinstance(reader, nn.Conv2d):
+                folded = nn.Conv2d(e.shape[1], reader.out_channels, reader.kernel_size,
+                                   reader.stride, reader.padding, reader.dilation,
+                                   bias=reader.bias is not None,
+                                   padding_mode=reader.padding_mode)
+                folded = folded.to(reader.weight.device)
+                folded.weight.copy_(torch.einsum("ochw,ck->okhw", reader.weight.detach(), e))
+            else:
+                folded = nn.Linear(e.shape[1], reader.out_features,
+                                   bias=reader.bias is not None).to(reader.weight.device)
+                folded.weight.copy_(reader.weight.detach() @ e)
+            if reader.bias is not None:
+                folded.bias.copy_(reader.bias.detach())
+            replace_module(self.net, name, folded)
+        del self.branches[self.key(layer)]
         del self.alpha[layer]
 
 
@@ -222,15 +326,27 @@ PARAMS = [
 ]
 
 
-@register_method("branch", params=PARAMS, seed="004",
+def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Why parallel-branch pruning has nothing to act on in ``model`` (None: it has)."""
+    if not branch_blocks(model, input_shape):
+        return ("no conv layer that a branch can replace: one whose channels no other conv "
+                "writes, read by a BatchNorm alone, then only channel-wise layers "
+                "(activations, pooling) up to conv or linear layers")
+    return None
+
+
+@register_method("branch", params=PARAMS, seed="004", check=compatible,
                  doc="parallel narrow branches replace each conv layer as alpha goes to 0")
 def branch(model: nn.Module, params: dict, ctx) -> nn.Module:
     alphas = alpha_values(params["alpha_schedule"], params["steps"])
-    convs = [b.conv for b in vgg_blocks(model)]
+    convs = [b.conv for b in branch_blocks(model, ctx.input_shape)]
+    if not convs:
+        raise BranchError(f"{type(model).__name__} has no conv layer a branch can replace "
+                          f"(see prune_core.methods.branch.branch_blocks)")
     passes = [convs] if params["order"] == "all" else [[c] for c in convs]
     net = model
     for i, layers in enumerate(passes):
-        branched = Branched(net, params["keep_ratio"], layers)
+        branched = Branched(net, params["keep_ratio"], ctx.input_shape, layers)
         for a in alphas:
             branched.set_alpha(a)
             ctx.fit(branched, params["epochs_per_step"], phase="branch", lr=params["lr"],
@@ -238,6 +354,7 @@ def branch(model: nn.Module, params: dict, ctx) -> nn.Module:
         for layer in layers:
             branched.merge(layer)
         net = branched.net
+    ctx.result("layers_branched", convs)
     if params["finetune_epochs"]:
         ctx.fit(net, params["finetune_epochs"], phase="finetune", lr=params["lr"])
     return net

@@ -28,6 +28,7 @@ from torch.nn.utils.parametrizations import orthogonal
 from prune_core.measure import count_params
 from prune_core.methods._registry import Param, register_method
 from prune_core.methods.slimming import refresh_bn_stats
+from prune_core.surgery import replace_module
 from prune_core.train import evaluate
 
 
@@ -95,11 +96,6 @@ def separable_from(conv: nn.Conv2d, r: int) -> nn.Sequential:
     return pair
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
 def _parametrize(layer: nn.Module) -> None:
     # The matrix exponential for every shape: PyTorch's default for non-square weights,
     # Householder, reads signs from the diagonal of its parameter with int(), and a
@@ -142,7 +138,7 @@ def factorize_layers(model: nn.Module, params: dict, reference: nn.Module | None
         else:
             r = separable_rank(mods[name], params["rank"])
             build = separable_from if init else separable_pair
-            _set(model, name, build(mods[name], r))
+            replace_module(model, name, build(mods[name], r))
     return names
 
 
@@ -152,8 +148,16 @@ def restructure(model: nn.Module, params: dict) -> nn.Module:
     return model
 
 
+def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Why factorization has nothing to act on in ``model`` (None: it has)."""
+    if not _eligible(model, "orthogonal"):
+        return "no conv or linear layer"
+    return None
+
+
 @register_method(
     "factorize",
+    check=compatible,
     doc="orthogonal parametrization or separable kx1 + 1xk convs on the largest layers",
     seed="002",
     restructure=restructure,

@@ -6,9 +6,10 @@ as ``torch.nn.utils.prune.l1_unstructured`` / ``global_unstructured`` do, and ho
 those zeros fixed through fine-tuning with :class:`prune_core.surgery.Masks`. The
 deployed weights are plain tensors with zeros: no pruning hooks are left behind.
 
-Structured mode ranks the filters of each conv layer by their Ln norm, as
-``torch.nn.utils.prune.ln_structured(dim=0)`` does, and removes the weakest
-``ratio`` of them physically, so params and MACs fall.
+Structured mode ranks the channels of each dependency group by the Ln norm of their
+filters (as ``torch.nn.utils.prune.ln_structured(dim=0)`` ranks one layer's filters;
+in a group, averaged over its coupled convs) and removes the weakest ``ratio`` of
+each group physically, with every layer coupled to them, so params and MACs fall.
 
 The surviving weights keep their trained values (``keep``), or are re-initialised
 (``random``), or are set back to initial values (``rewind``, Frankle & Carbin 2019).
@@ -22,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prune_core.groups import channel_groups, group_norms, keep_every_conv, select_per_group
 from prune_core.methods._registry import Param, ParamError, register_method
-from prune_core.methods.slimming import plain_convs
 from prune_core.surgery import Masks, remove_channels
 
 RANDOM_SEED_OFFSET = 7919  # ``random`` re-initialises under seed + this, ``rewind`` under seed
@@ -61,15 +62,10 @@ def unstructured_masks(model: nn.Module, ratio: float, scope: str) -> dict[str, 
 
 def filter_plan(model: nn.Module, ratio: float, n: float,
                 input_shape: tuple[int, ...]) -> dict[str, list[int]]:
-    """The ``round(ratio * C)`` filters of smallest Ln norm in each prunable conv (>= 1 kept)."""
-    mods = dict(model.named_modules())
-    plan = {}
-    for name in plain_convs(model, input_shape):
-        w = mods[name].weight.detach()
-        k = min(int(round(ratio * w.shape[0])), w.shape[0] - 1)
-        norms = w.flatten(1).norm(p=n, dim=1)
-        plan[name] = sorted(torch.argsort(norms, stable=True)[:k].tolist())
-    return plan
+    """The ``round(ratio * C)`` channels of smallest Ln norm in each group (>= 1 kept)."""
+    groups = channel_groups(model, input_shape, min_size=2)
+    scores = group_norms(model, groups, p=n)
+    return keep_every_conv(select_per_group(scores, ratio), groups, scores)
 
 
 def _reinitialised(model: nn.Module, how: str, ctx) -> nn.Module:
@@ -86,8 +82,18 @@ def _sizes(model: nn.Module) -> dict[str, int]:
     return {n: m.weight.numel() for n, m in weight_layers(model).items()}
 
 
+def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Why magnitude pruning has nothing to act on in ``model`` (None: it has)."""
+    if not weight_layers(model):
+        return "no conv or linear layer"
+    if not channel_groups(model, input_shape, min_size=2):
+        return "no group of conv channels that structured mode could remove"
+    return None
+
+
 @register_method(
     "magnitude",
+    check=compatible,
     doc="magnitude pruning: L1-unstructured (layer or global) or Ln-structured filters",
     seed="002",
     params=[
@@ -132,6 +138,7 @@ def magnitude(model: nn.Module, params: dict, ctx) -> nn.Module:
         after = _sizes(model)
         ctx.result("filters_removed", sum(len(v) for v in plan.values()))
         ctx.result("filters_removed_by_layer", {k: len(v) for k, v in plan.items()})
+        ctx.result("groups", len(plan))
         ctx.result("layer_sparsity",
                    {k: 1.0 - after[k] / v for k, v in before.items() if k in after})
     if params["finetune_epochs"] > 0:

@@ -120,8 +120,21 @@ def quantize_model(model: nn.Module, data, *, calibration_batches: int, per_chan
     return QuantizedModel(converted, float_model)
 
 
+def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Why int8 quantization cannot take ``model``: torch.export must capture its graph."""
+    cpu = copy.deepcopy(model).cpu().eval()
+    try:
+        torch.export.export(cpu, (torch.zeros((2, *input_shape)),),
+                            dynamic_shapes=({0: torch.export.Dim("batch")},))
+    except Exception as e:  # export raises many kinds; each means "not exportable"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"torch.export cannot capture its graph ({type(e).__name__}: {first})"
+    return None
+
+
 @register_method(
     "quantize",
+    check=compatible,
     doc="static int8 post-training quantization (torchao PT2E, x86 quantizer)",
     seed="002",
     terminal=True,

@@ -230,7 +230,15 @@ PARAMS = [
 ]
 
 
-@register_method("repr", params=PARAMS, seed="003",
+def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Why RePr has nothing to act on in ``model`` (None: it has)."""
+    if not any(model.get_submodule(u.conv).out_channels > 1
+               for u in conv_units(model, input_shape)):
+        return "no conv layer with more than one filter to drop and re-initialise"
+    return None
+
+
+@register_method("repr", params=PARAMS, seed="003", check=compatible,
                  doc="RePr training (drop overlapping filters, re-initialise) vs plain training")
 def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
     epochs, s1, s2, cycles = params["epochs"], params["s1"], params["s2"], params["cycles"]
@@ -253,27 +261,31 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
     del plain
 
     net = fresh
-    units = conv_units(net)
-    gen = torch.Generator().manual_seed(ctx.seed + 7)
+    units = conv_units(net, ctx.input_shape)
     saved = saved_result(ctx, "pruned_share_per_cycle", [])
     shares: list[dict[str, float]] = []
     for c in range(cycles):
         ctx.fit(net, s1, phase="s1", **train)
         drop = FilterDrop(units, drop_plan(net, units, params["ratio"], params["rank"]))
-        previous = {u.conv: net.get_submodule(u.conv).weight.detach()[drop.plan[u.conv]].clone()
-                    for u in units}
+        # The dropped filters' values before the drop are gone from a checkpoint taken
+        # inside S2 (it holds zeros there): they travel with it.
+        if ctx.resume is not None and not ctx.replaying:  # resuming inside this S2
+            previous = ctx.kept[f"previous{c}"]
+        else:
+            previous = {u.conv: net.get_submodule(u.conv).weight.detach()[
+                drop.plan[u.conv]].clone().cpu() for u in units}
+            ctx.keep(f"previous{c}", previous)
         drop.apply(net)
-        skipped, fresh_run = ctx.replaying, ctx.resume is None
+        skipped = ctx.replaying
         ctx.fit(net, s2, phase="s2", hooks=drop.hooks(),
                 extra=lambda m, _d=drop: {"dropped_max_abs": _d.max_abs(m)}, **train)
         shares.append(saved[c] if skipped and c < len(saved) else drop.shares(net))
         ctx.result("pruned_share_per_cycle", list(shares))
+        # One generator per cycle: a trial resumed in this cycle draws the same filters.
+        gen = torch.Generator().manual_seed(ctx.seed * 1009 + 7 + c)
         for u in units:
-            # After a resume inside S2 the pre-drop values are unknown (the checkpoint holds
-            # zeros there); the new filters are then orthogonal to the survivors only.
-            prev = previous[u.conv] if fresh_run else None
             reinit_filters(net, u, drop.plan[u.conv], variant=params["reinit"],
-                           clip=params["clip"], generator=gen, previous=prev)
+                           clip=params["clip"], generator=gen, previous=previous[u.conv])
     rest = epochs - cycles * (s1 + s2)
     if rest:
         ctx.fit(net, rest, phase="final", **train)

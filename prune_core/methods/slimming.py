@@ -1,25 +1,31 @@
 """Network Slimming (Liu et al., ICCV 2017): L1 on BatchNorm scale factors, then prune.
 
-Sparsity training adds ``lambda * sign(gamma)`` to the gradient of every prunable BN
-scale factor (the subgradient of ``lambda * |gamma|``); a global threshold on
-``|gamma|`` then picks ``prune_ratio`` of all prunable channels, and those channels
-are removed physically. A removed channel did not emit zero: it emitted roughly a
-constant (its BN shift through the ReLU). With ``fold_bias`` that constant is moved
-into the next layer before removal, so accuracy right after pruning stays close to
-the unpruned model where the removed scale factors were near zero.
+Sparsity training adds ``lambda * sign(gamma)`` to the gradient of every BN scale
+factor of a prunable channel group (the subgradient of ``lambda * |gamma|``). Each
+group's channels are scored by the mean |gamma| of its BNs (in a ResNet a residual
+stream's channel has one BN per block writing to it); a global threshold then picks
+``prune_ratio`` of all channels, and those are removed physically with everything
+coupled to them. A removed channel did not emit zero: it emitted roughly a constant
+(its BN shift through the ReLU). With ``fold_bias`` that constant is moved into the
+layers reading it before removal, so accuracy right after pruning stays close to the
+unpruned model where the removed scale factors were near zero.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
-import torch_pruning as tp
 from torch import nn
 
+from prune_core.groups import (
+    ChannelGroup,
+    channel_groups,
+    fold_removed,
+    group_bn_scales,
+    keep_every_conv,
+    select_global,
+)
 from prune_core.methods._registry import Param, register_method
-from prune_core.surgery import conv_followers, example_input, remove_channels
+from prune_core.surgery import remove_channels
 from prune_core.train import Hooks, evaluate
 
 # A scale factor counts as near zero below this share of the mean |gamma| the model had
@@ -33,57 +39,31 @@ class SlimmingError(ValueError):
     """The model cannot be slimmed as asked."""
 
 
-def plain_convs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple]:
-    """Convs whose output channels reach exactly one next layer: name -> (bn, follower).
+def slimmable(model: nn.Module, input_shape: tuple[int, ...]) -> list[ChannelGroup]:
+    """The channel groups that hold BatchNorm scale factors, or an error naming the model.
 
-    Found through torch-pruning's dependency graph: a conv qualifies when removing one
-    of its output channels touches only itself, its BatchNorm and the input channels of
-    one conv or linear layer. In VGG every conv qualifies; in a ResNet only the first
-    conv of each block does (the others are coupled through the skip connections).
+    A group is every conv and BN coupled to a conv's output channels (in a ResNet, the
+    whole residual stream of a stage); its channels are ranked by the mean |gamma| of
+    its BNs and removed together.
     """
-    followers = conv_followers(model)
-    modules = dict(model.named_modules())
-    names = {id(m): n for n, m in modules.items()}
-    was_training = model.training
-    model.eval()
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example_input(model, input_shape))
-    model.train(was_training)
-    out: dict[str, tuple] = {}
-    for name, (bn, nxt) in followers.items():
-        conv = modules[name]
-        if nxt is None or conv.groups != 1 or conv.out_channels < 2:
-            continue
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=[0])
-        outs, ins = set(), set()
-        for dep, _ in group:
-            n = names.get(id(dep.target.module))
-            if n is None:
-                continue
-            if graph.is_out_channel_pruning_fn(dep.handler):
-                outs.add(n)
-            if graph.is_in_channel_pruning_fn(dep.handler):
-                ins.add(n)
-        if outs <= {name, bn} and ins - {bn} == {nxt}:
-            out[name] = (bn, nxt)
-    return out
-
-
-def slimmable(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple]:
-    """The plain convs that have a BatchNorm, or an error naming the model."""
-    layers = {k: v for k, v in plain_convs(model, input_shape).items() if v[0] is not None}
-    if not layers:
+    groups = [g for g in channel_groups(model, input_shape) if g.bns]
+    if not groups:
         raise SlimmingError(
-            f"slimming needs conv layers followed by BatchNorm whose channels feed exactly "
-            f"one next layer; {type(model).__name__} has none (e.g. C3 has no BatchNorm)"
+            f"slimming needs conv layers followed by BatchNorm; {type(model).__name__} has "
+            f"no channel group with a BatchNorm scale factor (e.g. C3 has no BatchNorm)"
         )
-    return layers
+    return groups
 
 
-def gammas(model: nn.Module, layers: dict[str, tuple]) -> dict[str, torch.Tensor]:
-    """|gamma| of the BN after each prunable conv, by conv name (detached copies)."""
+def bn_names(groups: list[ChannelGroup]) -> list[str]:
+    """Every BatchNorm of the groups, once each."""
+    return list(dict.fromkeys(bn for g in groups for bn in g.bns))
+
+
+def gammas(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, torch.Tensor]:
+    """|gamma| of every BN of the groups, by BN name (detached copies)."""
     mods = dict(model.named_modules())
-    return {c: mods[bn].weight.detach().abs().clone() for c, (bn, _) in layers.items()}
+    return {n: mods[n].weight.detach().abs().clone() for n in bn_names(groups)}
 
 
 def l1_subgradient(lam: float, bn_names: list[str]):
@@ -100,101 +80,14 @@ def l1_subgradient(lam: float, bn_names: list[str]):
     return hook
 
 
-def select_channels(g: dict[str, torch.Tensor], prune_ratio: float,
+def select_channels(scores: dict[str, torch.Tensor], prune_ratio: float,
                     min_keep: float = MIN_KEEP) -> dict[str, list[int]]:
-    """The ``round(prune_ratio * total)`` channels with the smallest |gamma| over all layers.
+    """The ``round(prune_ratio * total)`` channels of smallest score over all groups.
 
-    Each layer keeps its ``max(1, ceil(min_keep * C))`` largest channels whatever the
-    threshold says, so no layer is emptied; the count removed is exact as long as the
-    other layers have enough candidates.
+    Each group keeps its ``max(1, ceil(min_keep * C))`` largest channels whatever the
+    threshold says, so no layer is emptied.
     """
-    total = sum(v.numel() for v in g.values())
-    k = int(round(prune_ratio * total))
-    cand_vals, cand_ids = [], []
-    for name, v in g.items():
-        keep = max(1, math.ceil(min_keep * v.numel()))
-        order = torch.argsort(v, stable=True)
-        for idx in order[: v.numel() - keep].tolist():
-            cand_vals.append(float(v[idx]))
-            cand_ids.append((name, idx))
-    order = sorted(range(len(cand_vals)), key=lambda i: cand_vals[i])[:k]
-    plan: dict[str, list[int]] = {n: [] for n in g}
-    for i in order:
-        name, idx = cand_ids[i]
-        plan[name].append(idx)
-    return {n: sorted(v) for n, v in plan.items()}
-
-
-def channel_constants(bn: nn.BatchNorm2d) -> torch.Tensor:
-    """Mean output of each channel after BN and ReLU, from the BN's own parameters.
-
-    BN normalises its input to mean ``beta`` and standard deviation ``|gamma|``; taking
-    that as Gaussian, E[relu(y)] = beta * Phi(beta / s) + s * phi(beta / s), s = |gamma|.
-    At gamma = 0 this is exactly relu(beta), the value the channel then always emits.
-    """
-    beta = bn.bias.detach()
-    s = bn.weight.detach().abs().clamp_min(1e-12)
-    z = beta / s
-    normal = torch.distributions.Normal(0.0, 1.0)
-    return beta * normal.cdf(z) + s * torch.exp(normal.log_prob(z))
-
-
-@torch.no_grad()
-def _input_sizes(model: nn.Module, names: set[str], input_shape: tuple[int, ...]) -> dict:
-    """Spatial size of the input each named conv sees, from one forward pass."""
-    mods = dict(model.named_modules())
-    sizes: dict[str, tuple[int, int]] = {}
-    handles = [mods[n].register_forward_pre_hook(
-        lambda _m, args, n=n: sizes.__setitem__(n, tuple(args[0].shape[-2:]))) for n in names]
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input(model, input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return sizes
-
-
-@torch.no_grad()
-def fold_constants(model: nn.Module, plan: dict[str, list[int]], layers: dict[str, tuple],
-                   input_shape: tuple[int, ...]) -> list[str]:
-    """Add each removed channel's constant output to the next layer; returns skipped layers.
-
-    Linear layer after global average pooling: add to its bias (exact). Next conv: the
-    constant maps through the conv with zero padding, which at the border reaches fewer
-    taps (most of a 4 x 4 map is border), so the per-channel shift is the spatial mean of
-    that response; it goes into the next BN's running_mean or the conv's bias.
-    """
-    mods = dict(model.named_modules())
-    followers = conv_followers(model)
-    convs = {layers[n][1] for n, idxs in plan.items()
-             if idxs and isinstance(mods[layers[n][1]], nn.Conv2d)}
-    sizes = _input_sizes(model, convs, input_shape) if convs else {}
-    skipped = []
-    for name, idxs in plan.items():
-        if not idxs:
-            continue
-        bn_name, nxt_name = layers[name]
-        idx = torch.as_tensor(idxs, dtype=torch.long, device=mods[bn_name].weight.device)
-        const = channel_constants(mods[bn_name])[idx]
-        nxt = mods[nxt_name]
-        w = nxt.weight[:, idx]
-        if isinstance(nxt, nn.Conv2d):
-            x = const.view(1, -1, 1, 1).expand(1, len(idxs), *sizes[nxt_name]).contiguous()
-            out = F.conv2d(x, w, None, nxt.stride, nxt.padding, nxt.dilation)
-            delta = out.mean(dim=(0, 2, 3))
-            nxt_bn = followers.get(nxt_name, (None, None))[0]
-        else:
-            delta, nxt_bn = w @ const, None
-        if nxt_bn is not None:
-            mods[nxt_bn].running_mean.sub_(delta)
-        elif nxt.bias is not None:
-            nxt.bias.add_(delta)
-        else:
-            skipped.append(nxt_name)
-    return skipped
+    return select_global(scores, prune_ratio, min_keep)
 
 
 @torch.no_grad()
@@ -225,20 +118,34 @@ def sparsity_of(g: dict[str, torch.Tensor], threshold: float) -> float:
     return float((flat < threshold).float().mean())
 
 
-def prune(model: nn.Module, prune_ratio: float, input_shape: tuple[int, ...], *,
-          fold_bias: bool = True, layers: dict[str, tuple] | None = None,
-          ) -> dict[str, list[int]]:
-    """Remove ``prune_ratio`` of the prunable channels by |gamma| (in place); returns the plan."""
-    layers = layers or slimmable(model, input_shape)
-    plan = select_channels(gammas(model, layers), prune_ratio)
+def prune(model: nn.Module, prune_ratio: float, data, *, fold_bias: bool = True,
+          groups: list[ChannelGroup] | None = None) -> tuple[dict[str, list[int]], dict]:
+    """Remove ``prune_ratio`` of the groups' channels by |gamma| (in place).
+
+    Returns the plan ``{root conv: [channels]}`` and which readers took the removed
+    channels' mean signal (``{"folded": [...], "skipped": [...]}``).
+    """
+    groups = groups or slimmable(model, data.input_shape)
+    scores = group_bn_scales(model, groups)
+    plan = keep_every_conv(select_channels(scores, prune_ratio), groups, scores)
+    folding = {"folded": [], "skipped": []}
     if fold_bias:
-        fold_constants(model, plan, layers, input_shape)
-    remove_channels(model, {k: v for k, v in plan.items() if v}, input_shape)
-    return plan
+        folding = fold_removed(model, groups, plan, data)
+    remove_channels(model, {k: v for k, v in plan.items() if v}, data.input_shape)
+    return plan, folding
+
+
+def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Why slimming has nothing to act on in ``model`` (None: it has)."""
+    if not any(g.bns for g in channel_groups(model, input_shape, min_size=2)):
+        return ("no prunable conv channels carry a BatchNorm scale factor "
+                "(slimming ranks channels by them)")
+    return None
 
 
 @register_method(
     "slimming",
+    check=compatible,
     doc="Network Slimming: L1 on BN scale factors, global threshold, removal, fine-tune",
     seed="001",
     params=[
@@ -266,12 +173,12 @@ def prune(model: nn.Module, prune_ratio: float, input_shape: tuple[int, ...], *,
     ],
 )
 def slimming(model: nn.Module, params: dict, ctx) -> nn.Module:
-    layers = slimmable(model, ctx.input_shape)
-    bns = [bn for bn, _ in layers.values()]
-    threshold = SPARSE_REL * float(torch.cat(list(gammas(model, layers).values())).mean())
+    groups = slimmable(model, ctx.input_shape)
+    bns = bn_names(groups)
+    threshold = SPARSE_REL * float(torch.cat(list(gammas(model, groups).values())).mean())
 
     def extra(m: nn.Module) -> dict:
-        return {"sparsity": sparsity_of(gammas(m, layers), threshold)}
+        return {"sparsity": sparsity_of(gammas(m, groups), threshold)}
 
     if params["sparsity_epochs"] > 0:
         hooks = Hooks(after_backward=[l1_subgradient(params["lambda"], bns)])
@@ -283,16 +190,18 @@ def slimming(model: nn.Module, params: dict, ctx) -> nn.Module:
     if ctx.resume is None:
         if params["sparsity_epochs"] > 0:
             refresh_bn_stats(model, ctx.data)
-        g = gammas(model, layers)
+        g = gammas(model, groups)
         ctx.result("gammas", [float(v) for t in g.values() for v in t.tolist()])
         ctx.result("sparsity", sparsity_of(g, threshold))
-        plan = prune(model, params["prune_ratio"], ctx.input_shape,
-                     fold_bias=params["fold_bias"], layers=layers)
+        plan, folding = prune(model, params["prune_ratio"], ctx.data,
+                              fold_bias=params["fold_bias"], groups=groups)
         ctx.result("channels_removed", sum(len(v) for v in plan.values()))
+        ctx.result("groups", len(groups))
+        ctx.result("fold_skipped", folding["skipped"])
         ctx.result("accuracy_before_finetune", evaluate(model, ctx.data, "test")["accuracy"])
     if params["finetune_epochs"] > 0:
         ctx.fit(model, params["finetune_epochs"], phase="finetune", lr=params["lr"])
     return model
 
 
-__all__ = ["SlimmingError", "plain_convs", "prune", "select_channels", "slimmable"]
+__all__ = ["SlimmingError", "bn_names", "gammas", "prune", "select_channels", "slimmable"]

@@ -1,7 +1,8 @@
 """TransTailor (Liu et al., AAAI 2021, arXiv 2103.01542): target-aware filter pruning.
 
 Starting from a model fine-tuned to the target task, each round trains one scaling
-factor alpha per conv filter with every weight frozen, turns alpha into an importance
+factor alpha per channel of each dependency group (a conv's filters with everything
+coupled to them) with every weight frozen, turns alpha into an importance
 beta by a first-order Taylor expansion of the loss, removes the globally least
 important ``step_ratio`` of the remaining filters, folds alpha into the weights and
 fine-tunes. Rounds stop once the validation accuracy has fallen more than ``tau``
@@ -16,44 +17,80 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune_core.methods._filters import ConvUnit, conv_units, saved_result, total_filters
+from prune_core.groups import (
+    ChannelGroup,
+    channel_groups,
+    dependency_graph,
+    follower_bn,
+    keep_every_conv,
+)
+from prune_core.methods._filters import saved_result, total_filters
 from prune_core.methods._registry import Param, register_method
 from prune_core.surgery import load_resized, remove_channels
+from prune_core.train import Hooks
 
 
 class AlphaScaled(nn.Module):
-    """``net`` with a trainable factor on each conv filter's output; ``net`` stays frozen.
+    """``net`` with a trainable factor on each channel of each channel group; ``net`` frozen.
 
-    The factor multiplies the BatchNorm output (or the conv output where there is no
-    BN), so folding it into that layer's affine weights is exact. ``net`` is kept in
-    eval mode even while training: its BN statistics belong to the frozen weights.
+    A group's factor alpha multiplies every output of the group: each of its BatchNorms,
+    and each of its convs that no BN of the group follows. Setting a factor to 0 silences
+    the channel everywhere it is written (in a ResNet, the whole residual stream channel),
+    which is what removing it does, and folding alpha into those layers' affine weights is
+    exact. ``net`` is kept in eval mode even while training: its BN statistics belong to
+    the frozen weights.
     """
 
-    def __init__(self, net: nn.Module, units: list[ConvUnit], init: str,
+    def __init__(self, net: nn.Module, input_shape: tuple[int, ...], init: str,
                  generator: torch.Generator):
         super().__init__()
         self.net = net
-        self.units = units
+        self.input_shape = tuple(input_shape)
         for p in net.parameters():
             p.requires_grad_(False)
         device = next(net.parameters()).device
         self.alpha = nn.ParameterDict()
-        self._handles = []
-        for u in units:
-            c = net.get_submodule(u.conv).out_channels
-            a = torch.ones(c) if init == "ones" else torch.rand(c, generator=generator)
-            key = self.key(u)
-            self.alpha[key] = nn.Parameter(a.to(device))
-            target = net.get_submodule(u.bn or u.conv)
-            self._handles.append(target.register_forward_hook(self._scaler(key)))
+        self._handles: list = []
+        self.targets: dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+        self.groups: list[ChannelGroup] = []
+        for g in self.bind():
+            a = torch.ones(g.size) if init == "ones" else torch.rand(g.size, generator=generator)
+            self.alpha[self.key(g.root)] = nn.Parameter(a.to(device))
 
     @staticmethod
-    def key(unit: ConvUnit) -> str:
-        return unit.conv.replace(".", "__")  # ParameterDict keys cannot hold dots
+    def key(root: str) -> str:
+        return root.replace(".", "__")  # ParameterDict keys cannot hold dots
 
-    def _scaler(self, key: str):
+    def bind(self) -> list[ChannelGroup]:
+        """Find the groups of ``net`` as it is now and hook alpha onto their outputs."""
+        for h in self._handles:
+            h.remove()
+        graph = dependency_graph(self.net, self.input_shape)
+        groups = channel_groups(self.net, self.input_shape, graph=graph)
+        self.groups = groups
+        self.targets = {}
+        for g in groups:
+            for layer, idxs, root_idxs in g.outputs:
+                module = self.net.get_submodule(layer)
+                bn = follower_bn(graph, module) if isinstance(module, nn.Conv2d) else None
+                if bn is not None and any(self.net.get_submodule(b) is bn for b in g.bns):
+                    continue  # scaled at its BatchNorm
+                self.targets.setdefault(layer, []).append((self.key(g.root), idxs, root_idxs))
+        self._handles = [self.net.get_submodule(n).register_forward_hook(self._scaler(n))
+                         for n in self.targets]
+        return groups
+
+    def _scale(self, name: str, channels: int, like: torch.Tensor) -> torch.Tensor:
+        scale = like.new_ones(channels)
+        for key, idxs, root_idxs in self.targets[name]:
+            a = self.alpha[key]
+            scale = scale.index_put((idxs.to(a.device),), a[root_idxs.to(a.device)].to(scale))
+        return scale
+
+    def _scaler(self, name: str):
         def hook(_module, _inputs, out):
-            return out * self.alpha[key].view(1, -1, 1, 1)
+            s = self._scale(name, out.shape[1], out)
+            return out * s.view(1, -1, *([1] * (out.dim() - 2)))
 
         return hook
 
@@ -63,13 +100,17 @@ class AlphaScaled(nn.Module):
         return self
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Also resize alpha to the checkpoint's filter counts (a resumed trial)."""
+        """Also resize alpha to the checkpoint's channel counts (a resumed trial)."""
         for key, a in list(self.alpha.items()):
             t = state_dict.get(f"alpha.{key}")
             if t is not None and t.shape != a.shape:
                 self.alpha[key] = nn.Parameter(torch.empty(t.shape, dtype=a.dtype,
                                                            device=a.device))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def hooks(self) -> Hooks:
+        """Training hooks: after a resume resized ``net``, find its groups again."""
+        return Hooks(on_load=[lambda _m: self.bind()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -80,13 +121,12 @@ class AlphaScaled(nn.Module):
         for h in self._handles:
             h.remove()
         self._handles = []
-        for u in self.units:
-            a = self.alpha[self.key(u)].detach()
-            layer = self.net.get_submodule(u.bn or u.conv)
-            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-            layer.weight.mul_(a.view(shape))
+        for name in self.targets:
+            layer = self.net.get_submodule(name)
+            s = self._scale(name, layer.weight.shape[0], layer.weight).detach()
+            layer.weight.mul_(s.view(-1, *([1] * (layer.weight.dim() - 1))))
             if layer.bias is not None:
-                layer.bias.mul_(a)
+                layer.bias.mul_(s)
         for p in self.net.parameters():
             p.requires_grad_(True)
         return self.net
@@ -191,10 +231,16 @@ PARAMS = [
 ]
 
 
-@register_method("transtailor", params=PARAMS, seed="000",
+def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
+    """Why TransTailor has nothing to act on in ``model`` (None: it has)."""
+    if not channel_groups(model, input_shape, min_size=2):
+        return "no group of conv channels to score and remove"
+    return None
+
+
+@register_method("transtailor", params=PARAMS, seed="000", check=compatible,
                  doc="target-aware filter pruning by trained scaling factors (TransTailor)")
 def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
-    units = conv_units(model)
     start = ctx.evaluate(model, "val")
     start_filters = total_filters(model)
     ctx.result("start_val_accuracy", start["accuracy"])
@@ -205,19 +251,22 @@ def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
         candidate = copy.deepcopy(kept)
         # one generator per round: a resumed trial draws the same random alpha
         gen = torch.Generator().manual_seed(ctx.seed * 1009 + r)
-        wrapper = AlphaScaled(candidate, units, params["alpha_init"], gen)
+        wrapper = AlphaScaled(candidate, ctx.input_shape, params["alpha_init"], gen)
         ctx.fit(wrapper, params["alpha_epochs"], phase="alpha", lr=params["alpha_lr"],
-                classifier_lr=params["alpha_lr"], weight_decay=0.0, extra=_alpha_stats)
+                classifier_lr=params["alpha_lr"], weight_decay=0.0, extra=_alpha_stats,
+                hooks=wrapper.hooks())
         # Weights are frozen while alpha trains: the wrapped copy is the accepted model,
         # and after a resume inside this call it is the only intact copy of it.
         load_resized(kept, candidate.state_dict())
-        plan = prune_plan(taylor_importance(wrapper, ctx.data), params["step_ratio"],
-                          params["layer_norm"])
-        plan = {u.conv: plan[AlphaScaled.key(u)] for u in units}
+        scores = taylor_importance(wrapper, ctx.data)
+        plan = prune_plan(scores, params["step_ratio"], params["layer_norm"])
+        plan = keep_every_conv({g.root: plan[AlphaScaled.key(g.root)] for g in wrapper.groups},
+                               wrapper.groups,
+                               {g.root: scores[AlphaScaled.key(g.root)] for g in wrapper.groups})
         candidate = wrapper.fold()
         if not any(plan.values()):
             break  # every layer is down to one filter
-        remove_channels(candidate, plan, ctx.input_shape)
+        remove_channels(candidate, {k: v for k, v in plan.items() if v}, ctx.input_shape)
         carry = _Carry(kept, candidate)
         skipped = ctx.replaying  # a resumed trial re-runs this call instantly
         ctx.fit(carry, params["finetune_epochs"], phase="finetune", lr=params["lr"],

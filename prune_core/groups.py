@@ -1,0 +1,359 @@
+"""Channel groups from torch-pruning's dependency graph: what structured methods rank and remove.
+
+A group is a set of channels that can only be removed together: a conv's output
+channels with its BatchNorm and the input channels of every layer that reads them,
+and in residual networks every conv and BN coupled through the additions
+(``out + shortcut``), through concatenations (with the index offsets they imply)
+and through depthwise convs (whose channels follow their input). Structure always
+comes from the graph, never from the order modules were registered in.
+
+A structured method scores each group's channels, picks channels to remove per
+group (or globally, keeping at least one per group) and hands the plan,
+``{root conv name: [channel indices]}``, to :func:`prune_core.surgery.remove_channels`.
+Before removal, :func:`fold_removed` moves the mean signal each removed channel
+carried into the layers that read it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+from prune_core.surgery import example_input
+
+CONV_LINEAR = (nn.Conv2d, nn.Linear)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass
+class Reader:
+    """A layer reading a group's channels through its weights (conv or linear input).
+
+    ``idxs[j]`` is an input index of the layer carrying root channel ``root_idxs[j]``
+    (a linear layer behind a flatten reads several columns per channel).
+    """
+
+    name: str
+    idxs: torch.Tensor
+    root_idxs: torch.Tensor
+
+    def columns(self, channels: torch.Tensor) -> torch.Tensor:
+        """The layer's input indices that carry the given root channels."""
+        return self.idxs[torch.isin(self.root_idxs, channels.to(self.root_idxs.device))]
+
+
+@dataclass
+class ChannelGroup:
+    """Channels removed together, numbered by the output channels of ``root`` (a conv).
+
+    Layers are held by name, so a group found on one model addresses any copy of it
+    with the same channel counts.
+    """
+
+    root: str
+    size: int
+    convs: list[str]  # conv layers whose output channels are in the group
+    bns: list[str]  # BatchNorm layers of the group
+    readers: list[Reader]  # layers reading the channels through their weights
+    outputs: list[tuple[str, torch.Tensor, torch.Tensor]]  # (layer, idxs, root_idxs) emitting
+    depthwise: list[str]  # depthwise convs carried along (input = output channels)
+
+    def parts(self) -> list[torch.Tensor]:
+        """The root channels each conv of the group writes (depthwise convs aside).
+
+        Removing all of one part would empty that conv: a concatenation's inputs are
+        parts of one group, a residual stream's convs each write all of it.
+        """
+        return [root_idxs for layer, _, root_idxs in self.outputs
+                if layer in self.convs and layer not in self.depthwise]
+
+    @property
+    def coupled(self) -> bool:
+        """True where several convs write the same channels (added: a residual stream).
+
+        Convs concatenated side by side write disjoint channels and are not coupled;
+        a depthwise conv only carries its input's channels along.
+        """
+        written: set[int] = set()
+        for layer, _, root_idxs in self.outputs:
+            if layer in self.convs and layer not in self.depthwise:
+                idxs = set(root_idxs.tolist())
+                if written & idxs:
+                    return True
+                written |= idxs
+        return False
+
+
+def output_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers whose outputs are the model's outputs: never pruned at the output.
+
+    The last linear layer, or (a model without one) the last conv layer.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return [linears[-1]]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1:]
+
+
+def dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model``, traced in eval mode on a zero input."""
+    # The graph is traced through autograd: frozen weights would leave no trace.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    was_training = model.training
+    model.eval()
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input(model, input_shape))
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        model.train(was_training)
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
+
+
+def _describe(graph: tp.DependencyGraph, group: tp.Group, names: dict, root: nn.Module
+              ) -> ChannelGroup:
+    convs, bns, readers, outputs, depthwise = [], [], [], [], []
+    outs = {item.dep.target.module for item in group
+            if graph.is_out_channel_pruning_fn(item.dep.handler)}
+    for item in group:
+        m, handler = item.dep.target.module, item.dep.handler
+        name = names.get(m)
+        if name is None:
+            continue
+        idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
+        root_idxs = torch.as_tensor(list(item.root_idxs), dtype=torch.long)
+        if isinstance(m, BATCHNORM):
+            if name not in bns:
+                bns.append(name)
+                outputs.append((name, idxs, root_idxs))
+        elif graph.is_out_channel_pruning_fn(handler) and isinstance(m, nn.Conv2d):
+            if name not in convs:
+                convs.append(name)
+                outputs.append((name, idxs, root_idxs))
+                if _is_depthwise(m):
+                    depthwise.append(name)
+        elif (graph.is_in_channel_pruning_fn(handler) and isinstance(m, CONV_LINEAR)
+              and m not in outs and getattr(m, "groups", 1) == 1):
+            readers.append(Reader(name, idxs, root_idxs))
+    return ChannelGroup(names[root], root.out_channels, convs, bns, readers, outputs, depthwise)
+
+
+def channel_groups(model: nn.Module, input_shape: tuple[int, ...], *,
+                   graph: tp.DependencyGraph | None = None,
+                   min_size: int = 1) -> list[ChannelGroup]:
+    """Every prunable group of conv output channels, in module order of their roots."""
+    graph = graph or dependency_graph(model, input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    out: list[ChannelGroup] = []
+    for group in graph.get_all_groups(ignored_layers=output_layers(model),
+                                      root_module_types=[nn.Conv2d]):
+        root = group[0].dep.target.module
+        if root in names and isinstance(root, nn.Conv2d) and root.out_channels >= min_size:
+            out.append(_describe(graph, group, names, root))
+    return sorted(out, key=lambda g: order[g.root])
+
+
+def group_of(model: nn.Module, graph: tp.DependencyGraph, conv: str) -> ChannelGroup:
+    """The group of ``conv``'s output channels, numbered by that conv's channels."""
+    m = model.get_submodule(conv)
+    group = graph.get_pruning_group(m, tp.prune_conv_out_channels, list(range(m.out_channels)))
+    return _describe(graph, group, {mod: n for n, mod in model.named_modules()}, m)
+
+
+def follower_bn(graph: tp.DependencyGraph, layer: nn.Module) -> nn.Module | None:
+    """The BatchNorm that alone reads ``layer``'s output, if there is one."""
+    node = graph.module2node.get(layer)
+    if node is None or len(node.outputs) != 1:
+        return None
+    nxt = node.outputs[0].module
+    return nxt if isinstance(nxt, BATCHNORM) else None
+
+
+@torch.no_grad()
+def group_norms(model: nn.Module, groups: list[ChannelGroup], p: float = 2
+                ) -> dict[str, torch.Tensor]:
+    """Per group: the Ln norm of each channel's filters, averaged over the group's convs."""
+    out = {}
+    for g in groups:
+        total = torch.zeros(g.size)
+        for name in g.convs:
+            w = model.get_submodule(name).weight.detach()
+            for layer, idxs, root_idxs in g.outputs:
+                if layer == name:
+                    norms = w[idxs.to(w.device)].flatten(1).norm(p=p, dim=1).float().cpu()
+                    total.index_add_(0, root_idxs, norms)
+        out[g.root] = total / max(1, len(g.convs))
+    return out
+
+
+@torch.no_grad()
+def group_bn_scales(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, torch.Tensor]:
+    """Per group with BatchNorm: each channel's |gamma|, averaged over the group's BNs."""
+    out = {}
+    for g in groups:
+        if not g.bns:
+            continue
+        total = torch.zeros(g.size)
+        for layer, idxs, root_idxs in g.outputs:
+            if layer in g.bns:
+                w = model.get_submodule(layer).weight.detach()
+                total.index_add_(0, root_idxs, w[idxs.to(w.device)].abs().float().cpu())
+        out[g.root] = total / len(g.bns)
+    return out
+
+
+def select_global(scores: dict[str, torch.Tensor], prune_ratio: float,
+                  min_keep: float = 0.0) -> dict[str, list[int]]:
+    """The ``round(prune_ratio * total)`` lowest-scored channels over all groups.
+
+    Each group keeps its ``max(1, ceil(min_keep * size))`` best channels whatever the
+    ranking says, so no group is emptied; the count removed is exact as long as the
+    other groups have enough candidates. Ties break by group order, then index.
+    """
+    total = sum(v.numel() for v in scores.values())
+    k = int(round(prune_ratio * total))
+    candidates = []
+    for gi, (name, v) in enumerate(scores.items()):
+        keep = max(1, math.ceil(min_keep * v.numel()))
+        order = torch.argsort(v, stable=True)
+        candidates += [(float(v[i]), gi, int(i), name) for i in order[: v.numel() - keep]]
+    candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+    plan: dict[str, list[int]] = {n: [] for n in scores}
+    for _, _, i, name in candidates[:k]:
+        plan[name].append(i)
+    return {n: sorted(v) for n, v in plan.items()}
+
+
+def keep_every_conv(plan: dict[str, list[int]], groups: list[ChannelGroup],
+                    scores: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """The plan, except that each conv of a group keeps its best-scored channel.
+
+    A group concatenated from several convs could otherwise lose every channel of one
+    of them (the ranking sees one group); that conv then keeps one channel.
+    """
+    out = {}
+    for g in groups:
+        removed = set(plan.get(g.root, []))
+        for part in g.parts():
+            part_set = set(part.tolist())
+            if part_set and part_set <= removed:
+                best = max(part_set, key=lambda i: float(scores[g.root][i]))
+                removed.discard(best)
+        out[g.root] = sorted(removed)
+    return {**plan, **{k: v for k, v in out.items() if k in plan}}
+
+
+def select_per_group(scores: dict[str, torch.Tensor], ratio: float) -> dict[str, list[int]]:
+    """The ``round(ratio * size)`` lowest-scored channels of each group (one always kept)."""
+    plan = {}
+    for name, v in scores.items():
+        k = min(int(round(ratio * v.numel())), v.numel() - 1)
+        plan[name] = sorted(torch.argsort(v, stable=True)[:k].tolist())
+    return plan
+
+
+@torch.no_grad()
+def _mean_inputs(model: nn.Module, names: Iterable[str], data, batches: int) -> dict:
+    """Mean input of each named layer over up to ``batches`` training batches (eval mode)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name):
+        def fn(m, args):
+            x = args[0].detach().float()
+            if isinstance(m, nn.Linear):
+                x = x.reshape(-1, x.shape[-1])
+            sums[name] = sums.get(name, 0) + x.sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return fn
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        for i, (x, _) in enumerate(data.batches("train", 256, shuffle=False, augment=False)):
+            if i >= batches:
+                break
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: sums[n] / counts[n] for n in sums}
+
+
+@torch.no_grad()
+def fold_removed(model: nn.Module, groups: list[ChannelGroup], plan: dict[str, list[int]],
+                 data, *, graph: tp.DependencyGraph | None = None,
+                 batches: int = 8) -> dict[str, list[str]]:
+    """Move the mean signal of each channel about to be removed into the layers reading it.
+
+    A removed channel did not carry zero: after BN and ReLU it carried about a constant
+    (exactly ``relu(beta)`` once its scale factor is 0). Each reader's response to that
+    channel's mean input (measured on training batches) is added to the reader's bias,
+    or subtracted from the running mean of the BatchNorm that alone follows it. For a
+    linear reader this is exact whenever the channel was constant; for a conv reader
+    the response to a constant varies at the zero-padded border, and its spatial mean
+    is what a per-channel shift can hold. Readers with neither a bias nor a following
+    BN are skipped. Returns ``{"folded": [...], "skipped": [...]}`` by layer name.
+    """
+    by_root = {g.root: g for g in groups}
+    work = [(by_root[r], torch.as_tensor(idxs, dtype=torch.long))
+            for r, idxs in plan.items() if idxs]
+    readers = sorted({rd.name for g, _ in work for rd in g.readers})
+    if not readers:
+        return {"folded": [], "skipped": []}
+    means = _mean_inputs(model, readers, data, batches)
+    deltas: dict[str, torch.Tensor] = {}
+    for g, removed in work:
+        for rd in g.readers:
+            cols = rd.columns(removed)
+            layer = model.get_submodule(rd.name)
+            if not len(cols) or rd.name not in means:
+                continue
+            mean = means[rd.name]
+            cols = cols.to(layer.weight.device)
+            w = layer.weight[:, cols].float()
+            if isinstance(layer, nn.Conv2d):
+                response = F.conv2d(mean[cols].unsqueeze(0), w, None, layer.stride,
+                                    layer.padding, layer.dilation)
+                delta = response.mean(dim=(0, 2, 3))
+            else:
+                delta = w @ mean[cols]
+            deltas[rd.name] = deltas.get(rd.name, 0) + delta
+    graph = graph or dependency_graph(model, data.input_shape)
+    folded, skipped = [], []
+    for name, delta in deltas.items():
+        layer = model.get_submodule(name)
+        bn = follower_bn(graph, layer)
+        if layer.bias is not None:
+            layer.bias.add_(delta.to(layer.bias))
+        elif bn is not None and bn.running_mean is not None:
+            bn.running_mean.sub_(delta.to(bn.running_mean))
+        else:
+            skipped.append(name)
+            continue
+        folded.append(name)
+    return {"folded": folded, "skipped": skipped}
+
+
+__all__ = [
+    "ChannelGroup", "Reader", "channel_groups", "dependency_graph", "fold_removed",
+    "follower_bn", "group_bn_scales", "group_of", "group_norms", "keep_every_conv",
+    "output_layers", "select_global", "select_per_group",
+]
