@@ -39,7 +39,7 @@ CELLS = {
     "quantize": {"calibration_batches": 2},
     "transtailor": {"tau": 1.0, "step_ratio": 0.4, "max_rounds": 1, "alpha_epochs": 1,
                     "finetune_epochs": 2, "patience": 2},
-    "repr": {"epochs": 4, "s1": 1, "s2": 1, "cycles": 1, "ratio": 0.3, "lr": 0.05},
+    "repr": {"epochs": 5, "s1": 2, "s2": 1, "cycles": 1, "ratio": 0.3, "lr": 0.05},
     "branch": {"keep_ratio": 0.5, "steps": 2, "epochs_per_step": 1, "finetune_epochs": 2},
 }
 # Methods that remove channels: at least this many times fewer MACs at the cell's setting.
