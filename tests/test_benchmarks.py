@@ -132,3 +132,68 @@ def test_bench_trials_flags_are_what_prune_study_trial_parses():
         flags = bench_trials._flags(params).split()
         assert flags[::2] == ["--set"] * len(params)
         assert parse_overrides(flags[1::2]) == params
+
+
+@pytest.mark.slow
+def test_bench_resnet_tiny_compares_three_slimmings(tmp_path):
+    from benchmarks import bench_resnet
+
+    # MACs that fall, then rise again past a ratio (Torch-Pruning skipping groups it would
+    # empty): each target takes the closest ratio up to its first crossing, never a later one
+    # (steps of 40 MACs up to 0.8; exactly the 500 target at 0.95)
+    rows, probes = bench_resnet.match_ratios(
+        lambda r: 1000 - 40 * int(r * 25) if r < 0.8 else 500, [500, 100], 0.95, 1 / 25)
+    assert rows[0]["status"] == "reached" and rows[0]["macs"] in (480, 520)
+    assert rows[0]["ratio"] < 0.8
+    assert rows[1]["status"] == "unreachable" and rows[1]["macs"] == min(m for _, m in probes)
+
+    doc = bench_resnet.main(["--tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "resnet-tiny.json").read_text())
+    assert set(saved["depths"]) == {"resnet20", "resnet56"}
+    targets = saved["settings"]["targets"]
+    tol = bench_resnet.MACS_TOLERANCE
+    for d in saved["depths"].values():
+        seeds = saved["settings"]["seeds"]
+        assert {(r["approach"], r["seed"]) for r in d["runs"]} == {
+            (a, s) for a in bench_resnet.APPROACHES for s in seeds}
+        base = d["bases"][0]
+        runs = {r["approach"]: r for r in d["runs"] if r["seed"] == seeds[0]}
+        for r in runs.values():
+            probed = [m for _, m in r["probes"]]
+            assert r["smallest_macs_vs_base"] == pytest.approx(min(probed) / base["macs"])
+            assert [p["target"] for p in r["points"]] == targets
+            for p in r["points"]:
+                assert 0.0 <= p["accuracy"] <= 1.0
+                assert 0.0 <= p["accuracy_before_finetune"] <= 1.0
+                # the MACs of the model that was fine-tuned, not only of a probe
+                assert p["macs_vs_base"] == pytest.approx(p["macs"] / base["macs"])
+                assert p["macs"] in probed
+                target = p["target"] * base["macs"]
+                if p["status"] == "reached":
+                    assert abs(p["macs"] / target - 1) <= tol + 1e-3
+                elif p["status"] == "unreachable":  # the smallest model stands in
+                    assert p["macs"] == min(probed) > target * (1 + tol) * (1 - 1e-3)
+                else:  # one channel more or less jumps across the target
+                    assert p["status"] == "not matched"
+                    assert abs(p["macs"] / target - 1) > tol - 1e-3
+                    assert min(probed) <= target * (1 + tol)
+            close = r["within_one_point"]
+            if close is not None:
+                assert close["accuracy"] >= base["accuracy"] - bench_resnet.WITHIN
+            assert r["seconds"] > 0
+        # only ranking every group thins the residual streams: first-conv-only stops above
+        # the 0.25x target, our groups go below it
+        assert runs["groups"]["smallest_macs_vs_base"] < 0.25 < \
+            runs["first_conv"]["smallest_macs_vs_base"]
+        assert [p["status"] for p in runs["first_conv"]["points"]][-1] == "unreachable"
+        assert "unreachable" not in [p["status"] for p in runs["groups"]["points"]]
+        # the same L1 term: Torch-Pruning's regularize trains the same model as ours
+        assert runs["torch_pruning"]["max_weight_difference_to_groups"] == pytest.approx(
+            0.0, abs=1e-6)
+        assert set(d["summary"]) >= set(bench_resnet.APPROACHES)
+    md = (tmp_path / "resnet-tiny.md").read_text()
+    assert md.count("| (g) every group | (a) first conv only |") == 2
+    assert "| 0.25x base MACs |" in md and "| within one point of base" in md
+    assert "unreachable, smallest:" in md
+    assert "Reproduce with" in md and "--tiny" in saved["command"]
+    assert doc["total_seconds"] == saved["total_seconds"]
