@@ -426,14 +426,8 @@ def _build_torchvision(name: str, num_classes: int, kw: dict) -> nn.Module:
             f"unknown torchvision classification model {name!r}{_near(name, valid)}; "
             f"the valid names are torchvision.models.list_models(module=torchvision.models), "
             f"e.g. resnet18, mobilenet_v2, efficientnet_b0, convnext_tiny")
-    try:
-        return tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
-    except TypeError as e:
-        key = _unexpected_key(e, kw)
-        if key is None:
-            raise
-        raise ModelError(f"model 'torchvision:{name}' does not take {key!r} ({e})",
-                         key=key) from e
+    return _construct(f"torchvision:{name}", kw, lambda: tvm.get_model(
+        name, weights=None, num_classes=num_classes, **kw))
 
 
 def _build_timm(name: str, num_classes: int, kw: dict) -> nn.Module:
@@ -445,13 +439,19 @@ def _build_timm(name: str, num_classes: int, kw: dict) -> nn.Module:
     if not timm.is_model(name):
         raise ModelError(f"unknown timm model {name!r}{_near(name, timm.list_models())}; "
                          "the valid names are timm.list_models()")
+    return _construct(f"timm:{name}", kw, lambda: timm.create_model(
+        name, pretrained=False, num_classes=num_classes, **kw))
+
+
+def _construct(model: str, kw: dict, make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()``, with a keyword the constructor refuses reported as a ``ModelError``."""
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kw)
+        return make()
     except TypeError as e:
         key = _unexpected_key(e, kw)
         if key is None:
             raise
-        raise ModelError(f"model 'timm:{name}' does not take {key!r} ({e})", key=key) from e
+        raise ModelError(f"model {model!r} does not take {key!r} ({e})", key=key) from e
 
 
 def _import_module(module: str, where: str):
