@@ -25,7 +25,6 @@ class ConvUnit:
     conv: str
     bn: str | None
     readers: tuple[Reader, ...]
-    coupled: bool
 
 
 def conv_units(model: nn.Module, input_shape: tuple[int, ...]) -> list[ConvUnit]:
@@ -40,7 +39,7 @@ def conv_units(model: nn.Module, input_shape: tuple[int, ...]) -> list[ConvUnit]
         g = group_of(model, graph, name)
         bn = follower_bn(graph, m)
         units.append(ConvUnit(name, names.get(bn) if bn is not None else None,
-                              () if g.coupled else tuple(g.readers), g.coupled))
+                              () if g.coupled else tuple(g.readers)))
     return units
 
 
