@@ -27,6 +27,15 @@ BASE_VGG = BaseSpec(model="vgg11", model_kw={"width": 0.25}, data="digits",
                     train=TrainConfig(epochs=12, lr=0.05, seed=0))
 
 
+@pytest.fixture(autouse=True)
+def _keep_thread_count():
+    """A test that changes torch's thread count (``prune-study trial`` in process runs on a
+    study's count) must not change the float sums, and so the results, of later tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits() -> datasets.Data:
     return datasets.load("digits")
