@@ -191,12 +191,11 @@ def group_norms(model: nn.Module, groups: list[ChannelGroup], p: float = 2
     out = {}
     for g in groups:
         total = torch.zeros(g.size)
-        for name in g.convs:
-            w = model.get_submodule(name).weight.detach()
-            for layer, idxs, root_idxs in g.outputs:
-                if layer == name:
-                    norms = w[idxs.to(w.device)].flatten(1).norm(p=p, dim=1).float().cpu()
-                    total.index_add_(0, root_idxs, norms)
+        for layer, idxs, root_idxs in g.outputs:
+            if layer in g.convs:
+                w = model.get_submodule(layer).weight.detach()
+                norms = w[idxs.to(w.device)].flatten(1).norm(p=p, dim=1).float().cpu()
+                total.index_add_(0, root_idxs, norms)
         out[g.root] = total / max(1, len(g.convs))
     return out
 
