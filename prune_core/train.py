@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import random
 import time
 from collections.abc import Callable
@@ -27,6 +28,23 @@ SCHEDULES = ("cosine", "step", "constant")
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+MAX_EPOCHS = 100_000
+
+
+def _whole(v: object, low: int, high: int) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and low <= v <= high
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _milestones(v: object) -> bool:
+    if not isinstance(v, tuple | list) or not all(_real(m) and 0 < m < 1 for m in v):
+        return False
+    return all(a < b for a, b in zip(v, v[1:], strict=False))
 
 
 @dataclass(frozen=True)
@@ -48,15 +66,23 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            ("epochs", self.epochs >= 0, "an integer >= 0"),
-            ("lr", self.lr > 0, "> 0"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("epochs", _whole(self.epochs, 0, MAX_EPOCHS), f"an integer in [0, {MAX_EPOCHS}]"),
+            ("lr", _real(self.lr) and self.lr > 0, "a finite number > 0"),
+            ("momentum", _real(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
+            ("weight_decay", _real(self.weight_decay) and self.weight_decay >= 0,
+             "a finite number >= 0"),
+            ("batch_size", _whole(self.batch_size, 1, 2**20), "an integer in [1, 1048576]"),
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-            ("classifier_lr", self.classifier_lr is None or self.classifier_lr > 0, "> 0"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("patience", self.patience is None or self.patience >= 1, ">= 1"),
+            ("milestones", _milestones(self.milestones),
+             "increasing fractions of the epochs, each in (0, 1), e.g. [0.5, 0.75]"),
+            ("gamma", _real(self.gamma) and 0 < self.gamma <= 1, "a number in (0, 1]"),
+            ("classifier_lr", self.classifier_lr is None
+             or (_real(self.classifier_lr) and self.classifier_lr > 0), "a finite number > 0"),
+            ("label_smoothing", _real(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+             "a number in [0, 1)"),
+            ("patience", self.patience is None or _whole(self.patience, 1, MAX_EPOCHS),
+             f"an integer in [1, {MAX_EPOCHS}]"),
+            ("seed", _whole(self.seed, 0, 2**32 - 1), "an integer in [0, 2**32 - 1]"),
         ]
         for name, ok, allowed in checks:
             if not ok:

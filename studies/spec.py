@@ -9,6 +9,9 @@ method's declared parameters), so a spec that validates runs.
 from __future__ import annotations
 
 import inspect
+import itertools
+import math
+import random
 import re
 import warnings
 from dataclasses import dataclass, field, fields
@@ -44,7 +47,10 @@ SCHEDULERS = ("asha",)
 SPACE_KEYS = ("type", "low", "high", "log", "step", "choices")
 SEARCH_WORD = "search"  # `stage.param: search` takes the method's declared range
 PIPELINE = "pipeline"  # the categorical parameter choosing between chains
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d{1,2})?")
+MAX_TRIALS = 1_000_000
+MAX_INT = 2**32 - 1  # seeds and counts: what numpy and Optuna take
 TOP_KEYS = (
     "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
     "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
@@ -201,16 +207,54 @@ class StudySpec:
 # --------------------------------------------------------------------------- loading
 
 
+MAX_SPEC_BYTES = 1 << 20
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base loader reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {first} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data: UTF-8, at most 1 MiB, safe tags only, no key given twice."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError([f"the file is {size} bytes; a spec is at most {MAX_SPEC_BYTES}"],
+                            str(path))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError([f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at position "
+                         f"{e.start}; save the file as UTF-8"], str(path)) from e
+    except OSError as e:
+        raise SpecError([f"cannot read it: {e.strerror or e}"], str(path)) from e
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        raise SpecError([f"not valid YAML: {e}"], str(path)) from e
+    except RecursionError as e:
+        raise SpecError(["not valid YAML: nested too deeply"], str(path)) from e
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read and check a YAML spec; raise :class:`SpecError` with every mistake."""
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"spec file {str(path)!r} does not exist"], str(path))
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError([f"not valid YAML: {e}"], str(path)) from e
-    return parse_spec(raw, source=str(path))
+    return parse_spec(read_yaml(path), source=str(path))
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -250,9 +294,9 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
     name = raw.get("name")
     if name is None:
         c.error("name", "missing; give the study a name (it names its directory)")
-    elif not isinstance(name, str) or not NAME_RE.match(name):
-        c.error("name", f"{name!r} is not a valid study name; allowed: letters, digits, "
-                        "'.', '_' and '-', starting with a letter or digit")
+    elif not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        c.error("name", f"{_show(name)} is not a valid study name; allowed: 1 to 100 letters, "
+                        "digits, '.', '_' and '-', starting with a letter or digit")
 
     data_name, data_kw = _check_data(c, raw.get("data", "digits"))
     model_name, model_kw = _check_model(c, raw.get("model", {"name": "vgg11", "width": 0.25}))
@@ -267,35 +311,26 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
     if not c.errors:
         _check_compatible(c, model_name, model_kw, data_name, data_kw, chains)
     space = _check_space(c, raw.get("space") or {}, chains)
+    if not c.errors:
+        _check_constraints(c, space, chains)
     objectives = _check_objectives(c, raw.get("objectives"))
     n_objectives = len(raw["objectives"]) if isinstance(raw.get("objectives"), dict | list) \
         else len(objectives)
     sampler, sampler_seed, sampler_options = _check_sampler(c, raw.get("sampler", "tpe"),
                                                             raw.get("seed", 0))
-    trials = c.integer("trials", raw.get("trials", 20), low=1)
+    trials = c.integer("trials", raw.get("trials", 20), low=1, high=MAX_TRIALS)
     scheduler = _check_scheduler(c, raw.get("scheduler"), objectives, n_objectives)
     resources = _check_resources(c, raw.get("resources") or {})
     max_concurrent = raw.get("max_concurrent")
     if max_concurrent is not None:
-        max_concurrent = c.integer("max_concurrent", max_concurrent, low=1)
-    storage = raw.get("storage", "runs")
-    if not isinstance(storage, str) or not storage.strip():
-        c.error("storage", f"{storage!r} is not a path or URI; give a directory or "
-                           "a URI such as s3://bucket/studies")
-        storage = "runs"
-    optuna_storage = raw.get("optuna_storage")
-    if optuna_storage is not None and (not isinstance(optuna_storage, str)
-                                       or not optuna_storage.strip()):
-        c.error("optuna_storage", f"{optuna_storage!r} is not valid; allowed: a SQLAlchemy "
-                                  "URL, a .db file, or a journal file (.log / .journal)")
-        optuna_storage = None
-    max_failures = c.integer("max_failures", raw.get("max_failures", 2), low=0)
-    seed = c.integer("seed", raw.get("seed", 0), low=0)
-    device = raw.get("device", "auto")
-    if not isinstance(device, str) or not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", device):
-        c.error("device", f"{device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
-        device = "auto"
-    elif device.startswith("cuda") and resources["gpu"] == 0:
+        max_concurrent = c.integer("max_concurrent", max_concurrent, low=1, high=10_000)
+    storage = _check_storage(c, raw.get("storage", "runs"))
+    optuna_storage = _check_optuna_storage(c, raw.get("optuna_storage"))
+    max_failures = c.integer("max_failures", raw.get("max_failures", 2), high=1000)
+    seed = c.integer("seed", raw.get("seed", 0))
+    device = c.text("device", raw.get("device", "auto"), DEVICE_RE,
+                    "auto, cpu, cuda, cuda:N, mps") or "auto"
+    if device.startswith("cuda") and resources["gpu"] == 0:
         c.error("device", f"{device!r} needs a GPU per trial, but resources.gpu is 0; "
                           "set resources.gpu (fractions such as 0.5 share a GPU)")
     latency = raw.get("latency", False)
@@ -329,25 +364,55 @@ class _Checker:
     def error(self, where: str, message: str) -> None:
         self.errors.append(f"{where}: {message}")
 
-    def integer(self, where: str, value: Any, low: int | None = None) -> int:
+    def integer(self, where: str, value: Any, low: int = 0, high: int = MAX_INT) -> int:
+        """An integer in [low, high] (an integral float such as 1e3 counts; a bool not)."""
         value = _maybe_number(value)
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and \
-            float(value).is_integer() and (low is None or value >= low)
-        if not ok:
-            bound = f" >= {low}" if low is not None else ""
-            self.error(where, f"{value!r} is not valid; allowed: an integer{bound}")
-            return low or 0
-        return int(value)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            self.error(where, f"{_show(value)} is not valid; allowed: an integer in "
+                              f"[{low}, {high}]")
+            return low
+        return value
+
+    def number(self, where: str, value: Any, low: float, high: float, *,
+               low_open: bool = False) -> float | None:
+        """A finite number in [low, high] (or (low, high] with ``low_open``)."""
+        value = _maybe_number(value)
+        if not _finite(value) or value > high or value < low or (low_open and value == low):
+            self.error(where, f"{_show(value)} is not valid; allowed: a number in "
+                              f"{'(' if low_open else '['}{low:g}, {high:g}]")
+            return None
+        return float(value)
+
+    def text(self, where: str, value: Any, pattern: re.Pattern, allowed: str) -> str | None:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            self.error(where, f"{_show(value)} is not valid; allowed: {allowed}")
+            return None
+        return value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _show(value: Any, n: int = 60) -> str:
+    """``repr`` shortened for messages (a 400-digit number stays readable)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**n else \
+        f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _maybe_number(value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string; take it as the number it means."""
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) < 400:
+        if re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
         try:
-            f = float(value)
+            return float(value)
         except ValueError:
             return value
-        return int(f) if re.fullmatch(r"[+-]?\d+", value.strip()) else f
     return value
 
 
@@ -381,8 +446,10 @@ def _check_data(c: _Checker, value: Any) -> tuple[str, dict]:
             c.error(f"data.{k}", f"dataset {name!r} does not take {k!r}; it takes: "
                                  f"{', '.join(allowed)}")
     vf = kw.get("val_fraction", 0.1)
-    if not isinstance(vf, int | float) or isinstance(vf, bool) or not 0 < vf < 0.5:
-        c.error("data.val_fraction", f"{vf!r} is not valid; allowed: a number in (0, 0.5)")
+    if not _finite(vf) or not 0 < vf < 0.5:
+        c.error("data.val_fraction", f"{_show(vf)} is not valid; allowed: a number in (0, 0.5)")
+    if "image_size" in kw:
+        kw["image_size"] = c.integer("data.image_size", kw["image_size"], low=8, high=512)
     download = kw.get("download", False)
     if not isinstance(download, bool):
         c.error("data.download", f"{download!r} is not true or false")
@@ -390,8 +457,8 @@ def _check_data(c: _Checker, value: Any) -> tuple[str, dict]:
         root = kw.get("root")
         if root is None:
             c.error("data.root", f"dataset {name!r} needs a root directory; set data.root")
-        elif not isinstance(root, str):
-            c.error("data.root", f"{root!r} is not a path")
+        elif not isinstance(root, str) or not root.strip() or _CONTROL.search(root):
+            c.error("data.root", f"{_show(root)} is not a path")
         elif not Path(root).expanduser().exists() and not download:
             c.error("data.root", f"{root!r} does not exist; put the {name} files there, or "
                                  "set data.download: true on a machine with internet")
@@ -514,15 +581,18 @@ def _check_train(c: _Checker, where: str, value: Any) -> dict:
                                     f"{', '.join(sorted(known))}")
             continue
         v = [_maybe_number(x) for x in v] if isinstance(v, list) else _maybe_number(v)
+        if k in _INT_SETTINGS and isinstance(v, float) and v.is_integer():
+            v = int(v)  # epochs: 1e2
         try:
             TrainConfig.from_dict({k: v})
         except (ValueError, TypeError) as e:
-            c.error(f"{where}.{k}", f"{v!r} is not valid ({e})")
+            c.error(f"{where}.{k}", f"{_show(v)} is not valid ({e})")
             continue
         out[k] = v
     return out
 
 
+_INT_SETTINGS = ("epochs", "batch_size", "patience", "seed")
 _COMPATIBLE: dict[tuple, list[str]] = {}  # checks already made in this process
 
 
@@ -574,9 +644,10 @@ def _check_methods(c: _Checker, value: Any) -> tuple[tuple, ...]:
         except ParamError as e:
             c.error(where, str(e))
             # Keep the known methods, so the space is still checked against them.
-            known = [m for m in chain if isinstance(m, str) and m in list_methods()]
-            if known and not isinstance(value, dict):
-                chains.append(tuple(dict.fromkeys(known)))
+            known = tuple(dict.fromkeys(m for m in chain if isinstance(m, str)
+                                        and m in list_methods()))
+            if known and not isinstance(value, dict) and _parses(known):
+                chains.append(known)
             continue
         chains.append(tuple(chain))
     names = [chain_name(parse_chain(list(ch))) for ch in chains]
@@ -584,6 +655,54 @@ def _check_methods(c: _Checker, value: Any) -> tuple[tuple, ...]:
     if dupes:
         c.error("methods.choice", f"chain(s) {', '.join(dupes)} listed twice")
     return tuple(chains)
+
+
+def _parses(chain: tuple) -> bool:
+    try:
+        parse_chain(list(chain))
+    except ParamError:
+        return False
+    return True
+
+
+def _check_constraints(c: _Checker, space: dict[str, ParamSpace], chains: tuple[tuple, ...]
+                       ) -> None:
+    """Refuse a space that can draw values a method cannot run together (RePr's epochs
+    below cycles * (s1 + s2)): every corner of the stage's ranges and 256 random points."""
+    rng = random.Random(0)
+    for chain in chains:
+        for stage in parse_chain(list(chain)):
+            if stage.method.constraint is None:
+                continue
+            mine = {k.partition(".")[2]: p for k, p in space.items() if p.stage == stage.name}
+            options = {k: _extremes(p) for k, p in mine.items()}
+            corners = itertools.islice(itertools.product(*options.values()), 4096)
+            points = [dict(zip(options, values, strict=True)) for values in corners]
+            points += [{k: _draw(p, rng) for k, p in mine.items()} for _ in range(256)]
+            for point in points:
+                try:
+                    stage.method.resolve(point, stage.name)
+                except ParamError as e:
+                    shown = ", ".join(f"{stage.name}.{k} = {v!r}" for k, v in point.items())
+                    c.error("space", f"the space can draw {shown or 'the defaults'}, where {e}; "
+                                     "narrow the ranges so that every point holds")
+                    break
+
+
+def _extremes(p: ParamSpace) -> list:
+    if p.kind == "fixed":
+        return [p.value]
+    if p.kind == "categorical":
+        return list(p.choices)
+    return [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high]
+
+
+def _draw(p: ParamSpace, rng: random.Random):
+    if p.kind in ("fixed", "categorical"):
+        return rng.choice(_extremes(p))
+    if p.kind == "int":
+        return rng.randint(int(p.low), int(p.high))
+    return rng.uniform(p.low, p.high)
 
 
 def _stage_methods(chains: tuple[tuple, ...]) -> dict[str, Method]:
@@ -667,8 +786,8 @@ def _check_param_space(c: _Checker, where: str, name: str, param: Param, spec: A
         if v is None:
             c.error(f"{where}.{end}", f"missing; a {kind} range needs low and high")
             bad = True
-        elif isinstance(v, bool) or not isinstance(v, int | float):
-            c.error(f"{where}.{end}", f"{v!r} is not a number")
+        elif not _finite(v):
+            c.error(f"{where}.{end}", f"{_show(v)} is not a finite number")
             bad = True
         elif kind == "int" and not float(v).is_integer():
             c.error(f"{where}.{end}", f"{v!r} is not an integer")
@@ -682,9 +801,10 @@ def _check_param_space(c: _Checker, where: str, name: str, param: Param, spec: A
         c.error(f"{where}.log", f"{log!r} is not true or false")
         bad = True
     step = _maybe_number(spec.get("step"))
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int | float)
-                             or step <= 0):
-        c.error(f"{where}.step", f"{step!r} is not valid; allowed: a number > 0")
+    if step is not None and (not _finite(step) or step <= 0
+                             or (kind == "int" and not float(step).is_integer())):
+        c.error(f"{where}.step", f"{_show(step)} is not valid; allowed: "
+                                 f"{'an integer' if kind == 'int' else 'a number'} > 0")
         bad = True
     if bad:
         return None
@@ -738,17 +858,21 @@ def _check_objectives(c: _Checker, value: Any) -> dict[str, str]:
     if isinstance(value, list):  # [{accuracy: max}, {macs: min}] keeps the order too
         merged: dict = {}
         for item in value:
-            if isinstance(item, dict):
-                merged.update(item)
-            else:
-                c.error("objectives", f"{item!r} is not column: max|min")
+            if not isinstance(item, dict):
+                c.error("objectives", f"{_show(item)} is not column: max|min")
+                continue
+            for col, mode in item.items():
+                if col in merged:
+                    c.error("objectives", f"{col!r} is listed twice ({merged[col]!r} and "
+                                          f"{mode!r}); list each column once")
+                merged[col] = mode
         value = merged
     if not isinstance(value, dict) or not value:
         c.error("objectives", f"{value!r} is not valid; allowed: a mapping column: max|min")
         return {}
     out = {}
     for col, mode in value.items():
-        if col not in OBJECTIVE_COLUMNS:
+        if not isinstance(col, str) or col not in OBJECTIVE_COLUMNS:
             c.error(f"objectives.{col}", f"unknown result column {col!r}; allowed: "
                                          f"{', '.join(OBJECTIVE_COLUMNS)}")
         elif mode not in ("max", "min"):
@@ -761,7 +885,7 @@ def _check_objectives(c: _Checker, value: Any) -> dict[str, str]:
 def _check_sampler(c: _Checker, value: Any, default_seed: Any) -> tuple[str, int, dict]:
     name, kw = _named(c, "sampler", value)
     seed = kw.pop("seed", default_seed)
-    seed = c.integer("sampler.seed", seed, low=0)
+    seed = c.integer("sampler.seed", seed)
     if name is None:
         return "tpe", seed, {}
     if name not in SAMPLERS:
@@ -776,13 +900,40 @@ def _check_sampler(c: _Checker, value: Any, default_seed: Any) -> tuple[str, int
         return name, seed, {}
     from studies.space import sampler_class
 
-    allowed = [p for p in inspect.signature(sampler_class(name).__init__).parameters
-               if p not in ("self", "seed")]
-    for k in options:
-        if k not in allowed:
-            c.error(f"sampler.options.{k}", f"the {name} sampler does not take {k!r}; it "
-                                            f"takes: {', '.join(allowed)}")
-    return name, seed, {k: _maybe_number(v) for k, v in options.items()}
+    cls = sampler_class(name)
+    params = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
+              if p.name not in ("self", "seed")}
+    out = {}
+    for k, v in options.items():
+        where = f"sampler.options.{k}"
+        if k not in params:
+            c.error(where, f"the {name} sampler does not take {k!r}; it takes: "
+                           f"{', '.join(params)}")
+            continue
+        default = params[k].default
+        if isinstance(default, bool):
+            if not isinstance(v, bool):
+                c.error(where, f"{_show(v)} is not true or false")
+                continue
+        elif isinstance(default, int):
+            v = c.integer(where, v, low=2 if k == "population_size" else
+                          1 if k == "n_ei_candidates" else 0, high=MAX_TRIALS)
+        elif isinstance(default, float) or (default is None and k.endswith("_prob")):
+            v = None if v is None and default is None else \
+                c.number(where, v, 0, 1 if k.endswith("_prob") else 1e6)
+        else:
+            c.error(where, f"the {name} sampler's {k!r} takes a Python object, which a spec "
+                           "cannot give; leave it at its default")
+            continue
+        out[k] = v
+    if len(out) == len(options):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cls(seed=seed, **out)
+        except (ValueError, TypeError) as e:
+            c.error("sampler.options", f"the {name} sampler refuses these options: {e}")
+    return name, seed, out
 
 
 def _check_scheduler(c: _Checker, value: Any, objectives: dict, n_objectives: int
@@ -808,29 +959,93 @@ def _check_scheduler(c: _Checker, value: Any, objectives: dict, n_objectives: in
         if k not in allowed:
             c.error(f"scheduler.{k}", f"unknown key; allowed: name, {', '.join(allowed)}")
         else:
-            kw[k] = c.integer(f"scheduler.{k}", v, low=1)
+            kw[k] = c.integer(f"scheduler.{k}", v, low=1, high=MAX_TRIALS)
     return {"name": name, **kw}
 
 
 def _check_resources(c: _Checker, value: Any) -> dict:
     if not isinstance(value, dict):
-        c.error("resources", f"{value!r} is not a mapping such as {{cpu: 1, gpu: 0.5}}")
+        c.error("resources", f"{_show(value)} is not a mapping such as {{cpu: 1, gpu: 0.5}}")
         return {"cpu": 1.0, "gpu": 0.0}
     out = {"cpu": 1.0, "gpu": 0.0}
     for k, v in value.items():
-        v = _maybe_number(v)
-        if k not in out:
-            c.error(f"resources.{k}", "unknown resource; allowed: cpu, gpu")
-        elif isinstance(v, bool) or not isinstance(v, int | float) or v < 0 \
-                or (k == "cpu" and v == 0):
-            c.error(f"resources.{k}", f"{v!r} is not valid; allowed: a number "
-                                      f"{'> 0' if k == 'cpu' else '>= 0'}")
-        elif k == "gpu" and v > 1 and not float(v).is_integer():
-            c.error("resources.gpu", f"{v!r} is not valid; a trial takes a fraction of one "
-                                     "GPU (0 < gpu < 1) or whole GPUs")
+        if k == "cpu":
+            out[k] = c.number("resources.cpu", v, 0, 1024, low_open=True) or 1.0
+        elif k == "gpu":
+            gpu = c.number("resources.gpu", v, 0, 64)
+            if gpu is not None and gpu > 1 and not gpu.is_integer():
+                c.error("resources.gpu", f"{gpu!r} is not valid; a trial takes a fraction of "
+                                         "one GPU (0 < gpu < 1) or whole GPUs")
+            out[k] = gpu or 0.0
         else:
-            out[k] = float(v)
+            c.error(f"resources.{k}", "unknown resource; allowed: cpu, gpu")
     return out
+
+
+def _check_storage(c: _Checker, value: Any) -> str:
+    """A local directory (``~`` expanded; created at run) or a URI such as s3://bucket/x."""
+    if not isinstance(value, str) or not value.strip() or _CONTROL.search(value):
+        c.error("storage", f"{_show(value)} is not a path or URI; give a directory or a URI "
+                           "such as s3://bucket/studies")
+        return "runs"
+    if "://" in value:
+        if not URI_RE.fullmatch(value):
+            c.error("storage", f"{value!r} is not a URI; write scheme://location, for "
+                               "example s3://bucket/studies")
+            return "runs"
+        return value
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:
+        path = Path(value)
+    if value.startswith("~") and str(path).startswith("~"):
+        c.error("storage", f"{value!r}: no such user's home directory; give an existing path")
+        return "runs"
+    for p in (path, *path.absolute().parents):
+        if p.exists():
+            if not p.is_dir():
+                c.error("storage", f"{value!r}: {str(p)!r} is a file, not a directory")
+                return "runs"
+            break
+    return value
+
+
+def _check_optuna_storage(c: _Checker, value: Any) -> str | None:
+    """A SQLAlchemy URL whose driver imports here, a .db file, or a journal file."""
+    if value is None:
+        return None
+    allowed = "a SQLAlchemy URL, a .db file, or a journal file (.log / .journal)"
+    if not isinstance(value, str) or not value.strip() or _CONTROL.search(value):
+        c.error("optuna_storage", f"{_show(value)} is not valid; allowed: {allowed}")
+        return None
+    if "://" not in value:
+        return value
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(value)
+    except Exception as e:  # sqlalchemy raises ArgumentError and ValueError subclasses
+        c.error("optuna_storage", f"{value!r} is not a SQLAlchemy URL ({e}); allowed: {allowed}")
+        return None
+    shown = url.render_as_string(hide_password=True)
+    if url.password is not None or "password" in url.query:
+        c.error("optuna_storage", f"{shown!r} holds a password, which would be copied into "
+                                  "spec.yaml and logs; leave it out of the URL and give it in "
+                                  "the environment (PostgreSQL: PGPASSWORD or ~/.pgpass)")
+        return None
+    try:
+        url.get_dialect().import_dbapi()
+    except Exception as e:  # NoSuchModuleError (dialect) or ImportError (driver)
+        hint = " (pip install 'prune-study[postgres]')" if url.get_backend_name() == \
+            "postgresql" else ""
+        c.error("optuna_storage", f"{shown!r}: the database driver cannot be loaded here "
+                                  f"({type(e).__name__}: {e}){hint}")
+        return None
+    return value
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^\s]+")
 
 
 def objective_lists(spec: StudySpec) -> tuple[list[str], list[str]]:

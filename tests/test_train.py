@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+import re
 import subprocess
 import sys
 
@@ -24,11 +26,17 @@ from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("field, value, allowed", [
-    ("lr", 0.0, "> 0"), ("momentum", 1.0, r"in \[0, 1\)"), ("schedule", "poly", "one of cosine"),
-    ("batch_size", 0, ">= 1"), ("patience", 0, ">= 1"),
+    ("lr", 0.0, "a finite number > 0"), ("lr", math.inf, "a finite number > 0"),
+    ("lr", math.nan, "a finite number > 0"), ("momentum", 1.0, r"a number in \[0, 1\)"),
+    ("schedule", "poly", "one of cosine"), ("batch_size", 0, r"an integer in \[1, "),
+    ("patience", 0, r"an integer in \[1, "), ("epochs", 2.5, r"an integer in \[0, "),
+    ("epochs", True, r"an integer in \[0, "), ("epochs", 10**9, r"an integer in \[0, "),
+    ("milestones", (0.9, 0.5), "increasing fractions"), ("milestones", (2,), "increasing"),
+    ("gamma", math.nan, r"a number in \(0, 1\]"), ("seed", 2**40, r"an integer in \[0, 2"),
 ])
 def test_bad_settings_name_field_value_and_domain(field, value, allowed):
-    with pytest.raises(ValueError, match=rf"{field} = {value!r} is invalid; allowed: {allowed}"):
+    shown = re.escape(repr(value))
+    with pytest.raises(ValueError, match=rf"{field} = {shown} is invalid; allowed: {allowed}"):
         TrainConfig(**{field: value})
 
 

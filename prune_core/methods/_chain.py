@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from prune_core.methods._registry import Method, ParamError, get_method
+
+STAGE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -31,9 +34,20 @@ def parse_chain(methods: str | list) -> list[Stage]:
             if set(item) - {"stage", "method"} or "method" not in item:
                 raise ParamError(f"a chain entry must be a method name or {{stage, method}}; "
                                  f"got {item!r}")
-            method, name = get_method(item["method"]), item.get("stage") or item["method"]
+            if not isinstance(item["method"], str):
+                raise ParamError(f"a chain entry's method must be a method name; got "
+                                 f"{item['method']!r}")
+            name = item.get("stage") or item["method"]
+            if not isinstance(name, str) or not STAGE_RE.fullmatch(name):
+                raise ParamError(f"stage name {name!r} is invalid; allowed: a letter, then "
+                                 "letters, digits and '_' (it prefixes the stage's parameters "
+                                 "as stage.param)")
+            method = get_method(item["method"])
+        elif not isinstance(item, str):
+            raise ParamError(f"a chain entry must be a method name or {{stage, method}}; "
+                             f"got {item!r}")
         else:
-            method = get_method(str(item))
+            method = get_method(item)
             seen[method.name] = seen.get(method.name, 0) + 1
             name = method.name if seen[method.name] == 1 else f"{method.name}{seen[method.name]}"
         if any(s.name == name for s in stages):

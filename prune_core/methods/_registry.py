@@ -117,6 +117,10 @@ class Method:
     # check(model, input_shape) -> why the method has nothing to act on in this model, or
     # None; run on the built base model before a study starts.
     check: Callable[[nn.Module, tuple[int, ...]], str | None] | None = None
+    # constraint(params) -> why these resolved values cannot run together (RePr's epoch
+    # budget), starting with the parameter it blames, or None; a study refuses a space that
+    # can draw such a point.
+    constraint: Callable[[dict], str | None] | None = None
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -137,8 +141,12 @@ class Method:
                     f"{stage}.{k} = {values[k]!r}: method {self.name!r} has no parameter {k!r}; "
                     f"its parameters: {', '.join(p.name for p in self.params) or '(none)'}"
                 )
-        return {p.name: p.check(values.get(p.name, p.default), f"{stage}.{p.name}")
-                for p in self.params}
+        resolved = {p.name: p.check(values.get(p.name, p.default), f"{stage}.{p.name}")
+                    for p in self.params}
+        why = self.constraint(resolved) if self.constraint else None
+        if why:
+            raise ParamError(f"{stage}.{why}")
+        return resolved
 
     def __call__(self, model: nn.Module, params: dict, ctx: Any) -> nn.Module:
         return self.fn(model, params, ctx)
@@ -156,6 +164,7 @@ def register_method(
     restructure: Callable[[nn.Module, dict], nn.Module] | None = None,
     terminal: bool = False,
     check: Callable[[nn.Module, tuple[int, ...]], str | None] | None = None,
+    constraint: Callable[[dict], str | None] | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn(model, params, ctx) -> model`` as a compression method."""
 
@@ -166,6 +175,7 @@ def register_method(
             name=name, fn=fn, params=tuple(params),
             doc=doc or (fn.__doc__ or "").strip().splitlines()[0], seed=seed,
             restructure=restructure, terminal=terminal, check=check,
+            constraint=constraint,
         )
         return fn
 

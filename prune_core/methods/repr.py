@@ -23,7 +23,7 @@ from prune_core.methods._filters import (
     saved_result,
     zero_input_channels,
 )
-from prune_core.methods._registry import Param, ParamError, register_method
+from prune_core.methods._registry import Param, register_method
 from prune_core.train import Hooks
 
 
@@ -238,14 +238,19 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     return None
 
 
-@register_method("repr", params=PARAMS, seed="003", check=compatible,
+def epoch_budget(params: dict) -> str | None:
+    """Why the cycles do not fit in the epochs (None: they fit)."""
+    need = params["cycles"] * (params["s1"] + params["s2"])
+    if need > params["epochs"]:
+        return (f"epochs = {params['epochs']} is below cycles * (s1 + s2) = "
+                f"{params['cycles']} * ({params['s1']} + {params['s2']}) = {need}")
+    return None
+
+
+@register_method("repr", params=PARAMS, seed="003", check=compatible, constraint=epoch_budget,
                  doc="RePr training (drop overlapping filters, re-initialise) vs plain training")
 def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
     epochs, s1, s2, cycles = params["epochs"], params["s1"], params["s2"], params["cycles"]
-    if cycles * (s1 + s2) > epochs:
-        stage = ctx.stage or "repr"
-        raise ParamError(f"{stage}.epochs = {epochs} is invalid; allowed: at least "
-                         f"cycles * (s1 + s2) = {cycles * (s1 + s2)}")
     # Both runs use one constant rate: a per-phase schedule would restart at each phase
     # and the two runs would no longer see the same rate at the same epoch.
     train = {"lr": params["lr"], "schedule": "constant"}
