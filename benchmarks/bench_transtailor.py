@@ -54,12 +54,15 @@ TRAIN_PHASES = ("alpha", "finetune")  # report rows that are one training epoch 
 
 DEFAULTS = {"model": "vgg11", "width": 0.25, "source_epochs": 15, "transfer_epochs": 10,
             "base_lr": 0.05, "seeds": [0, 1, 2], "tau": 0.02, "step_ratio": 0.1,
-            "alpha_epochs": 2, "finetune_epochs": 5, "patience": 3, "max_rounds": 10}
+            "alpha_epochs": 2, "finetune_epochs": 5, "patience": 3, "max_rounds": 10,
+            # the rule the recorded results used; the method's default is the seed's "last"
+            "tau_reference": "start"}
 TINY = {"width": 0.125, "source_epochs": 1, "transfer_epochs": 1, "seeds": [0],
         "tau": 1.0, "alpha_epochs": 1, "finetune_epochs": 1, "patience": 1, "max_rounds": 1,
         "train_limit": 128}
 # TransTailor parameters taken from the settings; the rest keep the method's defaults.
-METHOD_KEYS = ("tau", "step_ratio", "alpha_epochs", "finetune_epochs", "patience", "max_rounds")
+METHOD_KEYS = ("tau", "step_ratio", "alpha_epochs", "finetune_epochs", "patience", "max_rounds",
+               "tau_reference")
 
 
 def _macs(model: nn.Module, data: Data) -> int:

@@ -24,6 +24,7 @@ from prune_core.data import Data
 from prune_core.models import classifier_name
 
 SCHEDULES = ("cosine", "step", "constant")
+MONITORS = ("accuracy", "balanced_accuracy")
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,6 +64,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     patience: int | None = None  # early stopping on validation accuracy
     seed: int = 0
+    # What early stopping watches on the validation split, and which Linear layers take
+    # classifier_lr: "last" (the classifier) or "all" (every fully connected layer).
+    monitor: str = "accuracy"
+    classifier_layers: str = "last"
 
     def __post_init__(self) -> None:
         checks = [
@@ -75,7 +80,7 @@ class TrainConfig:
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("milestones", _milestones(self.milestones),
              "increasing fractions of the epochs, each in (0, 1), e.g. [0.5, 0.75]"),
-            ("gamma", _real(self.gamma) and 0 < self.gamma <= 1, "a number in (0, 1]"),
+            ("gamma", _real(self.gamma) and 0 <= self.gamma <= 1, "a number in [0, 1]"),
             ("classifier_lr", self.classifier_lr is None
              or (_real(self.classifier_lr) and self.classifier_lr > 0), "a finite number > 0"),
             ("label_smoothing", _real(self.label_smoothing) and 0 <= self.label_smoothing < 1,
@@ -83,6 +88,8 @@ class TrainConfig:
             ("patience", self.patience is None or _whole(self.patience, 1, MAX_EPOCHS),
              f"an integer in [1, {MAX_EPOCHS}]"),
             ("seed", _whole(self.seed, 0, 2**32 - 1), "an integer in [0, 2**32 - 1]"),
+            ("monitor", self.monitor in MONITORS, f"one of {', '.join(MONITORS)}"),
+            ("classifier_layers", self.classifier_layers in ("last", "all"), "last or all"),
         ]
         for name, ok, allowed in checks:
             if not ok:
@@ -94,6 +101,15 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["milestones"] = list(self.milestones)
+        return d
+
+    def key_dict(self) -> dict:
+        """``to_dict`` without the settings added since cached base models were first keyed,
+        where they keep their defaults: those caches stay valid."""
+        d = self.to_dict()
+        for name in ("monitor", "classifier_layers"):
+            if d[name] == TrainConfig.__dataclass_fields__[name].default:
+                del d[name]
         return d
 
     @classmethod
@@ -162,13 +178,15 @@ def _autocast(device: torch.device):
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; the classifier gets its own rate when ``classifier_lr`` is set."""
+    """SGD with momentum; the classifier (or, with ``classifier_layers: all``, every Linear
+    layer) gets its own rate when ``classifier_lr`` is set."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.classifier_lr is None:
         groups = [{"params": params, "lr": cfg.lr}]
     else:
-        head = model.get_submodule(classifier_name(model))
-        head_ids = {id(p) for p in head.parameters()}
+        heads = [model.get_submodule(classifier_name(model))] if cfg.classifier_layers == \
+            "last" else [m for m in model.modules() if isinstance(m, nn.Linear)]
+        head_ids = {id(p) for head in heads for p in head.parameters()}
         groups = [
             {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr},
             {"params": [p for p in params if id(p) in head_ids], "lr": cfg.classifier_lr},
@@ -253,9 +271,10 @@ def fit(
 
     ``on_epoch_state(epochs_done, optimizer)`` lets the caller checkpoint after each
     epoch; ``start_epoch`` and ``optimizer`` resume from such a checkpoint.
-    With ``patience`` set, training stops when validation accuracy has not improved
-    for that many epochs, and the best weights are restored. Its state (``accuracy``,
-    ``stale``, ``state_dict`` of the best epoch) lives in ``early_stopping``, updated in
+    With ``patience`` set, training stops when the validation ``monitor`` (accuracy or
+    balanced accuracy) has not improved for that many epochs, and the best weights are
+    restored. Its state (``accuracy``: the best monitored value, ``stale``, ``state_dict``
+    of the best epoch) lives in ``early_stopping``, updated in
     place before ``on_epoch_state`` is called: a caller that checkpoints it and passes it
     back on resuming stops and restores exactly as an uninterrupted run.
     """
@@ -295,6 +314,7 @@ def fit(
             "train_loss": train_loss,
             "train_accuracy": float(hits) / max(1, seen),
             "val_accuracy": val["accuracy"],
+            "val_balanced_accuracy": val["balanced_accuracy"],
             "val_loss": val["loss"],
             "lr": opt.param_groups[0]["lr"],
             "epoch_seconds": time.perf_counter() - t0,
@@ -303,8 +323,8 @@ def fit(
         if on_epoch is not None:
             on_epoch(row)
         if cfg.patience is not None:
-            if val["accuracy"] > best["accuracy"]:
-                best.update(accuracy=val["accuracy"], stale=0,
+            if val[cfg.monitor] > best["accuracy"]:
+                best.update(accuracy=val[cfg.monitor], stale=0,
                             state_dict=copy.deepcopy(model.state_dict()))
             else:
                 best["stale"] += 1

@@ -114,7 +114,7 @@ def test_tau_bounds_the_drop_and_a_third_of_the_filters_go(digits_split, transfe
     method = get_method("transtailor")
     params = method.resolve({"tau": 0.02, "step_ratio": 0.2, "max_rounds": 2,
                              "alpha_epochs": 1, "finetune_epochs": 3, "patience": 2,
-                             "lr": 0.01, "classifier_lr": 0.05})
+                             "lr": 0.01, "classifier_lr": 0.05, "tau_reference": "start"})
     out = method(model, params, ctx)
     val = ctx.evaluate(out, "val")
     assert start_val - val["accuracy"] <= 0.02 + 1e-9
@@ -126,10 +126,10 @@ def test_tau_bounds_the_drop_and_a_third_of_the_filters_go(digits_split, transfe
     # the returned model is the last accepted round's, with its reported accuracy
     accepted = [r for r in rounds if r["accepted"]]
     assert accepted and accepted[-1]["filters"] == total_filters(out)
-    assert accepted[-1]["val_accuracy"] == pytest.approx(val["accuracy"])
+    assert accepted[-1]["score"] == pytest.approx(val["accuracy"])
+    assert all(r["reference"] == pytest.approx(start_val) for r in rounds)
     round_rows = [r for r in rows if r["phase"] == "round"]
     assert len(round_rows) == len(rounds)
-    assert all("val_balanced_accuracy" in r for r in round_rows)
     # no scaling factors left behind
     assert not any("alpha" in k for k in out.state_dict())
 
@@ -140,7 +140,8 @@ def test_random_alpha_init_runs_and_respects_tau(digits_split, transfer_base):
     start_val = ctx.evaluate(model, "val")["accuracy"]
     method = get_method("transtailor")
     params = method.resolve({"tau": 0.02, "alpha_init": "random", "step_ratio": 0.2,
-                             "max_rounds": 1, "alpha_epochs": 1, "finetune_epochs": 2})
+                             "max_rounds": 1, "alpha_epochs": 1, "finetune_epochs": 2,
+                             "tau_reference": "start"})
     out = method(model, params, ctx)
     assert start_val - ctx.evaluate(out, "val")["accuracy"] <= 0.02 + 1e-9
     (record,) = ctx.results["transtailor.rounds"]
@@ -196,3 +197,38 @@ def test_a_resumed_trial_ends_where_an_uninterrupted_one_does(digits_split, tran
     assert filter_counts(resumed) == filter_counts(full)
     ref = full.state_dict()
     assert all(torch.allclose(v, ref[k], atol=1e-6) for k, v in resumed.state_dict().items())
+
+
+def test_last_reference_measures_each_round_from_the_last_accepted(digits_split,
+                                                                   transfer_base):
+    """The seed's loop: W_o = W_p after every accepted round, so the drop that stops the
+    rounds is the last round's own, not the sum since the start."""
+    model = transfer_base.build()
+    ctx = _ctx(digits_split)
+    start_val = ctx.evaluate(model, "val")["balanced_accuracy"]
+    method = get_method("transtailor")
+    params = method.resolve({"tau": 0.05, "step_ratio": 0.3, "max_rounds": 3,
+                             "alpha_epochs": 1, "finetune_epochs": 1, "patience": 1,
+                             "metric": "balanced_accuracy"})
+    method(model, params, ctx)
+    rounds = ctx.results["transtailor.rounds"]
+    assert rounds[0]["reference"] == pytest.approx(start_val)
+    for before, after in zip(rounds, rounds[1:], strict=False):
+        assert before["accepted"]
+        assert after["reference"] == pytest.approx(before["score"])
+    assert all(r["drop"] == pytest.approx(r["reference"] - r["score"]) for r in rounds)
+    assert all(r["accepted"] == (r["drop"] <= 0.05) for r in rounds)
+
+
+def test_holdout_checks_tau_on_data_early_stopping_never_sees(digits_split):
+    from prune_core.methods.transtailor import _tau_splits
+
+    tau, stopping = _tau_splits(digits_split, "holdout", seed=0)
+    assert len(tau.val) + len(stopping.val) == len(digits_split.val)
+    rows = lambda split: {tuple(x.flatten().tolist()[:64]) + (int(y),)  # noqa: E731
+                          for x, y in zip(split.x, split.y, strict=True)}
+    assert not rows(tau.val) & rows(stopping.val)
+    assert set(tau.val.y.tolist()) == set(digits_split.val.y.tolist())  # stratified
+    assert tau.train is digits_split.train and stopping.test is digits_split.test
+    same, also = _tau_splits(digits_split, "val", seed=0)
+    assert same is digits_split and also is digits_split

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 import subprocess
@@ -32,7 +33,7 @@ from tests.conftest import ROOT
     ("patience", 0, r"an integer in \[1, "), ("epochs", 2.5, r"an integer in \[0, "),
     ("epochs", True, r"an integer in \[0, "), ("epochs", 10**9, r"an integer in \[0, "),
     ("milestones", (0.9, 0.5), "increasing fractions"), ("milestones", (2,), "increasing"),
-    ("gamma", math.nan, r"a number in \(0, 1\]"), ("seed", 2**40, r"an integer in \[0, 2"),
+    ("gamma", math.nan, r"a number in \[0, 1\]"), ("seed", 2**40, r"an integer in \[0, 2"),
 ])
 def test_bad_settings_name_field_value_and_domain(field, value, allowed):
     shown = re.escape(repr(value))
@@ -117,6 +118,36 @@ def test_early_stopping_stops_and_keeps_best(digits):
     assert len(history) == 3
     best = max(h["val_accuracy"] for h in history)
     assert evaluate(model, digits, "val")["accuracy"] == pytest.approx(best)
+
+
+def test_early_stopping_can_watch_balanced_accuracy(digits):
+    model = models.build("c3", k=4)
+    cfg = TrainConfig(epochs=3, lr=0.05, patience=3, monitor="balanced_accuracy")
+    history = fit(model, digits, cfg)
+    best = max(h["val_balanced_accuracy"] for h in history)
+    assert evaluate(model, digits, "val")["balanced_accuracy"] == pytest.approx(best)
+
+
+def test_classifier_rate_reaches_every_linear_layer_with_all():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 8),
+                          nn.ReLU(), nn.Linear(8, 10))
+    for layers, fast_layers in (("last", [model[4]]), ("all", [model[2], model[4]])):
+        opt = make_optimizer(model, TrainConfig(lr=1e-3, classifier_lr=1e-2,
+                                                classifier_layers=layers))
+        fast = next(g for g in opt.param_groups if g["lr"] == 1e-2)
+        assert {id(p) for p in fast["params"]} == {id(p) for m in fast_layers
+                                                   for p in m.parameters()}
+
+
+def test_new_settings_at_their_defaults_keep_cached_base_keys():
+    from prune_core.baseline import BaseSpec
+
+    plain = BaseSpec(model="c3", train=TrainConfig(epochs=2))
+    assert "monitor" not in json.dumps(TrainConfig(epochs=2).key_dict())
+    assert BaseSpec(model="c3", train=TrainConfig(epochs=2, monitor="accuracy")).key() == \
+        plain.key()
+    assert BaseSpec(model="c3", train=TrainConfig(epochs=2, monitor="balanced_accuracy")
+                    ).key() != plain.key()
 
 
 def test_cpu_layout_is_channels_last_only_for_whole_blocks_of_channels():

@@ -5,18 +5,21 @@ factor alpha per channel of each dependency group (a conv's filters with everyth
 coupled to them) with every weight frozen, turns alpha into an importance
 beta by a first-order Taylor expansion of the loss, removes the globally least
 important ``step_ratio`` of the remaining filters, folds alpha into the weights and
-fine-tunes. Rounds stop once the validation accuracy has fallen more than ``tau``
-below the starting model's; the last model within ``tau`` is returned.
+fine-tunes. Rounds stop once the validation accuracy (or balanced accuracy, ``metric``)
+has fallen more than ``tau`` below the last accepted model's (the seed's loop) or the
+starting model's (``tau_reference``); the last model within ``tau`` is returned.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prune_core.data import Data, carve
 from prune_core.groups import (
     ChannelGroup,
     channel_groups,
@@ -27,7 +30,7 @@ from prune_core.groups import (
 from prune_core.methods._filters import saved_result, total_filters
 from prune_core.methods._registry import Param, register_method
 from prune_core.surgery import load_resized, remove_channels
-from prune_core.train import Hooks
+from prune_core.train import Hooks, evaluate
 
 
 class AlphaScaled(nn.Module):
@@ -228,6 +231,20 @@ PARAMS = [
     Param(name="layer_norm", kind="bool", default=True,
           doc="L2-normalise the importance within each layer before the global ranking",
           search={"choices": [True, False]}),
+    Param(name="tau_reference", kind="categorical", default="last", choices=("last", "start"),
+          doc="the drop is measured from the last accepted model (the seed's W_o = W_p) or "
+              "from the starting model", search={"choices": ["last", "start"]}),
+    Param(name="metric", kind="categorical", default="accuracy",
+          choices=("accuracy", "balanced_accuracy"),
+          doc="what tau and early stopping measure on validation data",
+          search={"choices": ["accuracy", "balanced_accuracy"]}),
+    Param(name="tau_split", kind="categorical", default="val", choices=("val", "holdout"),
+          doc="holdout: tau is checked on a stratified half of the validation split that "
+              "early stopping never sees (it watches the other half)",
+          search={"choices": ["val", "holdout"]}),
+    Param(name="classifier_layers", kind="categorical", default="all", choices=("last", "all"),
+          doc="which fully connected layers fine-tune at classifier_lr: every one (the "
+              "seed's FC layers) or the last", search={"choices": ["all", "last"]}),
 ]
 
 
@@ -241,12 +258,35 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 @register_method("transtailor", params=PARAMS, seed="000", check=compatible,
                  doc="target-aware filter pruning by trained scaling factors (TransTailor)")
 def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
-    start = ctx.evaluate(model, "val")
+    metric = params["metric"]
+    tau_data, stopping_data = _tau_splits(ctx.data, params["tau_split"], ctx.seed)
+    study_data, ctx.data = ctx.data, stopping_data
+    try:
+        return _rounds(model, params, ctx, lambda m: evaluate(m, tau_data, "val")[metric])
+    finally:
+        ctx.data = study_data
+
+
+def _tau_splits(data: Data, how: str, seed: int) -> tuple[Data, Data]:
+    """(data whose val split tau is checked on, data early stopping watches)."""
+    if how == "val":
+        return data, data
+    device = data.val.x.device
+    rest, held = carve(data.val.x.cpu(), data.val.y.cpu(), 0.5, seed=seed)
+    return replace(data, val=held.to(device)), replace(data, val=rest.to(device))
+
+
+def _rounds(model: nn.Module, params: dict, ctx, score) -> nn.Module:
+    """Prune-and-fine-tune rounds while the drop of ``score(model)`` stays within tau."""
+    reference = score(model)
     start_filters = total_filters(model)
-    ctx.result("start_val_accuracy", start["accuracy"])
+    ctx.result("start_val_accuracy", reference)
     kept = model
     saved = saved_result(ctx, "rounds", [])
     rounds: list[dict] = []
+    train = {"lr": params["lr"], "classifier_lr": params["classifier_lr"],
+             "patience": params["patience"], "monitor": params["metric"],
+             "classifier_layers": params["classifier_layers"]}
     for r in range(1, params["max_rounds"] + 1):
         candidate = copy.deepcopy(kept)
         # one generator per round: a resumed trial draws the same random alpha
@@ -269,20 +309,17 @@ def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
         remove_channels(candidate, {k: v for k, v in plan.items() if v}, ctx.input_shape)
         carry = _Carry(kept, candidate)
         skipped = ctx.replaying  # a resumed trial re-runs this call instantly
-        ctx.fit(carry, params["finetune_epochs"], phase="finetune", lr=params["lr"],
-                classifier_lr=params["classifier_lr"], patience=params["patience"])
+        ctx.fit(carry, params["finetune_epochs"], phase="finetune", **train)
         for p in kept.parameters():
             p.requires_grad_(True)
         if skipped:
             # A resumed trial re-runs rounds it had finished; their outcome was saved.
             record = saved[r - 1] if r - 1 < len(saved) else {"round": r, "accepted": True}
         else:
-            val = ctx.evaluate(candidate, "val")
-            drop = start["accuracy"] - val["accuracy"]
-            record = {"round": r, "filters": total_filters(candidate),
-                      "val_accuracy": val["accuracy"],
-                      "val_balanced_accuracy": val["balanced_accuracy"],
-                      "drop": drop, "accepted": drop <= params["tau"]}
+            value = score(candidate)
+            drop = reference - value
+            record = {"round": r, "filters": total_filters(candidate), "score": value,
+                      "reference": reference, "drop": drop, "accepted": drop <= params["tau"]}
             ctx.report({"phase": "round", **{k: v for k, v in record.items()
                                              if k != "accepted"},
                         "accepted": float(record["accepted"])})
@@ -291,6 +328,8 @@ def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
         if not record["accepted"]:
             break
         kept = candidate
+        if params["tau_reference"] == "last":
+            reference = record.get("score", reference)  # the seed's W_o = W_p
     ctx.result("rounds_accepted", sum(1 for rec in rounds if rec["accepted"]))
     ctx.result("filters_removed", start_filters - total_filters(kept))
     ctx.result("filters_removed_share", 1.0 - total_filters(kept) / start_filters)
