@@ -129,6 +129,7 @@ BAD_SPECS: dict[str, BadSpec] = {
     "data unknown setting": BadSpec("data.colour", _set("data.colour", "red")),
     "data as a list": BadSpec("data", _with(data=["digits"])),
     "data.download a string": BadSpec("data.download", _set("data.download", "yes")),
+    "data.augment a string": BadSpec("data.augment", _set("data.augment", "no")),
     # model
     "unknown model": BadSpec("model.name", _with(model="resnet9000")),
     "model.width 0": BadSpec("model.width", _set("model.width", 0)),

@@ -237,7 +237,7 @@ _DATASETS: dict[str, Callable[..., Data]] = {}
 _DOCS: dict[str, str] = {}
 _COMMON = ("root", "download", "val_fraction")  # keywords every dataset factory takes
 # Settings load() takes for every dataset; dataset_options(name) lists the rest.
-LOAD_OPTIONS = (*_COMMON, "max_device_bytes")
+LOAD_OPTIONS = (*_COMMON, "max_device_bytes", "augment")
 
 
 def register_dataset(
@@ -288,9 +288,12 @@ def load(
     device: torch.device | str = "cpu",
     val_fraction: float = 0.1,
     max_device_bytes: int | None = None,
+    augment: bool = True,
     **kw,
 ) -> Data:
     """Load a registered dataset for training on ``device``.
+
+    ``augment=False`` trains without the dataset's random crop and flip.
 
     If its tensors exceed ``max_device_bytes`` (default: half the free memory of a
     CUDA device, no limit elsewhere) the data stays in CPU memory and is streamed.
@@ -315,7 +318,11 @@ def load(
             f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"its options: {allowed} (and {', '.join(LOAD_OPTIONS)})"
         )
+    if not isinstance(augment, bool):
+        raise DataError(f"augment must be true or false; got {augment!r}")
     data = _DATASETS[name](root=root, download=download, val_fraction=val_fraction, **kw)
+    if not augment:
+        data = replace(data, crop_padding=0, flip=False)
     budget = device_budget(device) if max_device_bytes is None else max_device_bytes
     if budget is not None and data.nbytes > budget:
         return data.stream(device)

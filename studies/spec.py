@@ -442,7 +442,7 @@ def _check_data(c: _Checker, value: Any) -> tuple[str, dict]:
         return name, kw
     allowed = _dataset_kwargs(name)
     for k in kw:
-        if allowed is not None and k not in allowed:
+        if k not in allowed:
             c.error(f"data.{k}", f"dataset {name!r} does not take {k!r}; it takes: "
                                  f"{', '.join(allowed)}")
     vf = kw.get("val_fraction", 0.1)
@@ -450,9 +450,10 @@ def _check_data(c: _Checker, value: Any) -> tuple[str, dict]:
         c.error("data.val_fraction", f"{_show(vf)} is not valid; allowed: a number in (0, 0.5)")
     if "image_size" in kw:
         kw["image_size"] = c.integer("data.image_size", kw["image_size"], low=8, high=512)
-    download = kw.get("download", False)
-    if not isinstance(download, bool):
-        c.error("data.download", f"{download!r} is not true or false")
+    for flag in ("download", "augment"):
+        if not isinstance(kw.get(flag, False), bool):
+            c.error(f"data.{flag}", f"{_show(kw[flag])} is not true or false")
+    download = kw.get("download", False) is True
     if datasets.needs_root(name):
         root = kw.get("root")
         if root is None:
@@ -467,13 +468,11 @@ def _check_data(c: _Checker, value: Any) -> tuple[str, dict]:
     return name, kw
 
 
-def _dataset_kwargs(name: str) -> list[str] | None:
-    # The dataset registry keeps loaders in a private table; their signatures are the
-    # settings a spec may give.
-    loaders = getattr(datasets, "_DATASETS", {})
-    if name not in loaders:
-        return None
-    return [p for p in inspect.signature(loaders[name]).parameters]
+def _dataset_kwargs(name: str) -> list[str]:
+    """The settings a spec may give a dataset: its own options and load()'s (bar the
+    device budget, which the trial sets)."""
+    common = [k for k in datasets.LOAD_OPTIONS if k != "max_device_bytes"]
+    return [*common, *datasets.dataset_options(name)]
 
 
 IMPORT_KEYS = ("import", "kwargs", "weights")  # model: {import: "pkg.mod:factory", ...}

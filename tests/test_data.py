@@ -491,3 +491,13 @@ def test_benchmark_tiny(tmp_path, monkeypatch):
         result["torchvision_epoch_s"] / result["tensor_epoch_s"], rel=1e-6)
     assert "bench_data.py --tiny" in result["command"]
     assert "speedup" in (tmp_path / "data.md").read_text()
+
+
+def test_augment_false_trains_without_crop_and_flip():
+    plain = datasets.load("digits", augment=False)
+    assert plain.crop_padding == 0 and plain.flip is False
+    x = plain.train.x[:8]
+    assert torch.equal(datasets.augment_batch(x, plain.crop_padding, plain.flip), x)
+    assert datasets.load("digits").crop_padding > 0
+    with pytest.raises(datasets.DataError, match="augment must be true or false"):
+        datasets.load("digits", augment="no")

@@ -70,6 +70,29 @@ def test_drop_plan_global_and_per_layer():
     assert all(len(v) == 15 for v in greedy.values())  # one filter stays in every layer
 
 
+def test_inverted_ranking_drops_the_most_orthogonal():
+    model = _trained_c3(16)
+    units = conv_units(model, (3, 32, 32))
+    for u in units:
+        scores = orthogonality_scores(model.get_submodule(u.conv).weight)
+        worst = drop_plan(model, [u], 0.25, "layer")[u.conv]
+        best = drop_plan(model, [u], 0.25, "layer", drop="orthogonal")[u.conv]
+        assert set(worst.tolist()) == set(scores.argsort(descending=True)[:4].tolist())
+        assert set(best.tolist()) == set(scores.argsort()[:4].tolist())
+
+
+def test_without_zero_next_the_readers_keep_their_weights():
+    model = _trained_c3(16)
+    units = conv_units(model, (3, 32, 32))
+    idx = torch.tensor([1, 5])
+    reader = model.features.conv1.weight.detach().clone()
+    reinit_filters(model, units[0], idx, zero_next=False,
+                   generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.features.conv1.weight.detach(), reader)
+    reinit_filters(model, units[0], idx, generator=torch.Generator().manual_seed(0))
+    assert model.features.conv1.weight[:, idx].abs().sum() == 0
+
+
 def test_dropped_filters_stay_exactly_zero_through_sgd(digits):
     digits = _few(digits)
     model = _trained_c3(8)

@@ -39,13 +39,17 @@ def orthogonality_scores(weight: torch.Tensor) -> torch.Tensor:
 
 
 def drop_plan(model: nn.Module, units: list[ConvUnit], ratio: float,
-              rank: str = "global") -> dict[str, torch.Tensor]:
+              rank: str = "global", drop: str = "overlapping") -> dict[str, torch.Tensor]:
     """Indices of the worst-ranked filters per conv layer; one filter always stays.
 
     ``rank="global"`` drops the worst ``ratio`` of all filters of the network (so
     layers with more overlap lose more), ``"layer"`` the worst ``ratio`` of each layer.
+    ``drop="orthogonal"`` inverts the ranking (the seed's ablation): the most
+    orthogonal filters go.
     """
-    scores = {u.conv: orthogonality_scores(model.get_submodule(u.conv).weight) for u in units}
+    sign = 1.0 if drop == "overlapping" else -1.0
+    scores = {u.conv: sign * orthogonality_scores(model.get_submodule(u.conv).weight)
+              for u in units}
     plan: dict[str, list[int]] = {k: [] for k in scores}
     if rank == "layer":
         for k, s in scores.items():
@@ -128,7 +132,7 @@ class FilterDrop:
 @torch.no_grad()
 def reinit_filters(model: nn.Module, unit: ConvUnit, idx: torch.Tensor, *, variant: str = "qr",
                    clip: float = 3.0, generator: torch.Generator | None = None,
-                   previous: torch.Tensor | None = None) -> dict:
+                   previous: torch.Tensor | None = None, zero_next: bool = True) -> dict:
     """Give the dropped filters ``idx`` of ``unit.conv`` new weights.
 
     ``variant="qr"``: random vectors in the null space of the surviving filters (from a
@@ -196,7 +200,8 @@ def reinit_filters(model: nn.Module, unit: ConvUnit, idx: torch.Tensor, *, varia
         bn.bias[dev_idx] = 0
         bn.running_mean[dev_idx] = 0
         bn.running_var[dev_idx] = 1
-    zero_input_channels(model, unit, idx)
+    if zero_next:
+        zero_input_channels(model, unit, idx)
     return {"basis": basis, "previous": with_previous, "limit": limit}
 
 
@@ -227,6 +232,13 @@ PARAMS = [
     Param(name="lr", kind="float", default=0.02, low=0.0, low_open=True, high=10.0,
           doc="constant learning rate of both RePr and the plain control",
           search={"low": 5e-3, "high": 0.1, "log": True}),
+    Param(name="drop", kind="categorical", default="overlapping",
+          choices=("overlapping", "orthogonal"),
+          doc="drop the most overlapping filters (RePr) or, inverted, the most orthogonal",
+          search={"choices": ["overlapping", "orthogonal"]}),
+    Param(name="zero_next", kind="bool", default=True,
+          doc="zero the next layer's input channels of re-initialised filters (RePr); "
+              "false keeps them", search={"choices": [True, False]}),
 ]
 
 
@@ -271,7 +283,8 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
     shares: list[dict[str, float]] = []
     for c in range(cycles):
         ctx.fit(net, s1, phase="s1", **train)
-        drop = FilterDrop(units, drop_plan(net, units, params["ratio"], params["rank"]))
+        drop = FilterDrop(units, drop_plan(net, units, params["ratio"], params["rank"],
+                                           params["drop"]))
         # The dropped filters' values before the drop are gone from a checkpoint taken
         # inside S2 (it holds zeros there): they travel with it.
         if ctx.resume is not None and not ctx.replaying:  # resuming inside this S2
@@ -290,7 +303,8 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
         gen = torch.Generator().manual_seed(ctx.seed * 1009 + 7 + c)
         for u in units:
             reinit_filters(net, u, drop.plan[u.conv], variant=params["reinit"],
-                           clip=params["clip"], generator=gen, previous=previous[u.conv])
+                           clip=params["clip"], generator=gen, previous=previous[u.conv],
+                           zero_next=params["zero_next"])
     rest = epochs - cycles * (s1 + s2)
     if rest:
         ctx.fit(net, rest, phase="final", **train)
