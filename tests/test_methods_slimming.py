@@ -234,3 +234,28 @@ def test_bench_slimming_tiny_sweeps_lambdas_and_prunes(tmp_path):
     assert (tmp_path / "slimming.png").stat().st_size > 10_000
     md = (tmp_path / "slimming.md").read_text()
     assert "| lambda | sparsity |" in md and "--tiny" in doc["command"]
+
+
+def test_from_scratch_trains_fresh_weights_not_the_base(digits, base_vgg):
+    method = get_method("slimming")
+    base = base_vgg.build()
+    out = {}
+    for scratch in (False, True):
+        ctx = Context(data=digits, train=TrainConfig(epochs=1, lr=0.01), stage="slimming",
+                      seed=3)
+        params = method.resolve({"lambda": 0.0, "sparsity_epochs": 1, "sparsity_lr": 1e-6,
+                                 "prune_ratio": 0.0, "finetune_epochs": 0,
+                                 "from_scratch": scratch})
+        out[scratch] = method(copy.deepcopy(base), params, ctx)
+    base_acc = evaluate(base, digits, "test")["accuracy"]
+    # An epoch at lr 1e-6 changes nothing: the base stays good, a fresh model near chance.
+    assert evaluate(out[False], digits, "test")["accuracy"] > base_acc - 0.1
+    assert evaluate(out[True], digits, "test")["accuracy"] < 0.35
+    first = "features.conv0.weight"
+    assert not torch.allclose(out[True].state_dict()[first][:4],
+                              base.state_dict()[first][:4])
+
+
+def test_from_scratch_needs_sparsity_epochs():
+    with pytest.raises(Exception, match=r"slimming\.sparsity_epochs = 0 with from_scratch"):
+        get_method("slimming").resolve({"from_scratch": True, "sparsity_epochs": 0})

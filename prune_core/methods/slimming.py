@@ -24,6 +24,7 @@ from prune_core.groups import (
     keep_every_conv,
     select_global,
 )
+from prune_core.methods._filters import fresh_copy
 from prune_core.methods._registry import Param, register_method
 from prune_core.surgery import remove_channels
 from prune_core.train import Hooks, evaluate
@@ -170,9 +171,18 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
         Param(name="fold_bias", kind="bool", default=True,
               doc="move each removed channel's constant output into the next layer",
               search={"choices": [True, False]}),
+        Param(name="from_scratch", kind="bool", default=False,
+              doc="sparsity training starts from freshly initialised weights (the paper's "
+                  "and seed 001's setting) instead of the base model's",
+              search={"choices": [False, True]}),
     ],
+    constraint=lambda p: ("sparsity_epochs = 0 with from_scratch: true would prune an "
+                          "untrained network; give sparsity_epochs >= 1")
+    if p["from_scratch"] and p["sparsity_epochs"] == 0 else None,
 )
 def slimming(model: nn.Module, params: dict, ctx) -> nn.Module:
+    if params["from_scratch"]:
+        model = fresh_copy(model, ctx.seed)
     groups = slimmable(model, ctx.input_shape)
     bns = bn_names(groups)
     threshold = SPARSE_REL * float(torch.cat(list(gammas(model, groups).values())).mean())
