@@ -7,45 +7,10 @@ Fixed values come back as constants, so every trial's config holds them.
 
 from __future__ import annotations
 
-import warnings
-
 import optuna
 
+from studies.samplers import make_sampler, sampler_class  # noqa: F401 (re-exported)
 from studies.spec import PIPELINE, StudySpec
-
-_SAMPLERS = {
-    "tpe": optuna.samplers.TPESampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-    "gp": optuna.samplers.GPSampler,
-    "random": optuna.samplers.RandomSampler,
-}
-
-
-def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
-    if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(_SAMPLERS)}")
-    return _SAMPLERS[name]
-
-
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler, seeded, with defaults scaled to the trial budget.
-
-    Optuna's defaults assume hundreds of trials (TPE explores randomly for 10,
-    NSGA-II breeds populations of 50); a 12-trial study would never leave its
-    random start, so both scale with ``trials`` unless the spec sets them.
-    """
-    options = dict(spec.sampler_options)
-    if spec.sampler == "tpe":
-        options.setdefault("n_startup_trials", max(3, min(10, spec.trials // 4)))
-        options.setdefault("multivariate", True)
-        options.setdefault("group", len(spec.chains) > 1)
-    elif spec.sampler == "nsga2":
-        options.setdefault("population_size", max(4, min(50, spec.trials // 3)))
-    elif spec.sampler == "gp":
-        options.setdefault("n_startup_trials", max(3, min(10, spec.trials // 4)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return sampler_class(spec.sampler)(seed=spec.sampler_seed, **options)
 
 
 class SearchSpace:

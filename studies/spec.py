@@ -33,6 +33,7 @@ from prune_core.methods import (
 )
 from prune_core.train import TrainConfig
 from prune_core.trial import TrialSpec
+from studies.samplers import SAMPLERS, sampler_class
 
 # Columns of the result row a study may optimise (DESIGN.md, Measurement).
 OBJECTIVE_COLUMNS = (
@@ -42,7 +43,6 @@ OBJECTIVE_COLUMNS = (
 )
 # Objectives ASHA can stop on: their per-epoch proxy is the validation accuracy.
 ASHA_OBJECTIVES = ("accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop")
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 SCHEDULERS = ("asha",)
 SPACE_KEYS = ("type", "low", "high", "log", "step", "choices")
 SEARCH_WORD = "search"  # `stage.param: search` takes the method's declared range
@@ -54,7 +54,7 @@ MAX_INT = 2**32 - 1  # seeds and counts: what numpy and Optuna take
 TOP_KEYS = (
     "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
     "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
-    "optuna_storage", "max_failures", "seed", "device", "latency",
+    "optuna_storage", "max_failures", "seed", "device", "latency", "constraints",
 )
 
 
@@ -129,6 +129,8 @@ class StudySpec:
     seed: int = 0
     device: str = "auto"
     latency: bool = False
+    # column -> {"min": x, "max": y}: a trial outside is infeasible (told to the sampler)
+    constraints: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)  # the spec as written, for spec.yaml
 
     # ------------------------------------------------------------------ derived
@@ -338,6 +340,8 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
         c.error("latency", f"{latency!r} is not true or false")
         latency = False
     latency = latency or "latency_ms" in objectives
+    constraints = _check_constraint_bounds(c, raw.get("constraints"))
+    latency = latency or "latency_ms" in constraints
 
     if c.errors:
         raise SpecError(c.errors, source)
@@ -348,7 +352,7 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
         sampler_options=sampler_options, trials=trials, scheduler=scheduler,
         resources=resources, max_concurrent=max_concurrent, storage=storage,
         optuna_storage=optuna_storage, max_failures=max_failures, seed=seed, device=device,
-        latency=latency, source=dict(raw),
+        latency=latency, constraints=constraints, source=dict(raw),
     )
 
 
@@ -881,6 +885,34 @@ def _check_objectives(c: _Checker, value: Any) -> dict[str, str]:
     return out
 
 
+def _check_constraint_bounds(c: _Checker, value: Any) -> dict:
+    """``{column: {min: x, max: y}}`` over result columns, finite bounds, min <= max."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        c.error("constraints", f"{_show(value)} is not valid; write {{column: {{max: x}}}}, "
+                               "for example {accuracy_drop: {max: 0.01}}")
+        return {}
+    out = {}
+    for col, bound in value.items():
+        where = f"constraints.{col}"
+        if not isinstance(col, str) or col not in OBJECTIVE_COLUMNS:
+            c.error(where, f"unknown result column; allowed: {', '.join(OBJECTIVE_COLUMNS)}")
+            continue
+        if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
+            c.error(where, f"{_show(bound)} is not valid; allowed: {{min: x}}, {{max: y}} "
+                           "or both")
+            continue
+        checked = {k: c.number(f"{where}.{k}", v, -1e300, 1e300) for k, v in bound.items()}
+        if None in checked.values():
+            continue
+        if checked.get("min", -math.inf) > checked.get("max", math.inf):
+            c.error(where, f"min {checked['min']:g} is above max {checked['max']:g}")
+            continue
+        out[col] = checked
+    return out
+
+
 def _check_sampler(c: _Checker, value: Any, default_seed: Any) -> tuple[str, int, dict]:
     name, kw = _named(c, "sampler", value)
     seed = kw.pop("seed", default_seed)
@@ -897,8 +929,6 @@ def _check_sampler(c: _Checker, value: Any, default_seed: Any) -> tuple[str, int
     if not isinstance(options, dict):
         c.error("sampler.options", f"{options!r} is not a mapping")
         return name, seed, {}
-    from studies.space import sampler_class
-
     cls = sampler_class(name)
     params = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
               if p.name not in ("self", "seed")}

@@ -131,3 +131,34 @@ def test_optuna_storage_forms(tmp_path):
     assert (asha.metric, asha._mode, asha._time_attr, asha._max_t) == (
         "val_accuracy", "max", "training_iteration", 20)
     assert make_scheduler(spec_of()) is None
+
+
+def test_constraints_give_one_violation_per_bound_and_name_the_broken_ones():
+    from studies.samplers import Constraints
+
+    c = Constraints({"accuracy_drop": {"max": 0.02}, "macs": {"min": 10.0, "max": 100.0}})
+    assert c.names() == ["accuracy_drop.max", "macs.min", "macs.max"]
+    assert c.values({"accuracy_drop": 0.05, "macs": 5}) == pytest.approx([0.03, 5.0, -95.0])
+    assert c.violated({"accuracy_drop": 0.01, "macs": 50}) == []
+    assert c.violated({"accuracy_drop": 0.05, "macs": 5}) == ["accuracy_drop <= 0.02",
+                                                             "macs >= 10"]
+    assert c.values(None) == [1.0, 1.0, 1.0]  # a trial without a row is infeasible
+
+
+def test_told_constraints_steer_the_sampler_into_the_feasible_region():
+    from studies.samplers import Constraints
+
+    c = Constraints({"speedup": {"max": 0.3}})
+    late = {}
+    for constrained in (False, True):
+        study = optuna.create_study(
+            direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=8))
+        for _ in range(40):
+            trial = study.ask()
+            x = trial.suggest_float("x", 0.0, 1.0)
+            if constrained:
+                c.tell(trial, {"speedup": x})
+            study.tell(trial, x)
+        late[constrained] = [t.params["x"] for t in study.trials[20:]]
+    assert sum(x <= 0.35 for x in late[True]) >= 10
+    assert sum(x <= 0.35 for x in late[False]) <= 5

@@ -1,0 +1,91 @@
+"""The Optuna samplers a spec may name, built from a spec, and their constraints.
+
+One table serves validation (which names and options exist) and the study (the
+sampler itself), so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING
+
+import optuna
+
+if TYPE_CHECKING:
+    from studies.spec import StudySpec
+
+SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "gp": optuna.samplers.GPSampler,
+    "random": optuna.samplers.RandomSampler,
+}
+# Samplers that steer away from trials whose told constraint values are positive.
+CONSTRAINED = ("tpe", "nsga2", "gp")
+
+
+def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
+    """The Optuna sampler class of a spec's sampler name."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+class Constraints:
+    """The spec's ``constraints`` as Optuna constraint values: one per bound, feasible
+    where <= 0 (``value - max`` or ``min - value``). Told to a trial with
+    ``trial.set_constraint`` before it is told its state; Optuna's TPE, NSGA-II and GP
+    samplers read them from there."""
+
+    def __init__(self, bounds: dict[str, dict[str, float]]):
+        self.bounds = {k: dict(v) for k, v in bounds.items()}
+
+    def names(self) -> list[str]:
+        return [f"{c}.{s}" for c, b in self.bounds.items() for s in ("min", "max") if s in b]
+
+    def values(self, row: dict | None) -> list[float]:
+        """Violation per bound of a result row; 1.0 for a bound whose column is missing (a
+        trial that stopped early is infeasible)."""
+        out = []
+        for column, bound in self.bounds.items():
+            v = (row or {}).get(column)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for side in ("min", "max"):
+                if side in bound:
+                    out.append(1.0 if not ok else
+                               float(v - bound["max"]) if side == "max" else
+                               float(bound["min"] - v))
+        return out
+
+    def violated(self, row: dict | None) -> list[str]:
+        """The bounds a row breaks, as ``column <= max`` texts."""
+        texts = [f"{c} {'>=' if s == 'min' else '<='} {b[s]:g}" for c, b in self.bounds.items()
+                 for s in ("min", "max") if s in b]
+        return [t for t, v in zip(texts, self.values(row), strict=True) if v > 0]
+
+    def tell(self, trial: optuna.Trial, row: dict | None) -> None:
+        """Set the row's constraint values on an Optuna trial that is still running."""
+        for name, value in zip(self.names(), self.values(row), strict=True):
+            trial.set_constraint(name, value)
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded, with defaults scaled to the trial budget.
+
+    Optuna's defaults assume hundreds of trials (TPE explores randomly for 10,
+    NSGA-II breeds populations of 50); a 12-trial study would never leave its
+    random start, so both scale with ``trials`` unless the spec sets them.
+    """
+    options = dict(spec.sampler_options)
+    if spec.sampler == "tpe":
+        options.setdefault("n_startup_trials", max(3, min(10, spec.trials // 4)))
+        options.setdefault("multivariate", True)
+        options.setdefault("group", len(spec.chains) > 1)
+    elif spec.sampler == "nsga2":
+        options.setdefault("population_size", max(4, min(50, spec.trials // 3)))
+    elif spec.sampler == "gp":
+        options.setdefault("n_startup_trials", max(3, min(10, spec.trials // 4)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return sampler_class(spec.sampler)(seed=spec.sampler_seed, **options)
