@@ -819,8 +819,16 @@ def _check_resources(c: _Checker, value: Any) -> dict:
     out = {"cpu": 1.0, "gpu": 0.0}
     for k, v in value.items():
         v = _maybe_number(v)
-        if k not in out:
-            c.error(f"resources.{k}", "unknown resource; allowed: cpu, gpu")
+        if k == "time_limit_s":
+            # Seconds a trial may run (Tune's time_total_s); a trial past it is a `timeout`.
+            if isinstance(v, bool) or not isinstance(v, int | float) \
+                    or not 0 < v < float("inf"):  # also refuses NaN
+                c.error("resources.time_limit_s", f"{v!r} is not valid; allowed: a finite "
+                                                  "number of seconds > 0")
+            else:
+                out[k] = float(v)
+        elif k not in out:
+            c.error(f"resources.{k}", "unknown resource; allowed: cpu, gpu, time_limit_s")
         elif isinstance(v, bool) or not isinstance(v, int | float) or v < 0 \
                 or (k == "cpu" and v == 0):
             c.error(f"resources.{k}", f"{v!r} is not valid; allowed: a number "
