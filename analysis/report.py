@@ -23,7 +23,7 @@ from analysis import pareto
 from analysis.figures import Drawn, figures, human_bytes, human_count, to_png
 from analysis.results import Study, objective_values, open_studies, study_reference
 
-STATUS_ORDER = {"ok": 0, "running": 1, "pending": 2, "stopped": 3, "failed": 4}
+STATUS_ORDER = {"ok": 0, "running": 1, "pending": 2, "stopped": 3, "timeout": 4, "failed": 5}
 
 
 # --------------------------------------------------------------------------- tables

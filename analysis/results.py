@@ -17,7 +17,7 @@ import pandas as pd
 
 from analysis import pareto
 
-STATUSES = ("ok", "failed", "running", "pending", "stopped")
+STATUSES = ("ok", "failed", "running", "pending", "stopped", "timeout")
 # Columns every trial table has, in this order, before the parameters and measurements.
 ID_COLUMNS = ["study", "trial_id", "number", "status", "method"]
 # Trial-file keys kept as columns besides params and row.

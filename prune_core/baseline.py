@@ -103,6 +103,10 @@ class BaseModel:
         m.load_state_dict(self.state_dict)
         return m.to(device)
 
+    def weights_hash(self) -> str:
+        """Content hash of the trained weights (:func:`weights_hash`)."""
+        return weights_hash(self.state_dict)
+
     def to_payload(self) -> dict:
         return {
             "format": CACHE_FORMAT, "key": self.key, "model": self.model,
@@ -125,6 +129,17 @@ class BaseModel:
             state_dict=payload["state_dict"], row=json.loads(payload["row_json"]),
             history=json.loads(payload.get("history_json", "[]")),
         )
+
+
+def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values: equal iff the weights are."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # Viewed as bytes: every dtype (bfloat16 included) hashes without a conversion.
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def cache_path(cache_dir: str | Path, spec: BaseSpec) -> Path:

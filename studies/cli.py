@@ -1,6 +1,9 @@
 """The ``prune-study`` command line.
 
-Exit codes: 0 ok, 2 bad input (spec, arguments, paths), 1 anything else.
+Exit codes: 0 ok; 2 bad input (spec, arguments, paths, a study another driver holds, a
+base model that changed); 1 anything else; 3 ``run``/``resume`` stopped before every
+trial of the study ended (resume it); 130 interrupted by Ctrl-C (SIGINT), the study
+saved and resumable. ``run`` and ``resume`` exit 0 only when the study is complete.
 ``--json`` prints exactly one JSON document on stdout; logs go to stderr.
 """
 
@@ -13,6 +16,8 @@ import traceback
 from collections.abc import Callable
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INCOMPLETE = 3  # run/resume ended with trials left to run: `prune-study resume`
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 class BadInput(Exception):
@@ -167,19 +172,28 @@ def _load_run_spec(args):
 def cmd_run(args) -> int:
     from studies.runner import run_study
 
-    summary = run_study(_load_run_spec(args), address=args.address, log=log)
-    if args.json:
-        emit_json(summary)
-    return EXIT_OK
+    return _drive(args, run_study, _load_run_spec(args))
 
 
 def cmd_resume(args) -> int:
     from studies.runner import resume_study
 
-    summary = resume_study(_study_dir(args.study_dir), address=args.address, log=log)
+    return _drive(args, resume_study, _study_dir(args.study_dir))
+
+
+def _drive(args, fn, target) -> int:
+    """Run or resume; 0 only when the study is complete (every trial ended)."""
+    from studies.runner import StudyInterrupted
+
+    try:
+        summary = fn(target, address=args.address, log=log)
+    except StudyInterrupted as e:
+        if args.json:
+            emit_json(e.summary)
+        raise
     if args.json:
         emit_json(summary)
-    return EXIT_OK
+    return EXIT_OK if summary.get("complete") else EXIT_INCOMPLETE
 
 
 def cmd_status(args) -> int:
@@ -192,6 +206,12 @@ def cmd_status(args) -> int:
     print(f"study {s['name']}: {s['finished']} of {s.get('requested') or '?'} trials finished, "
           f"{s['running']} running, {s['failed']} failed"
           + (f", {s['stopped']} stopped" if s.get("stopped") else ""))
+    if "ended" in s:  # studies.runner.progress: what counts toward the study's trials
+        print(f"  {s['ended']} of {s.get('requested') or '?'} trials ended"
+              + (f" ({s['timeout']} timed out)" if s.get("timeout") else "")
+              + ("; complete" if s.get("complete") else "")
+              + " (ok, failed, timed-out and scheduler-stopped trials count; lost ones are "
+                "replaced)")
     hv = s.get("hypervolume")
     print(f"  front: {s['front_size']} trials" + (f", hypervolume {hv:.6g}" if hv is not None
                                                    else ""))
@@ -237,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
         "on one machine or a Ray cluster, read as Pareto fronts of size, operations "
         "and accuracy.",
         epilog="Start with: prune-study run studies/specs/quickstart.yaml, then "
-        "prune-study report runs/quickstart. Exit codes: 0 ok, 2 bad input, 1 other errors.",
+        "prune-study report runs/quickstart. Exit codes: 0 ok (run/resume: the study is "
+        "complete), 2 bad input (also: another driver holds the study, its base model "
+        "changed), 1 other errors, 3 run/resume stopped with trials left (resume it), 130 "
+        "interrupted by Ctrl-C (resume it).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -282,8 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a study on a local Ray, or on a cluster with --address",
         description="Validate the spec, train (or reuse) the base model, and run the trials "
         "on Ray Tune with the spec's Optuna sampler. The study directory is "
-        "<storage>/<name>. With --address, RAY_AUTH_MODE=token must be set (Ray 2.60 "
-        "clusters started with `ray start` use token authentication).")
+        "<storage>/<name>; the driver holds <study>/driver.lock while it runs (a second "
+        "driver is refused, exit 2). With --address, RAY_AUTH_MODE=token must be set (Ray "
+        "2.60 clusters started with `ray start` use token authentication). Exit 0 when "
+        "every trial ended, 3 if it stopped with trials left, 130 on Ctrl-C; resume it "
+        "then.")
     s.add_argument("spec", help="study spec (YAML)")
     s.add_argument("--address", help="join a running Ray cluster (host:port of the head, or "
                    "'auto'); default: start a local Ray")
@@ -295,9 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "resume", help="continue a study whose driver stopped",
-        description="Restore the Ray Tune experiment of a study: finished trials are kept, "
+        description="Restore the Ray Tune experiment of a study: ended trials are kept, "
         "unfinished ones continue from their last checkpoint, and the sampler continues "
-        "with its saved history, until the spec's number of trials has finished.")
+        "with its saved history, until the spec's number of trials has ended (ok, failed, "
+        "timed out or stopped by the scheduler all count). A complete study is left alone "
+        "(exit 0; no Ray, no training); a base model whose weights differ from the study's "
+        "is refused (exit 2). Resume only directories you created: resuming unpickles the "
+        "Tune and searcher state stored in them.")
     s.add_argument("study_dir", help="the study directory, <storage>/<name>")
     s.add_argument("--address", help="join a running Ray cluster instead of a local Ray")
     s.add_argument("--json", action="store_true", help="print the final summary as JSON")
@@ -343,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         log("interrupted")
-        return EXIT_ERROR
+        return EXIT_INTERRUPTED
     except Exception as e:
         if type(e).__name__ == "ClusterError":
             log(f"error: {e}")

@@ -31,7 +31,9 @@ TUNE_KEYS = frozenset({
 })
 # Keys the trainable adds to its reports besides run_trial's metrics.
 OWN_KEYS = frozenset({"final", "node_id", "error", "traceback", "checkpoint", "report_seconds"})
-FINAL_STATES = ("ok", "failed", "stopped")
+# A trial ends ok, failed, timeout (over resources.time_limit_s) or stopped (by the
+# scheduler, or lost with a killed driver).
+FINAL_STATES = ("ok", "failed", "timeout", "stopped")
 
 
 def write_json(path: Path, obj) -> None:
@@ -135,8 +137,10 @@ class Recorder(tune.Callback):
     """Writes ``trials/<trial_id>.json`` and ``history.jsonl`` as results arrive."""
 
     def __init__(self, study_dir: Path, objectives: dict[str, str], total: int,
-                 name: str = "", log: Callable[[str], None] | None = None):
+                 name: str = "", log: Callable[[str], None] | None = None,
+                 time_limit_s: float | None = None):
         self.study_dir = Path(study_dir)
+        self.time_limit_s = time_limit_s
         self.objectives = dict(objectives)
         self.total = total
         self.name = name
@@ -237,8 +241,16 @@ class Recorder(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
         if rec["status"] not in FINAL_STATES:
-            # Ended without a final row: a scheduler stopped it early.
-            rec.update(status="stopped", ended=time.time())
+            # Ended without a final row: the time limit or a scheduler stopped it early.
+            # (A Recorder pickled by an older version has no time limit.)
+            limit = getattr(self, "time_limit_s", None)
+            took = (trial.last_result or {}).get("time_total_s")
+            if limit and isinstance(took, int | float) and took >= limit:
+                rec.update(status="timeout", ended=time.time(), row={},
+                           error=f"stopped after {took:.0f} s, over resources.time_limit_s "
+                                 f"{limit:g} s (checked at the end of each epoch)")
+            else:
+                rec.update(status="stopped", ended=time.time())
             self._save(rec)
             self._progress(rec)
 
@@ -262,7 +274,8 @@ class Recorder(tune.Callback):
 
     def counts(self) -> dict:
         states = [r["status"] for r in self.records.values()]
-        return {s: states.count(s) for s in ("ok", "failed", "stopped", "running", "pending")}
+        return {s: states.count(s)
+                for s in ("ok", "failed", "timeout", "stopped", "running", "pending")}
 
     def _progress(self, rec: dict) -> None:
         c = self.counts()
@@ -281,9 +294,12 @@ class Recorder(tune.Callback):
                                      for k in self.objectives)
         elif rec["status"] == "failed":
             what = f"failed: {(rec.get('error') or '').splitlines()[0][:120]}"
+        elif rec["status"] == "timeout":
+            what = f"timed out: {rec.get('error')}"
         self._say(
             f"[{self.name}] trial {rec.get('number')} {what} | {c['ok']}/{self.total} done, "
             f"{c['running']} running, {c['failed']} failed"
+            + (f", {c['timeout']} timed out" if c["timeout"] else "")
             + (f", {c['stopped']} stopped" if c["stopped"] else "")
             + (f" | best {', '.join(best)} | front {front}" if best else "")
         )

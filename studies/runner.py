@@ -5,6 +5,12 @@ store, and starts a ``Tuner`` whose trainable wraps ``prune_core.trial.run_trial
 The searcher is Ray's ``OptunaSearch`` on the spec's seeded sampler and an Optuna
 storage in the study directory; ``resume_study`` restores the whole experiment
 (trials, checkpoints, searcher) with ``Tuner.restore``.
+
+One driver at a time: ``run`` and ``resume`` hold ``<study>/driver.lock``
+(``studies.lock``). A study is *complete* when its ``trials`` have ended, each ok,
+failed, timed out or stopped by the scheduler; a trial lost with a killed driver is
+replaced and does not count. Ctrl-C stops Tune, which saves its state:
+``run_study``/``resume_study`` then raise :class:`StudyInterrupted`.
 """
 
 from __future__ import annotations
@@ -12,14 +18,18 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
 import optuna
 import ray
@@ -40,9 +50,11 @@ from prune_core.baseline import (
 )
 from prune_core.measure import channel_counts
 from prune_core.trial import TrialSpec, load_data, run_trial, save_json_safe
+from studies.lock import DriverLock
 from studies.record import (
     FINAL_STATES,
     Recorder,
+    read_json,
     summarize,
     trial_records,
     write_json,
@@ -58,6 +70,15 @@ Log = Callable[[str], None]
 
 class ClusterError(RuntimeError):
     """Ray could not be started or reached."""
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the study; Tune saved its state, so ``resume`` continues it."""
+
+    def __init__(self, summary: dict, study_dir: Path):
+        super().__init__(f"{study_dir} interrupted")
+        self.summary = summary
+        self.study_dir = study_dir
 
 
 def _stderr(msg: str) -> None:
@@ -87,12 +108,27 @@ def connect(address: str | None = None, log: Log = _stderr) -> None:
                 "~/.ray/auth_token or RAY_AUTH_TOKEN."
             ) from e
         log(f"joined the Ray cluster at {address}: {_resources_text()}")
+        if not _token_auth():
+            log(f"warning: the Ray cluster at {address} accepted this driver without token "
+                "authentication: anyone who can reach its port can run code on every node. "
+                "Start it with RAY_AUTH_MODE=token (the default of `ray start` in Ray 2.60), "
+                "or keep its ports reachable from trusted machines only.")
         return
     try:
         ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except Exception as e:
         raise ClusterError(f"could not start a local Ray: {type(e).__name__}: {e}") from e
     log(f"started a local Ray: {_resources_text()}")
+
+
+def _token_auth() -> bool:
+    """Whether this driver talks to Ray with token authentication; a cluster that requires
+    it refuses drivers without it, so a join without it means the cluster has none."""
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # Ray moved it: judge by the documented variable
+        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    return bool(is_token_auth_enabled())
 
 
 def _check_reachable(address: str) -> None:
@@ -145,7 +181,8 @@ def ensure_base(spec: StudySpec, log: Log = _stderr) -> tuple[BaseModel, dict]:
     base = load_cached(spec.cache_dir, bspec)
     if base is not None:
         log(f"base model {spec.model} found in the cache ({path.name}); not retrained")
-        return base, {"key": bspec.key(), "path": str(path), "cached": True}
+        return base, {"key": bspec.key(), "path": str(path), "cached": True,
+                      "weights_sha256": base.weights_hash()}
     log(f"training the base model {spec.model} on {spec.data} "
         f"({bspec.train.epochs} epochs) once for every trial")
     t0 = time.perf_counter()
@@ -156,7 +193,24 @@ def ensure_base(spec: StudySpec, log: Log = _stderr) -> tuple[BaseModel, dict]:
     atomic_save(base.to_payload(), path)
     log(f"base model: accuracy {base.row['accuracy']:.4f}, {base.row['macs'] / 1e6:.2f} M MACs, "
         f"{base.row['params'] / 1e6:.3f} M params ({time.perf_counter() - t0:.0f} s)")
-    return base, {"key": bspec.key(), "path": str(path), "cached": False}
+    return base, {"key": bspec.key(), "path": str(path), "cached": False,
+                  "weights_sha256": base.weights_hash()}
+
+
+def check_base(study_dir: Path, base: BaseModel, path: Path) -> None:
+    """Refuse a base model whose weights differ from those the study was run with."""
+    recorded = ((read_json(study_dir / "study.json") or {}).get("base") or {}).get(
+        "weights_sha256")
+    if recorded is None:
+        return  # a study from before the hash was recorded: nothing to compare with
+    now = base.weights_hash()
+    if now != recorded:
+        raise StudyError(
+            f"the base model {path} is not the one {study_dir.name} was run with (weights "
+            f"SHA-256 {now[:16]}, study.json records {recorded[:16]}): resumed trials would "
+            "start from other weights than the finished ones. Put the original file back "
+            "(from a backup of the cache), or start a new study from this base with "
+            f"`prune-study run {study_dir / 'spec.yaml'} --name NEW_NAME`.")
 
 
 def base_row(base: BaseModel) -> dict:
@@ -306,13 +360,66 @@ class StudySearch(OptunaSearch):
                 self._ot_study.tell(t.number, state=TrialState.FAIL)
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# User and password as SQLAlchemy's URL parser reads them (a password may hold "/").
+_USERINFO = re.compile(r"^([\w+.-]+://[^:/@]*)(?::([^@]*))?@")
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:***@host/...``: a URL fit for logs and error messages."""
+    m = _USERINFO.match(url)
+    return url if not m or m.group(2) is None else f"{m.group(1)}:***@{url[m.end():]}"
+
+
+def check_storage_secret(spec: StudySpec) -> None:
+    """Refuse an Optuna storage URL that spells out its password: the spec is copied into
+    the study directory as spec.yaml, so the password would be written there."""
+    s = spec.optuna_storage or ""
+    m = _USERINFO.match(s)
+    if m:
+        password = m.group(2)
+        if password and _ENV_REF.sub("", password):
+            raise StudyError(
+                f"optuna_storage {mask_url(s)!r} holds a password, which would be copied into "
+                "the study directory (spec.yaml). Give it through the environment instead: "
+                "postgresql://USER@HOST/DB with PGPASSWORD set (PostgreSQL reads it), or "
+                "${VAR} in the URL (postgresql://USER:${DB_PASSWORD}@HOST/DB).")
+
+
+def storage_url(url: str) -> str:
+    """The URL with every ``${VAR}`` replaced by the environment variable's value
+    (URL-quoted where it stands in the user or password)."""
+    m = _USERINFO.match(url)
+    userinfo_end = m.end() if m else -1
+    missing = [n for n in _ENV_REF.findall(url) if n not in os.environ]
+    if missing:
+        raise StudyError(f"optuna_storage refers to ${{{missing[0]}}}, which is not set in "
+                         "this environment; export it before `run` or `resume`")
+
+    def value(m: re.Match) -> str:
+        v = os.environ[m.group(1)]
+        return quote(v, safe="") if m.start() < userinfo_end else v
+
+    return _ENV_REF.sub(value, url)
+
+
 def optuna_storage(spec: StudySpec, study_dir: Path) -> optuna.storages.BaseStorage:
     """SQLite in the study directory by default; a SQLAlchemy URL; or a journal file."""
     s = spec.optuna_storage
     if s is None:
         return optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
     if "://" in s:
-        return optuna.storages.RDBStorage(s)
+        try:
+            return optuna.storages.RDBStorage(storage_url(s))
+        except StudyError:
+            raise
+        except Exception as e:  # SQLAlchemy and its drivers raise many types
+            detail = str(e).splitlines()[0] if str(e) else ""
+            password = urlsplit(storage_url(s)).password
+            for secret in {password, unquote(password or "")} - {None, ""}:
+                detail = detail.replace(secret, "***")
+            raise StudyError(f"could not open the Optuna storage {mask_url(s)!r}: "
+                             f"{type(e).__name__}: {detail}") from e
     journal = s.startswith("journal:") or s.endswith((".log", ".journal"))
     path = Path(s.removeprefix("journal:")).expanduser()
     path = path if path.is_absolute() else study_dir / path
@@ -393,19 +500,34 @@ def tune_storage(spec: StudySpec, study_dir: Path) -> str:
 
 
 def run_study(spec: StudySpec, *, address: str | None = None, log: Log = _stderr) -> dict:
-    """Run a new study to its end; returns its summary."""
+    """Run a new study; returns its summary, whose ``complete`` says whether every trial
+    ended. Raises :class:`StudyInterrupted` on Ctrl-C, ``LockHeld`` if another driver
+    holds the study, :class:`StudyError` if the directory already holds one."""
+    check_storage_secret(spec)
     study_dir = spec.study_dir
-    if (study_dir / "study.json").exists() or (study_dir / "tune").exists():
-        raise StudyError(f"{study_dir} already holds a study; continue it with "
-                         f"`prune-study resume {study_dir}`, or choose another --name")
-    _tune_environment()
-    study_dir.mkdir(parents=True, exist_ok=True)
-    connect(address, log)
-    _check_resources(spec, address, log)
-    searcher = make_searcher(spec, study_dir)
-    base, info = ensure_base(spec, log)
-    write_study_files(spec, study_dir, base_row(base), info)
-    recorder = Recorder(study_dir, spec.objectives, spec.trials, spec.name)
+    with DriverLock(study_dir, command="run", log=log):
+        if (study_dir / "study.json").exists() or (study_dir / "tune").exists():
+            raise StudyError(f"{study_dir} already holds a study; continue it with "
+                             f"`prune-study resume {study_dir}`, or choose another --name")
+        return _start(spec, study_dir, address, log)
+
+
+def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> dict:
+    """Train or find the base model, write the study's files and run every trial."""
+    try:
+        _tune_environment()
+        connect(address, log)
+        _check_resources(spec, address, log)
+        searcher = make_searcher(spec, study_dir)
+        base, info = ensure_base(spec, log)
+        write_study_files(spec, study_dir, base_row(base), info)
+    except KeyboardInterrupt:
+        log(f"[{spec.name}] interrupted before its first trial; "
+            + (f"`prune-study resume {study_dir}` starts it" if (study_dir / "study.json")
+               .exists() else "run the spec again to start it"))
+        raise
+    limit = spec.resources.get("time_limit_s")
+    recorder = Recorder(study_dir, spec.objectives, spec.trials, spec.name, time_limit_s=limit)
     tuner = tune.Tuner(
         make_trainable(spec, base),
         tune_config=tune.TuneConfig(
@@ -416,49 +538,108 @@ def run_study(spec: StudySpec, *, address: str | None = None, log: Log = _stderr
             name="tune", storage_path=tune_storage(spec, study_dir), callbacks=[recorder],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0,
+            # Tune checks it on each result, so at the end of an epoch (trials report once
+            # an epoch); the Recorder calls a trial stopped past it `timeout`.
+            stop={"time_total_s": limit} if limit else None,
         ),
     )
     log(f"[{spec.name}] {spec.trials} trials of {spec.methods_label} with the {spec.sampler} "
         f"sampler; objectives {', '.join(f'{k} {m}' for k, m in spec.objectives.items())}; "
         f"study directory {study_dir}")
-    grid = tuner.fit()
-    return finish_study(study_dir, _trial_ids(grid), spec.trials, log)
+    return _drive(tuner, study_dir, spec.trials, log)
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None,
                  log: Log = _stderr) -> dict:
-    """Continue a study whose driver stopped: unfinished trials resume from checkpoints,
-    finished ones are kept, and the sampler continues from its saved state."""
+    """Continue a study whose driver stopped, until its ``trials`` have ended: unfinished
+    trials resume from checkpoints, ended ones are kept, and the sampler continues from its
+    saved state. A complete study is left alone: no Ray, no training."""
     study_dir = Path(study_dir).expanduser().resolve()
     if not (study_dir / "spec.yaml").exists() or not (study_dir / "study.json").exists():
         raise StudyError(f"{study_dir} is not a study directory (no spec.yaml / study.json)")
-    tune_dir = study_dir / "tune"
     spec = load_spec(study_dir / "spec.yaml")
     if spec.study_dir != study_dir:
         # The spec names where it was created; a moved study resumes where it is now.
         spec = spec.with_overrides(storage=str(study_dir.parent), name=study_dir.name)
-    if not spec.is_remote_storage and not tune.Tuner.can_restore(str(tune_dir)):
-        raise StudyError(f"{study_dir} has no Ray Tune state to resume (tune/ is missing or "
-                         "was never saved); start it again with `prune-study run`")
-    _tune_environment()
-    connect(address, log)
-    _check_resources(spec, address, log)
-    base, _ = ensure_base(spec, log)
-    done = {}
-    for rec in trial_records(study_dir):
-        if rec.get("status") == "ok":
-            done[rec["trial_id"]] = {**rec["row"], "status": "ok"}
-        elif rec.get("status") == "failed":
-            done[rec["trial_id"]] = {"status": "failed", "error": rec.get("error")}
-    s = summarize(study_dir)
-    log(f"[{spec.name}] resuming: {s['finished']} of {spec.trials} trials finished, "
-        f"{s['failed']} failed, {s['running']} to continue")
-    tuner = tune.Tuner.restore(
-        tune_storage(spec, study_dir) + "/tune", trainable=make_trainable(spec, base, done),
-        resume_unfinished=True, resume_errored=True,
-    )
-    grid = tuner.fit()
-    return finish_study(study_dir, _trial_ids(grid), spec.trials, log)
+    s = study_summary(study_dir)
+    if s["complete"]:
+        log(f"[{spec.name}] already complete: {s['ended']} of {s['requested']} trials ended "
+            f"({s['finished']} ok, {s['failed']} failed, {s['timeout']} timed out, "
+            f"{s['stopped'] - s['lost']} stopped); nothing to resume. Report it with "
+            f"`prune-study report {study_dir}`")
+        return s
+    check_storage_secret(spec)
+    with DriverLock(study_dir, command="resume", log=log):
+        tune_dir = study_dir / "tune"
+        if not spec.is_remote_storage and not tune.Tuner.can_restore(str(tune_dir)):
+            if trial_records(study_dir):
+                raise StudyError(f"{study_dir} has trials but no Ray Tune state to resume "
+                                 "(tune/ is missing or was never saved)")
+            log(f"[{spec.name}] was stopped before its first trial; starting it")
+            return _start(spec, study_dir, address, log)
+        # The base model is checked before Ray starts when the cache holds it.
+        base_path = cache_path(spec.cache_dir, spec.trial_spec().base_spec())
+        base = load_cached(spec.cache_dir, spec.trial_spec().base_spec())
+        if base is not None:
+            check_base(study_dir, base, base_path)
+        _tune_environment()
+        connect(address, log)
+        _check_resources(spec, address, log)
+        if base is None:
+            base, _ = ensure_base(spec, log)
+            check_base(study_dir, base, base_path)
+        done = {}
+        for rec in trial_records(study_dir):
+            if rec.get("status") == "ok":
+                done[rec["trial_id"]] = {**rec["row"], "status": "ok"}
+            elif rec.get("status") == "failed":
+                done[rec["trial_id"]] = {"status": "failed", "error": rec.get("error")}
+        log(f"[{spec.name}] resuming: {s['ended']} of {spec.trials} trials ended "
+            f"({s['finished']} ok, {s['failed']} failed, {s['timeout']} timed out), "
+            f"{s['running']} to continue")
+        tuner = tune.Tuner.restore(
+            tune_storage(spec, study_dir) + "/tune", trainable=make_trainable(spec, base, done),
+            resume_unfinished=True, resume_errored=True,
+        )
+        return _drive(tuner, study_dir, spec.trials, log)
+
+
+def _drive(tuner, study_dir: Path, requested: int, log: Log) -> dict:
+    """Fit, reconcile and summarise; raise :class:`StudyInterrupted` after a Ctrl-C."""
+    try:
+        grid, interrupted = _fit(tuner)
+    except KeyboardInterrupt:
+        # A second Ctrl-C, while Tune saved its state: what it saved before still resumes.
+        log(f"interrupted; continue the study with `prune-study resume {study_dir}`")
+        raise
+    summary = finish_study(study_dir, _trial_ids(grid), requested, log, interrupted=interrupted)
+    if interrupted:
+        raise StudyInterrupted(summary, study_dir)
+    return summary
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _fit(tuner) -> tuple:
+    """``tuner.fit()``, and whether a Ctrl-C (SIGINT) ended it.
+
+    On the first SIGINT Tune stops its trials, saves the experiment and returns normally
+    with unfinished trials (``ray.tune.tune.run``, Ray 2.60). Its handler puts back the
+    handler it found only then, so finding ours in place afterwards means it caught one.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0"))):
+        return tuner.fit(), False  # Tune installs no handler; Ctrl-C raises as usual
+    previous = signal.signal(signal.SIGINT, _raise_interrupt)
+    try:
+        grid = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is _raise_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None
+                      else signal.default_int_handler)
+    return grid, interrupted
 
 
 def _trial_ids(grid) -> set[str]:
@@ -466,33 +647,59 @@ def _trial_ids(grid) -> set[str]:
     return {Path(r.path).name for r in grid}
 
 
-def finish_study(study_dir: Path, known: set[str], requested: int, log: Log = _stderr) -> dict:
+def finish_study(study_dir: Path, known: set[str], requested: int, log: Log = _stderr,
+                 *, interrupted: bool = False) -> dict:
     """Reconcile trial files with the experiment Tune ran, and summarise."""
     for rec in trial_records(study_dir):
         if rec.get("status") not in FINAL_STATES and rec["trial_id"] not in known:
             # Sampled after the last saved experiment state of a killed driver: Tune has
             # no record of it, and the sampler drew a replacement.
-            rec.update(status="stopped", ended=rec.get("ended") or time.time(),
+            rec.update(status="stopped", lost=True, ended=rec.get("ended") or time.time(),
                        error="lost when the driver stopped before its state was saved; "
                              "a replacement trial was sampled")
             write_json(study_dir / "trials" / f"{rec['trial_id']}.json", rec)
     summary = study_summary(study_dir)
-    ended = summary["finished"] + summary["failed"] + summary.get("stopped", 0)
-    if ended < requested or summary["running"]:
-        log(f"[{summary['name']}] stopped before its end ({summary['finished']} of "
-            f"{requested} finished); continue it with `prune-study resume {study_dir}`")
-        return summary
-    log(f"[{summary['name']}] done: {summary['finished']} finished, {summary['failed']} "
-        f"failed, front of {summary['front_size']}; report with `prune-study report "
-        f"{study_dir}`")
+    counts = (f"{summary['ended']} of {requested} trials ended, {summary['finished']} ok, "
+              f"{summary['failed']} failed, {summary['timeout']} timed out")
+    if interrupted:
+        log(f"[{summary['name']}] interrupted ({counts}); Tune saved its state: continue it "
+            f"with `prune-study resume {study_dir}`")
+    elif not summary["complete"]:
+        log(f"[{summary['name']}] stopped before its end ({counts}); continue it with "
+            f"`prune-study resume {study_dir}`")
+    else:
+        log(f"[{summary['name']}] done: {counts}, front of {summary['front_size']}; report "
+            f"with `prune-study report {study_dir}`")
     return summary
 
 
+def _lost(rec: dict) -> bool:
+    """A trial lost with a killed driver: replaced, so it does not count as ended."""
+    return bool(rec.get("lost")) or (rec.get("status") == "stopped" and str(
+        rec.get("error") or "").startswith("lost when the driver stopped"))
+
+
+def progress(study_dir: Path, requested: int | None) -> dict:
+    """``ended`` (ok, failed, timeout, or stopped by the scheduler; lost trials are
+    replaced and do not count), ``timeout``, ``lost``, and ``complete``: every requested
+    trial ended and none runs."""
+    recs = trial_records(study_dir)
+    states = [r.get("status") for r in recs]
+    ended = sum(1 for r in recs if r.get("status") in FINAL_STATES and not _lost(r))
+    running = states.count("running") + states.count("pending")
+    return {"ended": ended, "timeout": states.count("timeout"),
+            "lost": sum(1 for r in recs if _lost(r)),
+            "complete": requested is not None and ended >= requested and running == 0}
+
+
 def study_summary(study_dir: Path) -> dict:
-    """``analysis.results.summary`` when the analysis package provides it, else counts."""
+    """``analysis.results.summary`` when the analysis package provides it, else counts;
+    with :func:`progress`."""
+    own = summarize(study_dir)
     try:
         from analysis.results import summary as analysis_summary
     except ImportError:
-        return summarize(study_dir)
-    own = summarize(study_dir)
-    return {**own, **analysis_summary(Path(study_dir))}
+        merged = own
+    else:
+        merged = {**own, **analysis_summary(Path(study_dir))}
+    return {**merged, **progress(Path(study_dir), merged.get("requested"))}

@@ -1006,8 +1006,13 @@ def _check_resources(c: _Checker, value: Any) -> dict:
                 c.error("resources.gpu", f"{gpu!r} is not valid; a trial takes a fraction of "
                                          "one GPU (0 < gpu < 1) or whole GPUs")
             out[k] = gpu or 0.0
+        elif k == "time_limit_s":
+            # Seconds a trial may run (Tune's time_total_s); a trial past it is a `timeout`.
+            limit = c.number("resources.time_limit_s", v, 0, 1e9, low_open=True)
+            if limit is not None:
+                out[k] = limit
         else:
-            c.error(f"resources.{k}", "unknown resource; allowed: cpu, gpu")
+            c.error(f"resources.{k}", "unknown resource; allowed: cpu, gpu, time_limit_s")
     return out
 
 
@@ -1057,10 +1062,12 @@ def _check_optuna_storage(c: _Checker, value: Any) -> str | None:
         c.error("optuna_storage", f"{value!r} is not a SQLAlchemy URL ({e}); allowed: {allowed}")
         return None
     shown = url.render_as_string(hide_password=True)
-    if url.password is not None or "password" in url.query:
+    env_ref = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", str(url.password or ""))
+    if (url.password is not None and not env_ref) or "password" in url.query:
         c.error("optuna_storage", f"{shown!r} holds a password, which would be copied into "
                                   "spec.yaml and logs; leave it out of the URL and give it in "
-                                  "the environment (PostgreSQL: PGPASSWORD or ~/.pgpass)")
+                                  "the environment (PostgreSQL: PGPASSWORD or ~/.pgpass), or "
+                                  "name a variable: postgresql://user:${PGPW}@host/db")
         return None
     try:
         url.get_dialect().import_dbapi()
