@@ -919,7 +919,7 @@ def _check_sampler(c: _Checker, value: Any, default_seed: Any) -> tuple[str, int
     seed = c.integer("sampler.seed", seed)
     if name is None:
         return "tpe", seed, {}
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         c.error("sampler.name" if isinstance(value, dict) else "sampler",
                 f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
         return "tpe", seed, {}
