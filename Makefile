@@ -28,8 +28,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
 
+# deptry: every imported package is declared, every declared one imported (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check prune_core studies analysis benchmarks tests
+	$(BIN)/deptry .
 
 clean:
 	rm -rf $(STORAGE) .pytest_cache

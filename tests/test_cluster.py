@@ -1,27 +1,23 @@
-"""A study on a real two-node Ray cluster (both nodes on 127.0.0.1), and cluster.yaml.
-
-The nodes are started with `ray start --block` in their own process groups, on their own
-ports and temp dir, with token authentication on; they are ended by process group, never
-with `ray stop` (which ends every Ray process on the machine).
-"""
+"""A study on a real two-node Ray cluster (both nodes on 127.0.0.1, tests/ray_cluster.py),
+and cluster.yaml."""
 
 from __future__ import annotations
 
 import copy
 import json
-import os
+import re
 import secrets
-import signal
-import socket
 import subprocess
-import time
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests import ray_cluster
+from tests.ray_cluster import BIN
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / ".venv" / "bin"
 
 
 def test_cluster_yaml_passes_rays_own_validator():
@@ -38,7 +34,23 @@ def test_cluster_yaml_passes_rays_own_validator():
         assert "RAY_AUTH_MODE=token" in start
     head = next(c for c in raw["head_start_ray_commands"] if "ray start" in c)
     assert "--dashboard-host=127.0.0.1" in head
-    assert any("pip install" in c and "prune-study" in c for c in raw["setup_commands"])
+    # Every node (setup_commands run on the head and the workers alike) installs torch pinned
+    # as the Makefile does, then this checkout with its cluster extra (Ray at the pinned
+    # version, boto3); no node-specific setup installs anything else.
+    setup = raw["setup_commands"]
+    torch_pin = re.search(r"torch==\S+ torchvision==\S+", (ROOT / "Makefile").read_text())
+    torch_at = next(i for i, c in enumerate(setup) if "pip install" in c and "torch==" in c)
+    assert torch_pin.group(0) in setup[torch_at]
+    project_at = next(i for i, c in enumerate(setup) if "pip install" in c and "-e" in c)
+    assert torch_at < project_at
+    assert re.search(r"cd ~/prune-study && \S*pip install (-q )?-e '\.\[cluster\]'$",
+                     setup[project_at]), setup[project_at]
+    assert raw["file_mounts"]["~/prune-study"] == "."
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert not any("pip install" in c for c in raw.get(key) or [])
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(r.startswith("ray[default]") for r in extras["cluster"])
     # The validator is strict: a misspelt field is caught, so the check above means something.
     bad = copy.deepcopy(raw)
     bad["available_node_types"]["head"]["node_cnofig"] = {}
@@ -46,77 +58,16 @@ def test_cluster_yaml_passes_rays_own_validator():
         validate_config(prepare_config(bad))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _node_args() -> list[str]:
-    return ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--block", "--disable-usage-stats",
-            f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-
-
-def _end_group(proc: subprocess.Popen) -> None:
-    """End a node: every process of its `ray start --block` process group."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        proc.poll()  # reap the group leader: a zombie still counts as a group member
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ray")
-    # The token is this cluster's own, so no other Ray on the machine shares it.
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    port = _free_port()
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false",
-         f"--temp-dir={tmp}", *_node_args()], env=env, start_new_session=True,
-        stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT)
-    nodes = [head]
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert head.poll() is None, (tmp / "head.log").read_text()[-3000:]
-                time.sleep(0.2)
-        worker_log = tmp / "worker.log"
-        nodes.append(subprocess.Popen(
-            [str(BIN / "ray"), "start", f"--address=127.0.0.1:{port}", *_node_args()],
-            env=env, start_new_session=True, stdout=open(worker_log, "w"),
-            stderr=subprocess.STDOUT))
-        deadline = time.time() + 120
-        while "Ray runtime started" not in worker_log.read_text() and time.time() < deadline:
-            assert nodes[1].poll() is None, worker_log.read_text()[-3000:]
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}", env, tmp
-    finally:
-        for p in nodes:
-            _end_group(p)
-        for p in nodes:
-            with pytest.raises(ProcessLookupError):
-                os.killpg(p.pid, 0)
+    with ray_cluster.two_nodes(tmp_path_factory.mktemp("ray")) as (address, env, nodes):
+        yield address, env
+    assert not any(ray_cluster.group_alive(p) for p in nodes)
 
 
 @pytest.mark.slow
 def test_a_study_runs_its_trials_on_both_nodes(two_nodes, tmp_path):
-    address, env, _ = two_nodes
+    address, env = two_nodes
     spec = {
         "name": "cluster", "data": "digits", "model": {"name": "vgg11", "width": 0.25},
         "baseline": {"epochs": 1}, "methods": "none",
