@@ -16,9 +16,7 @@ replaced and does not count. Ctrl-C stops Tune, which saves its state:
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 import signal
 import socket
 import sys
@@ -29,16 +27,12 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
 
 import optuna
 import ray
 import torch
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from prune_core.baseline import (
     BaseModel,
@@ -60,8 +54,8 @@ from studies.record import (
     write_json,
     write_study_files,
 )
-from studies.space import SearchSpace, make_sampler
-from studies.spec import StudyError, StudySpec, load_spec, objective_lists
+from studies.search import check_storage_secret, make_searcher
+from studies.spec import StudyError, StudySpec, load_spec
 
 CHECKPOINT_FILE = "trial.pt"
 logger = logging.getLogger(__name__)
@@ -306,156 +300,6 @@ def make_trainable(spec: StudySpec, base: BaseModel, done: dict | None = None):
 
 
 # --------------------------------------------------------------------------- searcher
-
-
-class StudySearch(OptunaSearch):
-    """OptunaSearch that tells Optuna the truth about every trial.
-
-    A failed trial (its final row has ``status: failed``) is told FAIL, a trial a
-    scheduler stopped early is told PRUNED; only complete rows with finite values
-    become points. Each suggestion carries its Optuna trial number as ``_number``.
-    After a restore, Optuna trials asked after the last saved searcher state (and
-    so unknown to Tune) are marked FAIL instead of staying RUNNING forever.
-    Relies on OptunaSearch's ``_ot_trials``/``_ot_study``/``_completed_trials``
-    (Ray 2.60).
-    """
-
-    def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
-        if isinstance(params, dict):
-            params["_number"] = self._ot_trials[trial_id].number
-        return params
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        # Intermediate values are not Optuna objectives (a scheduler does early stopping).
-        return
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = [result.get(m) for m in metrics] if result else []
-        ok = (not error and bool(result) and result.get("status") == "ok"
-              and all(isinstance(v, int | float) and math.isfinite(v) for v in values))
-        if ok:
-            state, told = TrialState.COMPLETE, values if len(values) > 1 else values[0]
-        elif not error and result and not result.get("final"):
-            state, told = TrialState.PRUNED, None
-        else:
-            state, told = TrialState.FAIL, None
-        try:
-            self._ot_study.tell(self._ot_trials[trial_id], told, state=state)
-        except (ValueError, RuntimeError) as exc:
-            # Told already: a trial that finished just before the driver was killed.
-            logger.debug("trial %s already told to Optuna: %s", trial_id, exc)
-        self._completed_trials.add(trial_id)
-
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        live = {t.number for tid, t in self._ot_trials.items()
-                if tid not in self._completed_trials}
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number not in live:
-                self._ot_study.tell(t.number, state=TrialState.FAIL)
-
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# User and password as SQLAlchemy's URL parser reads them (a password may hold "/").
-_USERINFO = re.compile(r"^([\w+.-]+://[^:/@]*)(?::([^@]*))?@")
-
-
-def mask_url(url: str) -> str:
-    """``scheme://user:***@host/...``: a URL fit for logs and error messages."""
-    m = _USERINFO.match(url)
-    return url if not m or m.group(2) is None else f"{m.group(1)}:***@{url[m.end():]}"
-
-
-def check_storage_secret(spec: StudySpec) -> None:
-    """Refuse an Optuna storage URL that spells out its password: the spec is copied into
-    the study directory as spec.yaml, so the password would be written there."""
-    s = spec.optuna_storage or ""
-    m = _USERINFO.match(s)
-    if m:
-        password = m.group(2)
-        if password and _ENV_REF.sub("", password):
-            raise StudyError(
-                f"optuna_storage {mask_url(s)!r} holds a password, which would be copied into "
-                "the study directory (spec.yaml). Give it through the environment instead: "
-                "postgresql://USER@HOST/DB with PGPASSWORD set (PostgreSQL reads it), or "
-                "${VAR} in the URL (postgresql://USER:${DB_PASSWORD}@HOST/DB).")
-
-
-def storage_url(url: str) -> str:
-    """The URL with every ``${VAR}`` replaced by the environment variable's value
-    (URL-quoted where it stands in the user or password)."""
-    m = _USERINFO.match(url)
-    userinfo_end = m.end() if m else -1
-    missing = [n for n in _ENV_REF.findall(url) if n not in os.environ]
-    if missing:
-        raise StudyError(f"optuna_storage refers to ${{{missing[0]}}}, which is not set in "
-                         "this environment; export it before `run` or `resume`")
-
-    def value(m: re.Match) -> str:
-        v = os.environ[m.group(1)]
-        return quote(v, safe="") if m.start() < userinfo_end else v
-
-    return _ENV_REF.sub(value, url)
-
-
-def optuna_storage(spec: StudySpec, study_dir: Path) -> optuna.storages.BaseStorage:
-    """SQLite in the study directory by default; a SQLAlchemy URL; or a journal file."""
-    s = spec.optuna_storage
-    if s is None:
-        return optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
-    if "://" in s:
-        try:
-            return optuna.storages.RDBStorage(storage_url(s))
-        except StudyError:
-            raise
-        except Exception as e:  # SQLAlchemy and its drivers raise many types
-            detail = str(e).splitlines()[0] if str(e) else ""
-            password = urlsplit(storage_url(s)).password
-            for secret in {password, unquote(password or "")} - {None, ""}:
-                detail = detail.replace(secret, "***")
-            raise StudyError(f"could not open the Optuna storage {mask_url(s)!r}: "
-                             f"{type(e).__name__}: {detail}") from e
-    journal = s.startswith("journal:") or s.endswith((".log", ".journal"))
-    path = Path(s.removeprefix("journal:")).expanduser()
-    path = path if path.is_absolute() else study_dir / path
-    if journal:
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(f"sqlite:///{path}")
-
-
-def make_searcher(spec: StudySpec, study_dir: Path):
-    metrics, modes = objective_lists(spec)
-    single = len(metrics) == 1
-    storage = optuna_storage(spec, study_dir)
-    if spec.name in optuna.get_all_study_names(storage):
-        n = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
-        if n:
-            raise StudyError(f"the Optuna storage already holds a study {spec.name!r} with {n} "
-                             "trials; resume that study or choose another --name")
-    searcher = StudySearch(
-        space=SearchSpace(spec), metric=metrics[0] if single else metrics,
-        mode=modes[0] if single else modes, sampler=make_sampler(spec),
-        study_name=spec.name, storage=storage,
-    )
-    # Tune keeps only one trial pending for a searcher that has no limiter, so trials would
-    # start one after another; the limiter lets as many start as the cluster holds.
-    return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent or _capacity(spec))
-
-
-def _capacity(spec: StudySpec) -> int:
-    """How many trials the connected cluster holds at once, given each trial's resources."""
-    have = ray.cluster_resources()
-    slots = [int(have.get("CPU", 1) // spec.resources["cpu"])]
-    if spec.resources["gpu"]:
-        slots.append(int(have.get("GPU", 0) // spec.resources["gpu"]))
-    return max(1, min(slots))
 
 
 def make_scheduler(spec: StudySpec):

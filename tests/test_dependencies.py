@@ -1,6 +1,6 @@
 """The declared dependencies hold where the code leans on more than their public API.
 
-``studies.runner.StudySearch`` reads private attributes of Ray's ``OptunaSearch``, so
+``studies.search.StudySearch`` reads private attributes of Ray's ``OptunaSearch``, so
 pyproject.toml pins Ray to the tested minor; a Ray that drops them must fail here, not in a
 study.
 """
@@ -15,7 +15,7 @@ import ray
 from optuna.trial import TrialState
 from packaging.requirements import Requirement
 
-from studies.runner import StudySearch
+from studies.search import StudySearch
 from studies.space import SearchSpace, make_sampler
 from studies.spec import objective_lists, parse_spec
 

@@ -27,7 +27,7 @@ import yaml
 from optuna.trial import TrialState
 
 from prune_core.baseline import atomic_save, safe_load, weights_hash
-from studies import runner
+from studies import runner, search
 from studies.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, main
 from studies.lock import LOCK_NAME, DriverLock, LockHeld, pid_alive, read_lock
 from studies.record import Recorder, trial_records
@@ -179,28 +179,29 @@ def test_a_storage_password_never_lands_in_the_study_directory(tmp_path, capsys)
     # Without the password, or with it from the environment, the spec is taken.
     for url in ("postgresql://alice@db.example/studies",
                 "postgresql://alice:${DB_PASSWORD}@db.example/studies"):
-        runner.check_storage_secret(_spec(optuna_storage=url))
+        search.check_storage_secret(_spec(optuna_storage=url))
 
 
 def test_storage_urls_expand_environment_variables(monkeypatch):
     monkeypatch.setenv("DB_PASSWORD", "p@ss/word")
     monkeypatch.setenv("DB_HOST", "db.example:5432")
-    url = runner.storage_url("postgresql://alice:${DB_PASSWORD}@${DB_HOST}/s")
+    url = search.storage_url("postgresql://alice:${DB_PASSWORD}@${DB_HOST}/s")
     # quoted where it is part of the user info, as it is elsewhere
     assert url == "postgresql://alice:p%40ss%2Fword@db.example:5432/s"
-    assert runner.mask_url(url) == "postgresql://alice:***@db.example:5432/s"
+    assert search.mask_url(url) == "postgresql://alice:***@db.example:5432/s"
     monkeypatch.delenv("DB_PASSWORD")
     with pytest.raises(StudyError, match=r"\$\{DB_PASSWORD\}, which is not set"):
-        runner.storage_url("postgresql://alice:${DB_PASSWORD}@h/s")
+        search.storage_url("postgresql://alice:${DB_PASSWORD}@h/s")
 
 
 def test_an_unreachable_storage_error_shows_no_password(tmp_path, monkeypatch):
     monkeypatch.setenv("DB_PASSWORD", "hunter2")
-    spec = _spec(optuna_storage="sqlite+nosuchdriver://alice:${DB_PASSWORD}@h/s")
+    # a driver that loads, a server that is not there (nothing listens on port 1)
+    spec = _spec(optuna_storage="postgresql+psycopg://alice:${DB_PASSWORD}@127.0.0.1:1/s")
     with pytest.raises(StudyError) as e:
-        runner.optuna_storage(spec, tmp_path)
+        search.optuna_storage(spec, tmp_path)
     assert "could not open the Optuna storage" in str(e.value)
-    assert "hunter2" not in str(e.value) and "alice:***@h" in str(e.value)
+    assert "hunter2" not in str(e.value) and "alice:***@127.0.0.1:1" in str(e.value)
 
 
 def test_joining_a_cluster_without_token_auth_warns(monkeypatch):

@@ -12,6 +12,7 @@ import os
 import pickle
 import signal
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -94,6 +95,68 @@ def test_failed_trials_are_recorded_and_never_on_a_front(failing_study):
     # The epoch history holds only what trials reported: the diverged ones reported nothing.
     lines = [json.loads(x) for x in (spec.study_dir / "history.jsonl").read_text().splitlines()]
     assert {x["trial_id"] for x in lines} == {r["trial_id"] for r in by_lr[1e-4]}
+
+
+def test_optuna_storage_is_a_complete_record(failing_study):
+    spec, _ = failing_study
+    study = optuna.load_study(study_name="failing",
+                              storage=f"sqlite:///{spec.study_dir / 'optuna.db'}")
+    assert study.metric_names == ["accuracy", "params"]
+    assert "accuracy: max" in study.user_attrs["spec"]
+    assert study.user_attrs["environment"]["torch"]
+    by_number = {t.number: t for t in study.trials}
+    for rec in trial_records(spec.study_dir):
+        attrs = by_number[rec["number"]].user_attrs
+        assert attrs["status"] == rec["status"]
+        if rec["status"] == "ok":
+            for column in ("accuracy", "params", "macs", "none.lr", "train_seconds"):
+                assert attrs[column] == pytest.approx(rec["row"][column]), column
+            # two objectives: Optuna keeps no intermediate values, the attribute does
+            steps = attrs["val_accuracy_by_step"]
+            assert steps and all(0.0 <= v <= 1.0 for _, v in steps)
+        else:
+            assert attrs["error"].startswith("TrainingDiverged")
+
+
+def test_optuna_dashboard_serves_the_study(failing_study):
+    """optuna-dashboard's own server, on localhost, reads the record back over HTTP."""
+    import socket
+    import urllib.request
+
+    spec, _ = failing_study
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    exe = Path(sys.executable).parent / "optuna-dashboard"
+    proc = subprocess.Popen([str(exe), f"sqlite:///{spec.study_dir / 'optuna.db'}",
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                studies = get("/api/studies")["study_summaries"]
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        (entry,) = [x for x in studies if x["study_name"] == "failing"]
+        detail = get(f"/api/studies/{entry['study_id']}")
+        assert detail["objective_names"] == ["accuracy", "params"]
+        assert detail["directions"] == ["maximize", "minimize"]
+        ok = [t for t in detail["trials"] if t["state"].lower() == "complete"]
+        assert ok and len(detail["trials"]) == 4
+        attrs = {a["key"]: a["value"] for a in ok[0]["user_attrs"]}
+        assert attrs["status"] == "ok" and 0.0 <= float(attrs["accuracy"]) <= 1.0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_killed_trial_process_resumes_from_its_last_checkpoint(failing_study, storage):

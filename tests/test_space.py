@@ -106,7 +106,8 @@ def test_the_space_survives_pickling_as_tune_saves_it():
 
 
 def test_optuna_storage_forms(tmp_path):
-    from studies.runner import make_scheduler, optuna_storage
+    from studies.runner import make_scheduler
+    from studies.search import optuna_storage
 
     def storage_of(value):
         spec = spec_of(optuna_storage=value)
