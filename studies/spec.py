@@ -54,8 +54,9 @@ MAX_INT = 2**32 - 1  # seeds and counts: what numpy and Optuna take
 TOP_KEYS = (
     "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
     "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
-    "optuna_storage", "max_failures", "seed", "device", "latency", "constraints",
+    "optuna_storage", "max_failures", "seed", "device", "latency", "constraints", "loggers",
 )
+LOGGERS = ("csv", "json", "tensorboard", "mlflow")
 
 
 class SpecError(ValueError):
@@ -131,6 +132,8 @@ class StudySpec:
     latency: bool = False
     # column -> {"min": x, "max": y}: a trial outside is infeasible (told to the sampler)
     constraints: dict = field(default_factory=dict)
+    # Ray Tune result loggers: {"csv": {}, "mlflow": {"tracking_uri": ..., "experiment": ...}}
+    loggers: dict = field(default_factory=dict)
     source: dict = field(default_factory=dict)  # the spec as written, for spec.yaml
 
     # ------------------------------------------------------------------ derived
@@ -342,6 +345,7 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
     latency = latency or "latency_ms" in objectives
     constraints = _check_constraint_bounds(c, raw.get("constraints"))
     latency = latency or "latency_ms" in constraints
+    loggers = _check_loggers(c, raw.get("loggers"))
 
     if c.errors:
         raise SpecError(c.errors, source)
@@ -352,7 +356,7 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
         sampler_options=sampler_options, trials=trials, scheduler=scheduler,
         resources=resources, max_concurrent=max_concurrent, storage=storage,
         optuna_storage=optuna_storage, max_failures=max_failures, seed=seed, device=device,
-        latency=latency, constraints=constraints, source=dict(raw),
+        latency=latency, constraints=constraints, loggers=loggers, source=dict(raw),
     )
 
 
@@ -910,6 +914,33 @@ def _check_constraint_bounds(c: _Checker, value: Any) -> dict:
             c.error(where, f"min {checked['min']:g} is above max {checked['max']:g}")
             continue
         out[col] = checked
+    return out
+
+
+def _check_loggers(c: _Checker, value: Any) -> dict:
+    """``[csv, json, tensorboard, mlflow]`` or ``{mlflow: {tracking_uri, experiment}, ...}``."""
+    if value is None:
+        return {}
+    items = {v: {} for v in value if isinstance(v, str)} if isinstance(value, list) else value
+    if not isinstance(items, dict) or (isinstance(value, list) and len(items) != len(value)):
+        c.error("loggers", f"{_show(value)} is not valid; allowed: a list of "
+                           f"{', '.join(LOGGERS)}, or a mapping of them to settings")
+        return {}
+    out = {}
+    for name, settings in items.items():
+        if name not in LOGGERS:
+            c.error(f"loggers.{name}", f"unknown logger; allowed: {', '.join(LOGGERS)}")
+            continue
+        settings = settings or {}
+        allowed = ("tracking_uri", "experiment") if name == "mlflow" else ()
+        if not isinstance(settings, dict) or set(settings) - set(allowed):
+            c.error(f"loggers.{name}", f"{_show(settings)} is not valid; allowed settings: "
+                                       f"{', '.join(allowed) or 'none'}")
+            continue
+        for k, v in settings.items():
+            if not isinstance(v, str) or not v.strip() or _CONTROL.search(v):
+                c.error(f"loggers.{name}.{k}", f"{_show(v)} is not valid; allowed: text")
+        out[name] = dict(settings)
     return out
 
 
