@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 
 import torch
 from torch import nn
@@ -130,21 +129,65 @@ def size_bytes(model: nn.Module) -> int:
     return total
 
 
+LATENCY_DEFAULTS = {"batch": [1], "threads": None, "compiled": False, "runs": 30,
+                    "warmup": 5}
+
+
 @torch.no_grad()
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], repeats: int = 30,
                warmup: int = 5) -> float:
     """Median CPU latency of one batch-1 forward pass, in milliseconds."""
+    return measure_latency(model, input_shape, runs=repeats, warmup=warmup)["latency_ms"]
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *,
+                    batch: list[int] | tuple[int, ...] = (1,), threads: int | None = None,
+                    compiled: bool = False, runs: int = 30, warmup: int = 5) -> dict:
+    """CPU latency as deployment runs it, with ``torch.utils.benchmark``: after ``warmup``
+    calls, ``runs`` timed forward passes per batch size, on ``threads`` threads (default:
+    the current count). ``compiled`` times ``torch.compile`` with the inductor backend
+    (with freezing, so an int8 graph from torchao's x86 quantizer runs int8 kernels).
+
+    Returns ``latency_ms_b<N>`` and ``latency_iqr_ms_b<N>`` (median and interquartile
+    range, ms) per batch size, and ``latency_ms``/``latency_iqr_ms`` for the first.
+    """
     model = deployable(model)
     model = copy.deepcopy(model).cpu().eval() if _on_gpu(model) else model.eval()
-    x = torch.randn((1, *input_shape))
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    threads = threads or torch.get_num_threads()
+    if not compiled:
+        return _time_batches(model, input_shape, batch, threads, runs, warmup)
+    import torch._inductor.config as inductor_config
+
+    # Freezing constant-folds the int8 weights into the kernels; compiling happens at the
+    # first (warm-up) call, inside the patch, which leaves the process's settings alone.
+    with inductor_config.patch(freezing=True):
+        return _time_batches(torch.compile(model, backend="inductor"), input_shape, batch,
+                             threads, runs, warmup)
+
+
+def _time_batches(model, input_shape, batch, threads: int, runs: int, warmup: int) -> dict:
+    from torch.utils import benchmark
+
+    out: dict[str, float] = {}
+    for b in batch:
+        x = torch.randn((b, *input_shape))
+
+        @torch.inference_mode()
+        def forward(x=x):
+            return model(x)
+
+        for _ in range(warmup):
+            forward()
+        timer = benchmark.Timer(stmt="forward()", globals={"forward": forward},
+                                num_threads=threads)
+        times = [timer.timeit(1).times[0] * 1e3 for _ in range(runs)]
+        q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+        out[f"latency_ms_b{b}"] = statistics.median(times)
+        out[f"latency_iqr_ms_b{b}"] = q3 - q1
+    first = batch[0]
+    out["latency_ms"], out["latency_iqr_ms"] = (out[f"latency_ms_b{first}"],
+                                                out[f"latency_iqr_ms_b{first}"])
+    return out
 
 
 def _on_gpu(model: nn.Module) -> bool:
@@ -156,13 +199,14 @@ def measure(
     input_shape: tuple[int, ...],
     *,
     structure: nn.Module | None = None,
-    with_latency: bool = False,
+    with_latency: bool | dict = False,
 ) -> dict:
     """Every size and operation column for one model.
 
     ``structure`` is the float model a quantized one was converted from: its
     layers are counted for params and MACs, while the bytes are the quantized
-    model's own.
+    model's own. ``with_latency`` (true, or the options of :func:`measure_latency`) adds
+    the latency columns.
     """
     counted = structure if structure is not None else model
     params, nonzero = count_params(counted)
@@ -183,7 +227,8 @@ def measure(
         "size_bytes": size_bytes(model),
     }
     if with_latency:
-        row["latency_ms"] = latency_ms(model, input_shape)
+        options = {**LATENCY_DEFAULTS, **(with_latency if isinstance(with_latency, dict) else {})}
+        row.update(measure_latency(model, input_shape, **options))
     return row
 
 

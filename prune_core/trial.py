@@ -48,7 +48,7 @@ class TrialSpec:
     fixed: dict = field(default_factory=dict)  # stage.param values not searched
     seed: int = 0
     device: str = "auto"
-    latency: bool = False
+    latency: bool | dict = False  # True, or measure_latency's options
     cache_dir: str = DEFAULT_CACHE
 
     @classmethod

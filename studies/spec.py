@@ -129,7 +129,7 @@ class StudySpec:
     max_failures: int = 2
     seed: int = 0
     device: str = "auto"
-    latency: bool = False
+    latency: bool | dict = False  # True, or {batch, threads, compiled, runs, warmup}
     # column -> {"min": x, "max": y}: a trial outside is infeasible (told to the sampler)
     constraints: dict = field(default_factory=dict)
     # Ray Tune result loggers: {"csv": {}, "mlflow": {"tracking_uri": ..., "experiment": ...}}
@@ -338,10 +338,7 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
     if device.startswith("cuda") and resources["gpu"] == 0:
         c.error("device", f"{device!r} needs a GPU per trial, but resources.gpu is 0; "
                           "set resources.gpu (fractions such as 0.5 share a GPU)")
-    latency = raw.get("latency", False)
-    if not isinstance(latency, bool):
-        c.error("latency", f"{latency!r} is not true or false")
-        latency = False
+    latency = _check_latency(c, raw.get("latency", False))
     latency = latency or "latency_ms" in objectives
     constraints = _check_constraint_bounds(c, raw.get("constraints"))
     latency = latency or "latency_ms" in constraints
@@ -915,6 +912,38 @@ def _check_constraint_bounds(c: _Checker, value: Any) -> dict:
             continue
         out[col] = checked
     return out
+
+
+def _check_latency(c: _Checker, value: Any) -> bool | dict:
+    """``true``, or ``{batch: [1, 32], threads: N, compiled: bool, runs: 30, warmup: 5}``."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        c.error("latency", f"{_show(value)} is not valid; allowed: true, false, or "
+                           "{batch: [1, 32], threads: N, compiled: true, runs: 30}")
+        return False
+    out: dict = {}
+    for k, v in value.items():
+        if k == "batch":
+            sizes = v if isinstance(v, list) else [v]
+            out[k] = [c.integer("latency.batch", b, low=1, high=4096) for b in sizes]
+            if not sizes or len(set(out[k])) != len(out[k]):
+                c.error("latency.batch", f"{_show(v)} is not valid; allowed: distinct batch "
+                                         "sizes, e.g. [1, 32]")
+        elif k == "threads":
+            out[k] = c.integer("latency.threads", v, low=1, high=1024)
+        elif k == "runs":
+            out[k] = c.integer("latency.runs", v, low=30, high=100_000)
+        elif k == "warmup":
+            out[k] = c.integer("latency.warmup", v, low=0, high=10_000)
+        elif k == "compiled":
+            if not isinstance(v, bool):
+                c.error("latency.compiled", f"{_show(v)} is not true or false")
+            out[k] = v is True
+        else:
+            c.error(f"latency.{k}", "unknown setting; allowed: batch, threads, compiled, runs, "
+                                    "warmup")
+    return out or True
 
 
 def _check_loggers(c: _Checker, value: Any) -> dict:

@@ -64,3 +64,36 @@ def test_latency_is_positive_and_channel_counts_named():
     assert measure.latency_ms(model, (3, 32, 32), repeats=3, warmup=1) > 0
     assert measure.channel_counts(model) == {"features.conv0": 4, "features.conv1": 4,
                                              "features.conv2": 4}
+
+
+def test_latency_per_batch_size_with_spread():
+    model = models.build("vgg11", width=0.0625)
+    row = measure.measure_latency(model, (3, 16, 16), batch=[1, 16], runs=30, warmup=2,
+                                  threads=1)
+    assert set(row) == {"latency_ms", "latency_iqr_ms", "latency_ms_b1", "latency_iqr_ms_b1",
+                        "latency_ms_b16", "latency_iqr_ms_b16"}
+    assert row["latency_ms"] == row["latency_ms_b1"] > 0
+    assert all(v >= 0 for v in row.values())
+    assert row["latency_ms_b16"] > row["latency_ms_b1"]  # sixteen images cost more than one
+
+
+def test_compiled_int8_latency_runs_the_int8_graph(digits):
+    from prune_core.methods.quantize import quantize_model
+
+    model = models.build("vgg11", width=0.0625).eval()
+    small = datasets_first(digits, 256)
+    q = quantize_model(model, small, calibration_batches=1, per_channel=True)
+    row = measure.measure(q, small.input_shape, structure=model,
+                          with_latency={"compiled": True, "runs": 30, "warmup": 1})
+    assert row["latency_ms"] > 0 and row["latency_iqr_ms"] >= 0
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.freezing is False  # the setting was patched only while timing
+
+
+def datasets_first(data, n: int):
+    from dataclasses import replace
+
+    from prune_core.data import Split
+
+    return replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
