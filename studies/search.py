@@ -25,7 +25,7 @@ from ray.tune.search.optuna import OptunaSearch
 from studies.record import environment
 from studies.samplers import Constraints, make_sampler
 from studies.space import SearchSpace
-from studies.spec import StudyError, StudySpec, objective_lists
+from studies.spec import PIPELINE, StudyError, StudySpec, objective_lists
 
 logger = logging.getLogger(__name__)
 # Row columns too large for a user attribute (per-layer lists, histograms).
@@ -215,6 +215,49 @@ def optuna_storage(spec: StudySpec, study_dir: Path) -> optuna.storages.BaseStor
     return optuna.storages.RDBStorage(f"sqlite:///{path}")
 
 
+def warm_start_points(spec: StudySpec) -> list[dict]:
+    """The searched values of the ``warm_start`` study's front (its best trials), each cut
+    to what this study searches: a value outside this study's range or choices drops the
+    point; a parameter this study does not search is left out (this study samples it)."""
+    if not spec.warm_start:
+        return []
+    ws = spec.warm_start
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            old = optuna.load_study(study_name=ws["study"], storage=storage_url(ws["storage"]))
+            front = old.best_trials
+    except (KeyError, ValueError) as e:
+        raise StudyError(f"warm_start: no study {ws['study']!r} in {mask_url(ws['storage'])!r} "
+                         f"({e})") from e
+    searched = spec.searched
+    chains = set(spec.chain_names)
+    points = []
+    for t in front:
+        point = {}
+        for name, value in t.params.items():
+            if name == PIPELINE:
+                if value not in chains:
+                    break
+                if len(chains) > 1:
+                    point[name] = value
+            elif name in searched:
+                if not _fits(searched[name], value):
+                    break
+                point[name] = value
+        else:
+            if point and point not in points:
+                points.append(point)
+    return points
+
+
+def _fits(p, value) -> bool:
+    if p.kind == "categorical":
+        return value in p.choices
+    return _finite(value) and p.low <= value <= p.high and (p.kind != "int" or
+                                                             float(value).is_integer())
+
+
 def make_searcher(spec: StudySpec, study_dir: Path):
     metrics, modes = objective_lists(spec)
     single = len(metrics) == 1
@@ -224,10 +267,12 @@ def make_searcher(spec: StudySpec, study_dir: Path):
         if n:
             raise StudyError(f"the Optuna storage already holds a study {spec.name!r} with {n} "
                              "trials; resume that study or choose another --name")
+    points = warm_start_points(spec)
     searcher = StudySearch(
         space=SearchSpace(spec), metric=metrics[0] if single else metrics,
         mode=modes[0] if single else modes, sampler=make_sampler(spec),
         study_name=spec.name, storage=storage, constraints=spec.constraints or None,
+        points_to_evaluate=points or None,
     )
     study = searcher._ot_study
     study.set_user_attr("spec", spec.to_yaml())

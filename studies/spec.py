@@ -55,6 +55,7 @@ TOP_KEYS = (
     "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
     "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
     "optuna_storage", "max_failures", "seed", "device", "latency", "constraints", "loggers",
+    "warm_start",
 )
 LOGGERS = ("csv", "json", "tensorboard", "mlflow")
 
@@ -134,6 +135,8 @@ class StudySpec:
     constraints: dict = field(default_factory=dict)
     # Ray Tune result loggers: {"csv": {}, "mlflow": {"tracking_uri": ..., "experiment": ...}}
     loggers: dict = field(default_factory=dict)
+    # {"storage": Optuna storage URL, "study": name}: whose front starts this study
+    warm_start: dict | None = None
     source: dict = field(default_factory=dict)  # the spec as written, for spec.yaml
 
     # ------------------------------------------------------------------ derived
@@ -343,6 +346,7 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
     constraints = _check_constraint_bounds(c, raw.get("constraints"))
     latency = latency or "latency_ms" in constraints
     loggers = _check_loggers(c, raw.get("loggers"))
+    warm_start = _check_warm_start(c, raw.get("warm_start"))
 
     if c.errors:
         raise SpecError(c.errors, source)
@@ -353,7 +357,8 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
         sampler_options=sampler_options, trials=trials, scheduler=scheduler,
         resources=resources, max_concurrent=max_concurrent, storage=storage,
         optuna_storage=optuna_storage, max_failures=max_failures, seed=seed, device=device,
-        latency=latency, constraints=constraints, loggers=loggers, source=dict(raw),
+        latency=latency, constraints=constraints, loggers=loggers, warm_start=warm_start,
+        source=dict(raw),
     )
 
 
@@ -946,6 +951,47 @@ def _check_latency(c: _Checker, value: Any) -> bool | dict:
     return out or True
 
 
+def _check_warm_start(c: _Checker, value: Any) -> dict | None:
+    """A study directory, or ``{storage: <Optuna storage URL>, study: <name>}``; resolved to
+    the latter."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip() and not _CONTROL.search(value) \
+            and "://" not in value:
+        d = Path(value).expanduser()
+        info = d / "study.json"
+        if not info.is_file():
+            c.error("warm_start", f"{value!r} is not a study directory (no study.json); give "
+                                  "one, or {storage: <Optuna storage URL>, study: <name>}")
+            return None
+        try:
+            raw = read_yaml(d / "spec.yaml") if (d / "spec.yaml").is_file() else {}
+        except SpecError as e:
+            c.error("warm_start", f"{value!r}: its spec.yaml cannot be read ({e.errors[0]})")
+            return None
+        storage = raw.get("optuna_storage") if isinstance(raw, dict) else None
+        if not isinstance(storage, str) or not storage:
+            storage = f"sqlite:///{(d / 'optuna.db').resolve()}"
+        elif "://" not in storage:
+            path = Path(storage.removeprefix("journal:")).expanduser()
+            path = path if path.is_absolute() else d.resolve() / path
+            storage = f"journal:{path}" if storage.startswith("journal:") or \
+                storage.endswith((".log", ".journal")) else f"sqlite:///{path}"
+        return {"storage": storage, "study": d.resolve().name}
+    if isinstance(value, dict) and set(value) == {"storage", "study"} \
+            and all(isinstance(v, str) and v.strip() and not _CONTROL.search(v)
+                    for v in value.values()):
+        if "://" not in value["storage"] or \
+                _check_optuna_storage(c, value["storage"], "warm_start.storage") is None:
+            if "://" not in value["storage"]:
+                c.error("warm_start.storage", f"{value['storage']!r} is not a storage URL")
+            return None
+        return dict(value)
+    c.error("warm_start", f"{_show(value)} is not valid; allowed: a study directory, or "
+                          "{storage: <Optuna storage URL>, study: <name>}")
+    return None
+
+
 def _check_loggers(c: _Checker, value: Any) -> dict:
     """``[csv, json, tensorboard, mlflow]`` or ``{mlflow: {tracking_uri, experiment}, ...}``."""
     if value is None:
@@ -1104,13 +1150,14 @@ def _check_storage(c: _Checker, value: Any) -> str:
     return value
 
 
-def _check_optuna_storage(c: _Checker, value: Any) -> str | None:
+def _check_optuna_storage(c: _Checker, value: Any, where: str = "optuna_storage"
+                          ) -> str | None:
     """A SQLAlchemy URL whose driver imports here, a .db file, or a journal file."""
     if value is None:
         return None
     allowed = "a SQLAlchemy URL, a .db file, or a journal file (.log / .journal)"
     if not isinstance(value, str) or not value.strip() or _CONTROL.search(value):
-        c.error("optuna_storage", f"{_show(value)} is not valid; allowed: {allowed}")
+        c.error(where, f"{_show(value)} is not valid; allowed: {allowed}")
         return None
     if "://" not in value:
         return value
@@ -1119,12 +1166,12 @@ def _check_optuna_storage(c: _Checker, value: Any) -> str | None:
     try:
         url = make_url(value)
     except Exception as e:  # sqlalchemy raises ArgumentError and ValueError subclasses
-        c.error("optuna_storage", f"{value!r} is not a SQLAlchemy URL ({e}); allowed: {allowed}")
+        c.error(where, f"{value!r} is not a SQLAlchemy URL ({e}); allowed: {allowed}")
         return None
     shown = url.render_as_string(hide_password=True)
     env_ref = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", str(url.password or ""))
     if (url.password is not None and not env_ref) or "password" in url.query:
-        c.error("optuna_storage", f"{shown!r} holds a password, which would be copied into "
+        c.error(where, f"{shown!r} holds a password, which would be copied into "
                                   "spec.yaml and logs; leave it out of the URL and give it in "
                                   "the environment (PostgreSQL: PGPASSWORD or ~/.pgpass), or "
                                   "name a variable: postgresql://user:${PGPW}@host/db")
@@ -1134,7 +1181,7 @@ def _check_optuna_storage(c: _Checker, value: Any) -> str | None:
     except Exception as e:  # NoSuchModuleError (dialect) or ImportError (driver)
         hint = " (pip install 'prune-study[postgres]')" if url.get_backend_name() == \
             "postgresql" else ""
-        c.error("optuna_storage", f"{shown!r}: the database driver cannot be loaded here "
+        c.error(where, f"{shown!r}: the database driver cannot be loaded here "
                                   f"({type(e).__name__}: {e}){hint}")
         return None
     return value

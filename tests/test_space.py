@@ -163,3 +163,34 @@ def test_told_constraints_steer_the_sampler_into_the_feasible_region():
         late[constrained] = [t.params["x"] for t in study.trials[20:]]
     assert sum(x <= 0.35 for x in late[True]) >= 10
     assert sum(x <= 0.35 for x in late[False]) <= 5
+
+
+def test_warm_start_enqueues_the_old_front_that_fits_the_new_space(tmp_path):
+    from studies.samplers import make_sampler
+    from studies.search import StudySearch, warm_start_points
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="old", storage=url,
+                              directions=["maximize", "minimize"])
+    # (ratio, accuracy, macs): the first three are the front, the last is dominated
+    for ratio, acc, macs in [(0.3, 0.95, 100), (0.6, 0.90, 50), (0.95, 0.70, 10),
+                             (0.5, 0.80, 90)]:
+        old.enqueue_trial({"slimming.prune_ratio": ratio, "slimming.lambda": 0.01})
+        t = old.ask()
+        t.suggest_float("slimming.prune_ratio", 0.1, 0.99)
+        t.suggest_float("slimming.lambda", 1e-4, 1e-1, log=True)
+        old.tell(t, [acc, macs])
+    spec = spec_of(methods="slimming", space={"slimming.prune_ratio": {"low": 0.2, "high": 0.9},
+                          "slimming.lambda": {"low": 1e-4, "high": 1e-1, "log": True}},
+                   warm_start={"storage": url, "study": "old"})
+    points = warm_start_points(spec)
+    # 0.95 lies outside the new range; the dominated 0.5 was never on the front
+    assert sorted(p["slimming.prune_ratio"] for p in points) == [0.3, 0.6]
+    searcher = StudySearch(space=SearchSpace(spec), metric=["accuracy", "macs"],
+                           mode=["max", "min"], sampler=make_sampler(spec),
+                           points_to_evaluate=points)
+    first = [searcher.suggest(f"t{i}") for i in range(2)]
+    assert [f["slimming.prune_ratio"] for f in first] == [p["slimming.prune_ratio"]
+                                                          for p in points]
+    with pytest.raises(ValueError, match="warm_start.storage"):
+        spec_of(warm_start={"storage": "runs/x", "study": "old"})
