@@ -1,0 +1,456 @@
+"""Spec checks of what a trial trains: data, model, training settings, methods and
+the search space (with the methods' own parameter tables and constraints)."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import warnings
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from prune_core import data as datasets
+from prune_core import models
+from prune_core.methods import (
+    Method,
+    Param,
+    ParamError,
+    chain_name,
+    incompatibilities,
+    list_methods,
+    parse_chain,
+)
+from prune_core.train import TrainConfig
+from studies._values import (
+    CONTROL,
+    PIPELINE,
+    SEARCH_WORD,
+    SPACE_KEYS,
+    Checker,
+    ParamSpace,
+    finite,
+    maybe_number,
+    named,
+    show,
+)
+
+
+def check_data(c: Checker, value: Any) -> tuple[str, dict]:
+    name, kw = named(c, "data", value)
+    if name is None:
+        return "digits", {}
+    if name not in datasets.list_datasets():
+        c.error("data.name", f"unknown dataset {name!r}; valid names: "
+                             f"{', '.join(datasets.list_datasets())}")
+        return name, kw
+    allowed = _dataset_kwargs(name)
+    for k in kw:
+        if k not in allowed:
+            c.error(f"data.{k}", f"dataset {name!r} does not take {k!r}; it takes: "
+                                 f"{', '.join(allowed)}")
+    vf = kw.get("val_fraction", 0.1)
+    if not finite(vf) or not 0 < vf < 0.5:
+        c.error("data.val_fraction", f"{show(vf)} is not valid; allowed: a number in (0, 0.5)")
+    if "image_size" in kw:
+        kw["image_size"] = c.integer("data.image_size", kw["image_size"], low=8, high=512)
+    for flag in ("download", "augment"):
+        if not isinstance(kw.get(flag, False), bool):
+            c.error(f"data.{flag}", f"{show(kw[flag])} is not true or false")
+    download = kw.get("download", False) is True
+    if datasets.needs_root(name):
+        root = kw.get("root")
+        if root is None:
+            c.error("data.root", f"dataset {name!r} needs a root directory; set data.root")
+        elif not isinstance(root, str) or not root.strip() or CONTROL.search(root):
+            c.error("data.root", f"{show(root)} is not a path")
+        elif not Path(root).expanduser().exists() and not download:
+            c.error("data.root", f"{root!r} does not exist; put the {name} files there, or "
+                                 "set data.download: true on a machine with internet")
+        elif isinstance(root, str):
+            kw["root"] = str(Path(root).expanduser().resolve())
+    return name, kw
+
+
+def _dataset_kwargs(name: str) -> list[str]:
+    """The settings a spec may give a dataset: its own options and load()'s (bar the
+    device budget, which the trial sets)."""
+    common = [k for k in datasets.LOAD_OPTIONS if k != "max_device_bytes"]
+    return [*common, *datasets.dataset_options(name)]
+
+
+IMPORT_KEYS = ("import", "kwargs", "weights")  # model: {import: "pkg.mod:factory", ...}
+
+
+def check_model(c: Checker, value: Any) -> tuple[str, dict]:
+    """A registry name with its settings, ``torchvision:``/``timm:`` names, or
+    ``{import: "pkg.mod:factory", kwargs: {...}, weights: file}``."""
+    if isinstance(value, dict) and "import" in value:
+        return check_import_model(c, value)
+    name, kw = named(c, "model", value)
+    if name is None:
+        return "vgg11", {}
+    if isinstance(name, str) and models.model_source(name) is not None:
+        check_weights(c, kw)
+        check_built(c, name, kw, "model.name", "model.")
+        return name, kw
+    if name not in models.list_models():
+        c.error("model.name", f"unknown model {name!r}; valid names: "
+                              f"{', '.join(models.list_models())}; or torchvision:<name>, "
+                              "timm:<name>, {import: 'pkg.module:factory'} "
+                              "(see prune-study models)")
+        return name, kw
+    allowed = models.model_kwargs(name)
+    for k in kw:
+        if k not in allowed:
+            c.error(f"model.{k}", f"model {name!r} does not take {k!r}; it takes: "
+                                  f"{', '.join(allowed)}")
+    check_weights(c, kw)
+    if "width" in kw:
+        w = kw["width"]
+        if not isinstance(w, int | float) or isinstance(w, bool) or not 0 < w <= 4:
+            c.error("model.width", f"{w!r} is not valid; allowed: a number in (0, 4]")
+    return name, kw
+
+
+def check_weights(c: Checker, kw: dict) -> None:
+    """An existing local file, made absolute in ``kw`` (dropped from ``kw`` if it is not)."""
+    weights = kw.get("weights")
+    if weights is None:
+        return
+    if not isinstance(weights, str) or not Path(weights).expanduser().is_file():
+        c.error("model.weights", f"{weights!r} is not a file; give the path of a local "
+                                 "weights file (nothing is downloaded at run time)")
+        kw.pop("weights")
+    else:
+        kw["weights"] = str(Path(weights).expanduser().resolve())
+
+
+def check_import_model(c: Checker, value: dict) -> tuple[str, dict]:
+    target = value["import"]
+    for k in value:
+        if k == "name":
+            c.error("model.name", "give either name or import, not both")
+        elif k not in IMPORT_KEYS:
+            c.error(f"model.{k}", f"unknown key beside import; allowed: "
+                                  f"{', '.join(IMPORT_KEYS)} (the factory's arguments go "
+                                  "under kwargs)")
+    kwargs = value.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        c.error("model.kwargs", f"{kwargs!r} is not a mapping of the factory's arguments")
+        kwargs = {}
+    kw = {str(k): maybe_number(v) for k, v in kwargs.items()}
+    if "weights" in kw:
+        c.error("model.kwargs.weights", "'weights' is read by prune-study itself; give the "
+                                        "file as model.weights")
+        kw.pop("weights")
+    if not isinstance(target, str) or not target.strip():
+        c.error("model.import", f"{target!r} is not valid; write 'pkg.module:factory'")
+        return "vgg11", {}
+    name = f"import:{target.strip()}"
+    if "weights" in value:
+        kw["weights"] = value["weights"]
+        check_weights(c, kw)
+    check_built(c, name, kw, "model.import", "model.kwargs.")
+    return name, kw
+
+
+def check_built(c: Checker, name: str, kw: dict, where: str, key_prefix: str) -> None:
+    """Build a non-registry model once, so every mistake in it is reported now."""
+    try:
+        # The classifier warning of a weights file names a class count that, here, is
+        # only the one the check builds with.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models.build(name, num_classes=10, **kw)
+    except models.ModelError as e:
+        field_ = where if e.key is None else \
+            "model.weights" if e.key == "weights" else f"{key_prefix}{e.key}"
+        c.error(field_, str(e))
+    except Exception as e:  # user code: anything can go wrong in it
+        c.error("model", f"building {name} failed: {type(e).__name__}: {e}")
+
+
+def check_train(c: Checker, where: str, value: Any) -> dict:
+    """TrainConfig fields, each checked on its own so every bad one is reported."""
+    if not isinstance(value, dict):
+        c.error(where, f"{value!r} is not a mapping of training settings")
+        return {}
+    known = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for k, v in value.items():
+        if k not in known:
+            c.error(f"{where}.{k}", f"unknown training setting; allowed: "
+                                    f"{', '.join(sorted(known))}")
+            continue
+        v = [maybe_number(x) for x in v] if isinstance(v, list) else maybe_number(v)
+        if k in _INT_SETTINGS and isinstance(v, float) and v.is_integer():
+            v = int(v)  # epochs: 1e2
+        try:
+            TrainConfig.from_dict({k: v})
+        except (ValueError, TypeError) as e:
+            c.error(f"{where}.{k}", f"{show(v)} is not valid ({e})")
+            continue
+        out[k] = v
+    return out
+
+
+_INT_SETTINGS = ("epochs", "batch_size", "patience", "seed")
+_COMPATIBLE: dict[tuple, list[str]] = {}  # checks already made in this process
+
+
+def check_compatible(c: Checker, model_name: str, model_kw: dict, data_name: str,
+                      data_kw: dict, chains: tuple[tuple, ...]) -> None:
+    """Build the model once and ask each method whether it has anything to act on."""
+    size = data_kw.get("image_size", datasets.dataset_options(data_name).get("image_size", 32))
+    shape = (3, int(size), int(size))
+    key = (model_name, repr(sorted(model_kw.items())), shape, repr(chains))
+    if key not in _COMPATIBLE:
+        kw = {k: v for k, v in model_kw.items() if k != "weights"}
+        try:
+            model = models.build(model_name, num_classes=10, **kw)
+        except Exception as e:  # reported by check_model already where it can be
+            _COMPATIBLE[key] = [f"building the model failed: {type(e).__name__}: {e}"]
+        else:
+            _COMPATIBLE[key] = [line for chain in chains for line in
+                                incompatibilities(parse_chain(list(chain)), model, shape,
+                                                  model_name)]
+    for line in dict.fromkeys(_COMPATIBLE[key]):
+        c.error("methods", line)
+
+
+def check_methods(c: Checker, value: Any) -> tuple[tuple, ...]:
+    """A chain (``slimming``, ``slimming+quantize``, a list) or ``{choice: [chains]}``."""
+    if value is None:
+        c.error("methods", "missing; name a method, a chain [a, b], or {choice: [chains]}")
+        return ()
+    if isinstance(value, dict):
+        if set(value) != {"choice"} or not isinstance(value["choice"], list) \
+                or not value["choice"]:
+            c.error("methods", f"{value!r} is not valid; a choice between chains is written "
+                               "{choice: [slimming, [magnitude, quantize], ...]}")
+            return ()
+        items = [(f"methods.choice[{i}]", v) for i, v in enumerate(value["choice"])]
+        for where, v in items:
+            if isinstance(v, list) and any(isinstance(x, dict) for x in v):
+                c.error(where, "chains in a choice are written with method names only")
+    else:
+        items = [("methods", value)]
+    chains = []
+    for where, v in items:
+        chain = v.split("+") if isinstance(v, str) else v
+        if not isinstance(chain, list):
+            c.error(where, f"{v!r} is not a method name or a list of them")
+            continue
+        try:
+            parse_chain(list(chain))
+        except ParamError as e:
+            c.error(where, str(e))
+            # Keep the known methods, so the space is still checked against them.
+            known = tuple(dict.fromkeys(m for m in chain if isinstance(m, str)
+                                        and m in list_methods()))
+            if known and not isinstance(value, dict) and _parses(known):
+                chains.append(known)
+            continue
+        chains.append(tuple(chain))
+    names = [chain_name(parse_chain(list(ch))) for ch in chains]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        c.error("methods.choice", f"chain(s) {', '.join(dupes)} listed twice")
+    return tuple(chains)
+
+
+def _parses(chain: tuple) -> bool:
+    try:
+        parse_chain(list(chain))
+    except ParamError:
+        return False
+    return True
+
+
+def check_constraints(c: Checker, space: dict[str, ParamSpace], chains: tuple[tuple, ...]
+                       ) -> None:
+    """Refuse a space that can draw values a method cannot run together (RePr's epochs
+    below cycles * (s1 + s2)): every corner of the stage's ranges and 256 random points."""
+    rng = random.Random(0)
+    for chain in chains:
+        for stage in parse_chain(list(chain)):
+            if stage.method.constraint is None:
+                continue
+            mine = {k.partition(".")[2]: p for k, p in space.items() if p.stage == stage.name}
+            options = {k: _extremes(p) for k, p in mine.items()}
+            corners = itertools.islice(itertools.product(*options.values()), 4096)
+            points = [dict(zip(options, values, strict=True)) for values in corners]
+            points += [{k: _draw(p, rng) for k, p in mine.items()} for _ in range(256)]
+            for point in points:
+                try:
+                    stage.method.resolve(point, stage.name)
+                except ParamError as e:
+                    shown = ", ".join(f"{stage.name}.{k} = {v!r}" for k, v in point.items())
+                    c.error("space", f"the space can draw {shown or 'the defaults'}, where {e}; "
+                                     "narrow the ranges so that every point holds")
+                    break
+
+
+def _extremes(p: ParamSpace) -> list:
+    if p.kind == "fixed":
+        return [p.value]
+    if p.kind == "categorical":
+        return list(p.choices)
+    return [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high]
+
+
+def _draw(p: ParamSpace, rng: random.Random):
+    if p.kind in ("fixed", "categorical"):
+        return rng.choice(_extremes(p))
+    if p.kind == "int":
+        return rng.randint(int(p.low), int(p.high))
+    return rng.uniform(p.low, p.high)
+
+
+def _stage_methods(chains: tuple[tuple, ...]) -> dict[str, Method]:
+    out: dict[str, Method] = {}
+    for chain in chains:
+        for s in parse_chain(list(chain)):
+            out.setdefault(s.name, s.method)
+    return out
+
+
+def check_space(c: Checker, value: Any, chains: tuple[tuple, ...]) -> dict[str, ParamSpace]:
+    if not isinstance(value, dict):
+        c.error("space", f"{value!r} is not a mapping of stage.param to a range, choices or "
+                         "a value")
+        return {}
+    stages = _stage_methods(chains)
+    out: dict[str, ParamSpace] = {}
+    for key, spec in value.items():
+        where = f"space.{key}"
+        if key == PIPELINE:
+            c.error(where, "'pipeline' is set by methods: {choice: [...]}, not in space")
+            continue
+        stage, dot, pname = str(key).partition(".")
+        if not dot or not pname:
+            c.error(where, f"parameter {key!r} must be named stage.param")
+            continue
+        if stage not in stages:
+            if chains:
+                c.error(where, f"unknown stage {stage!r}; stages of this study: "
+                               f"{', '.join(stages)}")
+            continue
+        method = stages[stage]
+        try:
+            param = method.param(pname)
+        except ParamError as e:
+            c.error(where, str(e))
+            continue
+        ps = check_param_space(c, where, f"{stage}.{pname}", param, spec)
+        if ps is not None:
+            out[key] = ps
+    return out
+
+
+def check_param_space(c: Checker, where: str, name: str, param: Param, spec: Any
+                       ) -> ParamSpace | None:
+    domain = f"the domain of {name}: {param.domain()}"
+    if spec is None or spec == SEARCH_WORD or spec == {}:
+        if not param.search:
+            c.error(where, f"{name} declares no search range; give low/high or choices")
+            return None
+        spec = dict(param.search)
+        where = f"{where} (declared search range)"
+    if isinstance(spec, list):
+        c.error(where, f"{spec!r}: a fixed value must be one value; to search these, write "
+                       "{choices: [...]}")
+        return None
+    if not isinstance(spec, dict):
+        value = maybe_number(spec) if param.kind in ("float", "int") else spec
+        if not param.contains(value):
+            c.error(where, f"{value!r} is outside {domain}")
+            return None
+        return ParamSpace(name, "fixed", value=param.check(value, name))
+    for k in spec:
+        if k not in SPACE_KEYS:
+            c.error(f"{where}.{k}", f"unknown key; allowed: {', '.join(SPACE_KEYS)}")
+    kind = spec.get("type")
+    if kind is None:
+        kind = "categorical" if "choices" in spec else param.kind
+    if kind not in ("float", "int", "categorical"):
+        c.error(f"{where}.type", f"{kind!r} is not valid; allowed: float, int, categorical")
+        return None
+    if kind == "categorical" or param.kind in ("categorical", "bool"):
+        return check_choices(c, where, name, param, spec, domain)
+    if kind == "float" and param.kind == "int":
+        c.error(f"{where}.type", f"float does not fit {name}, which is an integer")
+        return None
+    bad = False
+    bounds = {}
+    for end in ("low", "high"):
+        v = maybe_number(spec.get(end))
+        if v is None:
+            c.error(f"{where}.{end}", f"missing; a {kind} range needs low and high")
+            bad = True
+        elif not finite(v):
+            c.error(f"{where}.{end}", f"{show(v)} is not a finite number")
+            bad = True
+        elif kind == "int" and not float(v).is_integer():
+            c.error(f"{where}.{end}", f"{v!r} is not an integer")
+            bad = True
+        elif not param.contains(int(v) if kind == "int" else v):
+            c.error(f"{where}.{end}", f"{v!r} is outside {domain}")
+            bad = True
+        bounds[end] = v
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        c.error(f"{where}.log", f"{log!r} is not true or false")
+        bad = True
+    step = maybe_number(spec.get("step"))
+    if step is not None and (not finite(step) or step <= 0
+                             or (kind == "int" and not float(step).is_integer())):
+        c.error(f"{where}.step", f"{show(step)} is not valid; allowed: "
+                                 f"{'an integer' if kind == 'int' else 'a number'} > 0")
+        bad = True
+    if bad:
+        return None
+    low, high = bounds["low"], bounds["high"]
+    if low > high:
+        c.error(where, f"low {low!r} is above high {high!r}")
+        return None
+    if log and low <= 0:
+        c.error(f"{where}.low", f"{low!r} with log: true; a log range needs low > 0")
+        return None
+    if log and step is not None:
+        c.error(f"{where}.step", "step cannot be combined with log: true")
+        return None
+    if kind == "int":
+        return ParamSpace(name, "int", int(low), int(high), log,
+                          int(step) if step is not None else None)
+    return ParamSpace(name, "float", float(low), float(high), log,
+                      float(step) if step is not None else None)
+
+
+def check_choices(c: Checker, where: str, name: str, param: Param, spec: dict,
+                   domain: str) -> ParamSpace | None:
+    choices = spec.get("choices")
+    if choices is None and param.kind == "bool":
+        choices = [True, False]
+    if not isinstance(choices, list) or not choices:
+        c.error(f"{where}.choices", f"{choices!r} is not valid; allowed: a non-empty list of "
+                                    f"values from {domain}")
+        return None
+    out = []
+    for i, v in enumerate(choices):
+        v = maybe_number(v) if param.kind in ("float", "int") else v
+        if not isinstance(v, str | int | float | bool) and v is not None:
+            c.error(f"{where}.choices[{i}]", f"{v!r} is not a plain value")
+        elif not param.contains(v):
+            c.error(f"{where}.choices[{i}]", f"{v!r} is outside {domain}")
+        else:
+            out.append(param.check(v, name))
+    if len(out) != len(choices):
+        return None
+    if len(set(map(repr, out))) != len(out):
+        c.error(f"{where}.choices", f"{choices!r} lists a value twice")
+        return None
+    return ParamSpace(name, "categorical", choices=tuple(out))
+
+

@@ -1,0 +1,358 @@
+"""Spec checks of how a study runs: objectives and constraints, sampler and scheduler,
+resources, storage, latency, loggers and warm start."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from studies._values import (
+    ASHA_OBJECTIVES,
+    CONTROL,
+    LOGGERS,
+    MAX_TRIALS,
+    OBJECTIVE_COLUMNS,
+    SCHEDULERS,
+    URI_RE,
+    Checker,
+    SpecError,
+    named,
+    read_yaml,
+    show,
+)
+from studies.samplers import SAMPLERS, sampler_class
+
+
+def check_objectives(c: Checker, value: Any) -> dict[str, str]:
+    if value is None:
+        c.error("objectives", "missing; for example {accuracy: max, macs: min}")
+        return {}
+    if isinstance(value, list):  # [{accuracy: max}, {macs: min}] keeps the order too
+        merged: dict = {}
+        for item in value:
+            if not isinstance(item, dict):
+                c.error("objectives", f"{show(item)} is not column: max|min")
+                continue
+            for col, mode in item.items():
+                if col in merged:
+                    c.error("objectives", f"{col!r} is listed twice ({merged[col]!r} and "
+                                          f"{mode!r}); list each column once")
+                merged[col] = mode
+        value = merged
+    if not isinstance(value, dict) or not value:
+        c.error("objectives", f"{value!r} is not valid; allowed: a mapping column: max|min")
+        return {}
+    out = {}
+    for col, mode in value.items():
+        if not isinstance(col, str) or col not in OBJECTIVE_COLUMNS:
+            c.error(f"objectives.{col}", f"unknown result column {col!r}; allowed: "
+                                         f"{', '.join(OBJECTIVE_COLUMNS)}")
+        elif mode not in ("max", "min"):
+            c.error(f"objectives.{col}", f"{mode!r} is not valid; allowed: max, min")
+        else:
+            out[col] = mode
+    return out
+
+
+def check_constraint_bounds(c: Checker, value: Any) -> dict:
+    """``{column: {min: x, max: y}}`` over result columns, finite bounds, min <= max."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        c.error("constraints", f"{show(value)} is not valid; write {{column: {{max: x}}}}, "
+                               "for example {accuracy_drop: {max: 0.01}}")
+        return {}
+    out = {}
+    for col, bound in value.items():
+        where = f"constraints.{col}"
+        if not isinstance(col, str) or col not in OBJECTIVE_COLUMNS:
+            c.error(where, f"unknown result column; allowed: {', '.join(OBJECTIVE_COLUMNS)}")
+            continue
+        if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
+            c.error(where, f"{show(bound)} is not valid; allowed: {{min: x}}, {{max: y}} "
+                           "or both")
+            continue
+        checked = {k: c.number(f"{where}.{k}", v, -1e300, 1e300) for k, v in bound.items()}
+        if None in checked.values():
+            continue
+        if checked.get("min", -math.inf) > checked.get("max", math.inf):
+            c.error(where, f"min {checked['min']:g} is above max {checked['max']:g}")
+            continue
+        out[col] = checked
+    return out
+
+
+def check_latency(c: Checker, value: Any) -> bool | dict:
+    """``true``, or ``{batch: [1, 32], threads: N, compiled: bool, runs: 30, warmup: 5}``."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        c.error("latency", f"{show(value)} is not valid; allowed: true, false, or "
+                           "{batch: [1, 32], threads: N, compiled: true, runs: 30}")
+        return False
+    out: dict = {}
+    for k, v in value.items():
+        if k == "batch":
+            sizes = v if isinstance(v, list) else [v]
+            out[k] = [c.integer("latency.batch", b, low=1, high=4096) for b in sizes]
+            if not sizes or len(set(out[k])) != len(out[k]):
+                c.error("latency.batch", f"{show(v)} is not valid; allowed: distinct batch "
+                                         "sizes, e.g. [1, 32]")
+        elif k == "threads":
+            out[k] = c.integer("latency.threads", v, low=1, high=1024)
+        elif k == "runs":
+            out[k] = c.integer("latency.runs", v, low=30, high=100_000)
+        elif k == "warmup":
+            out[k] = c.integer("latency.warmup", v, low=0, high=10_000)
+        elif k == "compiled":
+            if not isinstance(v, bool):
+                c.error("latency.compiled", f"{show(v)} is not true or false")
+            out[k] = v is True
+        else:
+            c.error(f"latency.{k}", "unknown setting; allowed: batch, threads, compiled, runs, "
+                                    "warmup")
+    return out or True
+
+
+def check_warm_start(c: Checker, value: Any) -> dict | None:
+    """A study directory, or ``{storage: <Optuna storage URL>, study: <name>}``; resolved to
+    the latter."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip() and not CONTROL.search(value) \
+            and "://" not in value:
+        d = Path(value).expanduser()
+        info = d / "study.json"
+        if not info.is_file():
+            c.error("warm_start", f"{value!r} is not a study directory (no study.json); give "
+                                  "one, or {storage: <Optuna storage URL>, study: <name>}")
+            return None
+        try:
+            raw = read_yaml(d / "spec.yaml") if (d / "spec.yaml").is_file() else {}
+        except SpecError as e:
+            c.error("warm_start", f"{value!r}: its spec.yaml cannot be read ({e.errors[0]})")
+            return None
+        storage = raw.get("optuna_storage") if isinstance(raw, dict) else None
+        if not isinstance(storage, str) or not storage:
+            storage = f"sqlite:///{(d / 'optuna.db').resolve()}"
+        elif "://" not in storage:
+            path = Path(storage.removeprefix("journal:")).expanduser()
+            path = path if path.is_absolute() else d.resolve() / path
+            storage = f"journal:{path}" if storage.startswith("journal:") or \
+                storage.endswith((".log", ".journal")) else f"sqlite:///{path}"
+        return {"storage": storage, "study": d.resolve().name}
+    if isinstance(value, dict) and set(value) == {"storage", "study"} \
+            and all(isinstance(v, str) and v.strip() and not CONTROL.search(v)
+                    for v in value.values()):
+        if "://" not in value["storage"] or \
+                check_optuna_storage(c, value["storage"], "warm_start.storage") is None:
+            if "://" not in value["storage"]:
+                c.error("warm_start.storage", f"{value['storage']!r} is not a storage URL")
+            return None
+        return dict(value)
+    c.error("warm_start", f"{show(value)} is not valid; allowed: a study directory, or "
+                          "{storage: <Optuna storage URL>, study: <name>}")
+    return None
+
+
+def check_loggers(c: Checker, value: Any) -> dict:
+    """``[csv, json, tensorboard, mlflow]`` or ``{mlflow: {tracking_uri, experiment}, ...}``."""
+    if value is None:
+        return {}
+    items = {v: {} for v in value if isinstance(v, str)} if isinstance(value, list) else value
+    if not isinstance(items, dict) or (isinstance(value, list) and len(items) != len(value)):
+        c.error("loggers", f"{show(value)} is not valid; allowed: a list of "
+                           f"{', '.join(LOGGERS)}, or a mapping of them to settings")
+        return {}
+    out = {}
+    for name, settings in items.items():
+        if name not in LOGGERS:
+            c.error(f"loggers.{name}", f"unknown logger; allowed: {', '.join(LOGGERS)}")
+            continue
+        settings = settings or {}
+        allowed = ("tracking_uri", "experiment") if name == "mlflow" else ()
+        if not isinstance(settings, dict) or set(settings) - set(allowed):
+            c.error(f"loggers.{name}", f"{show(settings)} is not valid; allowed settings: "
+                                       f"{', '.join(allowed) or 'none'}")
+            continue
+        for k, v in settings.items():
+            if not isinstance(v, str) or not v.strip() or CONTROL.search(v):
+                c.error(f"loggers.{name}.{k}", f"{show(v)} is not valid; allowed: text")
+        out[name] = dict(settings)
+    return out
+
+
+def check_sampler(c: Checker, value: Any, default_seed: Any) -> tuple[str, int, dict]:
+    name, kw = named(c, "sampler", value)
+    seed = kw.pop("seed", default_seed)
+    seed = c.integer("sampler.seed", seed)
+    if name is None:
+        return "tpe", seed, {}
+    if not isinstance(name, str) or name not in SAMPLERS:
+        c.error("sampler.name" if isinstance(value, dict) else "sampler",
+                f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+        return "tpe", seed, {}
+    options = kw.pop("options", None) or {}
+    for k in kw:
+        c.error(f"sampler.{k}", "unknown key; allowed: name, seed, options")
+    if not isinstance(options, dict):
+        c.error("sampler.options", f"{options!r} is not a mapping")
+        return name, seed, {}
+    cls = sampler_class(name)
+    params = {p.name: p for p in inspect.signature(cls.__init__).parameters.values()
+              if p.name not in ("self", "seed")}
+    out = {}
+    for k, v in options.items():
+        where = f"sampler.options.{k}"
+        if k not in params:
+            c.error(where, f"the {name} sampler does not take {k!r}; it takes: "
+                           f"{', '.join(params)}")
+            continue
+        default = params[k].default
+        if isinstance(default, bool):
+            if not isinstance(v, bool):
+                c.error(where, f"{show(v)} is not true or false")
+                continue
+        elif isinstance(default, int):
+            v = c.integer(where, v, low=2 if k == "population_size" else
+                          1 if k == "n_ei_candidates" else 0, high=MAX_TRIALS)
+        elif isinstance(default, float) or (default is None and k.endswith("_prob")):
+            v = None if v is None and default is None else \
+                c.number(where, v, 0, 1 if k.endswith("_prob") else 1e6)
+        else:
+            c.error(where, f"the {name} sampler's {k!r} takes a Python object, which a spec "
+                           "cannot give; leave it at its default")
+            continue
+        out[k] = v
+    if len(out) == len(options):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cls(seed=seed, **out)
+        except (ValueError, TypeError) as e:
+            c.error("sampler.options", f"the {name} sampler refuses these options: {e}")
+    return name, seed, out
+
+
+def check_scheduler(c: Checker, value: Any, objectives: dict, n_objectives: int
+                     ) -> dict | None:
+    if value is None:
+        return None
+    name, kw = named(c, "scheduler", value)
+    if name is None:
+        return None
+    if name not in SCHEDULERS:
+        c.error("scheduler", f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
+        return None
+    if n_objectives > 1:
+        c.error("scheduler", f"asha stops trials on one metric; this study has "
+                             f"{n_objectives} objectives. "
+                             "Remove the scheduler or keep one objective")
+    elif objectives and next(iter(objectives)) not in ASHA_OBJECTIVES:
+        c.error("scheduler", f"asha judges trials by the per-epoch validation accuracy, "
+                             f"which does not track {next(iter(objectives))!r}; allowed "
+                             f"objectives with asha: {', '.join(ASHA_OBJECTIVES)}")
+    allowed = ("grace_period", "reduction_factor", "max_t", "brackets")
+    for k, v in kw.items():
+        if k not in allowed:
+            c.error(f"scheduler.{k}", f"unknown key; allowed: name, {', '.join(allowed)}")
+        else:
+            kw[k] = c.integer(f"scheduler.{k}", v, low=1, high=MAX_TRIALS)
+    return {"name": name, **kw}
+
+
+def check_resources(c: Checker, value: Any) -> dict:
+    if not isinstance(value, dict):
+        c.error("resources", f"{show(value)} is not a mapping such as {{cpu: 1, gpu: 0.5}}")
+        return {"cpu": 1.0, "gpu": 0.0}
+    out = {"cpu": 1.0, "gpu": 0.0}
+    for k, v in value.items():
+        if k == "cpu":
+            out[k] = c.number("resources.cpu", v, 0, 1024, low_open=True) or 1.0
+        elif k == "gpu":
+            gpu = c.number("resources.gpu", v, 0, 64)
+            if gpu is not None and gpu > 1 and not gpu.is_integer():
+                c.error("resources.gpu", f"{gpu!r} is not valid; a trial takes a fraction of "
+                                         "one GPU (0 < gpu < 1) or whole GPUs")
+            out[k] = gpu or 0.0
+        elif k == "time_limit_s":
+            # Seconds a trial may run (Tune's time_total_s); a trial past it is a `timeout`.
+            limit = c.number("resources.time_limit_s", v, 0, 1e9, low_open=True)
+            if limit is not None:
+                out[k] = limit
+        else:
+            c.error(f"resources.{k}", "unknown resource; allowed: cpu, gpu, time_limit_s")
+    return out
+
+
+def check_storage(c: Checker, value: Any) -> str:
+    """A local directory (``~`` expanded; created at run) or a URI such as s3://bucket/x."""
+    if not isinstance(value, str) or not value.strip() or CONTROL.search(value):
+        c.error("storage", f"{show(value)} is not a path or URI; give a directory or a URI "
+                           "such as s3://bucket/studies")
+        return "runs"
+    if "://" in value:
+        if not URI_RE.fullmatch(value):
+            c.error("storage", f"{value!r} is not a URI; write scheme://location, for "
+                               "example s3://bucket/studies")
+            return "runs"
+        return value
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:
+        path = Path(value)
+    if value.startswith("~") and str(path).startswith("~"):
+        c.error("storage", f"{value!r}: no such user's home directory; give an existing path")
+        return "runs"
+    for p in (path, *path.absolute().parents):
+        if p.exists():
+            if not p.is_dir():
+                c.error("storage", f"{value!r}: {str(p)!r} is a file, not a directory")
+                return "runs"
+            break
+    return value
+
+
+def check_optuna_storage(c: Checker, value: Any, where: str = "optuna_storage"
+                          ) -> str | None:
+    """A SQLAlchemy URL whose driver imports here, a .db file, or a journal file."""
+    if value is None:
+        return None
+    allowed = "a SQLAlchemy URL, a .db file, or a journal file (.log / .journal)"
+    if not isinstance(value, str) or not value.strip() or CONTROL.search(value):
+        c.error(where, f"{show(value)} is not valid; allowed: {allowed}")
+        return None
+    if "://" not in value:
+        return value
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(value)
+    except Exception as e:  # sqlalchemy raises ArgumentError and ValueError subclasses
+        c.error(where, f"{value!r} is not a SQLAlchemy URL ({e}); allowed: {allowed}")
+        return None
+    shown = url.render_as_string(hide_password=True)
+    env_ref = re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", str(url.password or ""))
+    if (url.password is not None and not env_ref) or "password" in url.query:
+        c.error(where, f"{shown!r} holds a password, which would be copied into "
+                                  "spec.yaml and logs; leave it out of the URL and give it in "
+                                  "the environment (PostgreSQL: PGPASSWORD or ~/.pgpass), or "
+                                  "name a variable: postgresql://user:${PGPW}@host/db")
+        return None
+    try:
+        url.get_dialect().import_dbapi()
+    except Exception as e:  # NoSuchModuleError (dialect) or ImportError (driver)
+        hint = " (pip install 'prune-study[postgres]')" if url.get_backend_name() == \
+            "postgresql" else ""
+        c.error(where, f"{shown!r}: the database driver cannot be loaded here "
+                                  f"({type(e).__name__}: {e}){hint}")
+        return None
+    return value
+
+
+
+

@@ -1,0 +1,204 @@
+"""What every part of the spec check shares: the spec's constants and errors, the
+checker that collects every mistake, value helpers, and reading a YAML file safely."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Columns of the result row a study may optimise (DESIGN.md, Measurement).
+OBJECTIVE_COLUMNS = (
+    "accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop", "params",
+    "nonzero_params", "macs", "nonzero_macs", "ops", "size_bytes", "latency_ms",
+    "compression", "speedup", "train_seconds",
+)
+# Objectives ASHA can stop on: their per-epoch proxy is the validation accuracy.
+ASHA_OBJECTIVES = ("accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop")
+SCHEDULERS = ("asha",)
+SPACE_KEYS = ("type", "low", "high", "log", "step", "choices")
+SEARCH_WORD = "search"  # `stage.param: search` takes the method's declared range
+PIPELINE = "pipeline"  # the categorical parameter choosing between chains
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d{1,2})?")
+MAX_TRIALS = 1_000_000
+MAX_INT = 2**32 - 1  # seeds and counts: what numpy and Optuna take
+TOP_KEYS = (
+    "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
+    "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
+    "optuna_storage", "max_failures", "seed", "device", "latency", "constraints", "loggers",
+    "warm_start",
+)
+LOGGERS = ("csv", "json", "tensorboard", "mlflow")
+
+
+class SpecError(ValueError):
+    """Every mistake found in a spec, one line each, naming the field."""
+
+    def __init__(self, errors: list[str], source: str = "spec"):
+        self.errors = list(errors)
+        self.source = source
+        n = len(errors)
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"{n} error{'s' if n != 1 else ''} in {source}:\n{lines}")
+
+
+class StudyError(ValueError):
+    """A study directory is missing, foreign, or already used."""
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """How one ``stage.param`` is searched: a range, choices, or a fixed value."""
+
+    name: str
+    kind: str  # float | int | categorical | fixed
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple | None = None
+    value: Any = None
+
+    @property
+    def stage(self) -> str:
+        return self.name.partition(".")[0]
+
+    def to_dict(self) -> dict:
+        if self.kind == "fixed":
+            return {"type": "fixed", "value": self.value}
+        if self.kind == "categorical":
+            return {"type": "categorical", "choices": list(self.choices)}
+        d = {"type": self.kind, "low": self.low, "high": self.high, "log": self.log}
+        if self.step is not None:
+            d["step"] = self.step
+        return d
+
+
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base loader reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {first} and "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data: UTF-8, at most 1 MiB, safe tags only, no key given twice."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError([f"the file is {size} bytes; a spec is at most {MAX_SPEC_BYTES}"],
+                            str(path))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError([f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at position "
+                         f"{e.start}; save the file as UTF-8"], str(path)) from e
+    except OSError as e:
+        raise SpecError([f"cannot read it: {e.strerror or e}"], str(path)) from e
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as e:
+        raise SpecError([f"not valid YAML: {e}"], str(path)) from e
+    except RecursionError as e:
+        raise SpecError(["not valid YAML: nested too deeply"], str(path)) from e
+
+
+class Checker:
+    """Collects errors instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{where}: {message}")
+
+    def integer(self, where: str, value: Any, low: int = 0, high: int = MAX_INT) -> int:
+        """An integer in [low, high] (an integral float such as 1e3 counts; a bool not)."""
+        value = maybe_number(value)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            self.error(where, f"{show(value)} is not valid; allowed: an integer in "
+                              f"[{low}, {high}]")
+            return low
+        return value
+
+    def number(self, where: str, value: Any, low: float, high: float, *,
+               low_open: bool = False) -> float | None:
+        """A finite number in [low, high] (or (low, high] with ``low_open``)."""
+        value = maybe_number(value)
+        if not finite(value) or value > high or value < low or (low_open and value == low):
+            self.error(where, f"{show(value)} is not valid; allowed: a number in "
+                              f"{'(' if low_open else '['}{low:g}, {high:g}]")
+            return None
+        return float(value)
+
+    def text(self, where: str, value: Any, pattern: re.Pattern, allowed: str) -> str | None:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            self.error(where, f"{show(value)} is not valid; allowed: {allowed}")
+            return None
+        return value
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def show(value: Any, n: int = 60) -> str:
+    """``repr`` shortened for messages (a 400-digit number stays readable)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**n else \
+        f"an integer of {len(str(abs(value)))} digits"
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def maybe_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string; take it as the number it means."""
+    if isinstance(value, str) and len(value) < 400:
+        if re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def named(c: Checker, where: str, value: Any, default_kw: dict | None = None
+           ) -> tuple[str | None, dict]:
+    """``name`` or ``{name: ..., **kw}``."""
+    if isinstance(value, str):
+        return value, dict(default_kw or {})
+    if isinstance(value, dict):
+        if "name" not in value:
+            c.error(f"{where}.name", "missing")
+            return None, {}
+        kw = {k: maybe_number(v) for k, v in value.items() if k != "name"}
+        return value["name"], kw
+    c.error(where, f"{value!r} is not valid; allowed: a name, or a mapping with name and "
+                   "settings")
+    return None, {}
+
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^\s]+")
