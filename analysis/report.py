@@ -341,7 +341,7 @@ def file_stems(keys: list[str]) -> list[str]:
     only letters, digits, ``-`` and ``_``, at most 80 characters, all different."""
     out: list[str] = []
     for key in keys:
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", key).strip("-_")[:80] or "figure"
+        stem = re.sub(r"[^A-Za-z0-9_]+", "-", key).strip("-_")[:80] or "figure"
         base, n = stem, 2
         while stem.lower() in {s.lower() for s in out}:  # also on case-blind file systems
             stem, n = f"{base}-{n}", n + 1

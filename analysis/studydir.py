@@ -134,16 +134,17 @@ def study_path(study_dir: str | Path) -> Path:
     path = Path(study_dir)
     try:
         if path.is_dir():
-            if os.path.lexists(path / "study.json"):
-                return path
-            why = ("no study.json in it (a directory written by prune-study run has "
-                   "study.json, base.json, trials/, history.jsonl)")
-        elif path.exists():
+            os.lstat(path / "study.json")
+            return path
+        if path.exists():
             why = "it is a file"
         elif os.path.lexists(path):
             why = "it is a broken symbolic link (or a symlink loop)"
         else:
             why = "it does not exist"
+    except FileNotFoundError:
+        why = ("no study.json in it (a directory written by prune-study run has study.json, "
+               "base.json, trials/, history.jsonl)")
     except OSError as e:  # a folder we may not enter
         why = f"it cannot be read ({e.strerror or e})"
     raise StudyDirError(f"{str(path)!r} is not a study directory: {why}; give the "
