@@ -116,7 +116,7 @@ def load(study_dir: str | Path) -> pd.DataFrame:
 
 def _load(info: StudyInfo) -> pd.DataFrame:
     records, params = [], []
-    for doc in trial_records(info.path):
+    for doc in trial_records(info.path, info.space):
         rec, names = _trial_record(doc, info)
         records.append(rec)
         params += [n for n in names if n not in params]

@@ -118,9 +118,12 @@ def _parse(text: str):
         raise Damaged("it is not valid JSON (nested too deeply)") from e
 
 
+JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
 def _object(doc, what: str) -> dict:
     if not isinstance(doc, dict):
-        name = "null" if doc is None else type(doc).__name__
+        name = "null" if doc is None else JSON_TYPES.get(type(doc), type(doc).__name__)
         raise Damaged(f"it holds a JSON {name}, not an object ({what})")
     return doc
 
@@ -201,8 +204,18 @@ def read_base(study_dir: str | Path) -> dict:
 # --------------------------------------------------------------------------- trials
 
 
-def check_trial(doc, file: Path) -> dict:
-    """A trial file's document, checked; Damaged says what is wrong with it."""
+def _check_param(key: str, v, space: dict, where: str) -> None:
+    """A parameter value of the type the study's space gives it (a range takes numbers)."""
+    spec = space.get(key)
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind in ("float", "int") and not (_finite(v) and (kind == "float" or v == int(v))):
+        raise Damaged(f"{where}{key} is {_show(v)}; the study searches it as {kind}")
+
+
+def check_trial(doc, file: Path, space: dict | None = None) -> dict:
+    """A trial file's document, checked (its parameters against the study's ``space``,
+    when given); Damaged says what is wrong with it."""
+    space = space or {}
     doc = _object(doc, "expected a trial with trial_id, number, status, params, row")
     for key in ("trial_id", "status"):
         if key not in doc:
@@ -225,13 +238,18 @@ def check_trial(doc, file: Path) -> dict:
               if key == "pipeline" else _scalar(v))
         if not ok:
             raise Damaged(f"params.{key} is {_show(v)}; expected a number, string or boolean")
+        _check_param(key, v, space, "params.")
     for key in ("error", "hostname", "node_id"):
         _expect(doc, key, (str,), "a string")
     for key in ("started", "ended"):
         _expect(doc, key, (int, float), "a UNIX time")
     row = doc.get("row") or {}
     if doc["status"] == "ok":
+        if not row:
+            raise Damaged("its status is ok but it has no row of results")
         _check_measures(row, "row.")
+        for key in space.keys() & row.keys():
+            _check_param(key, row[key], space, "row.")
         method = row.get("method")
         if method is not None and not (isinstance(method, str) or isinstance(method, list)
                                        and all(isinstance(m, str) for m in method)):
@@ -254,17 +272,24 @@ def _listing(folder: Path, problems: list[str]) -> list[Path]:
     return [folder / n for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]
 
 
-def trial_records(study_dir: str | Path) -> list[dict]:
+def trial_records(study_dir: str | Path, space: dict | None = None) -> list[dict]:
     """Every intact trial file's document, in trial-number order (unnumbered last).
 
     Each damaged file is skipped with a :class:`StudyDirWarning` that names it and says why.
+    Parameters are checked against ``space``, by default study.json's (none when study.json
+    cannot be read: that is the caller's error to report).
     """
     path = Path(study_dir)
+    if space is None:
+        try:
+            space = read_study(path).get("space") or {}
+        except StudyDirError:
+            space = {}
     problems: list[str] = []
     records = []
     for file in _listing(path / "trials", problems):
         try:
-            records.append(check_trial(_parse(_read_text(file)), file))
+            records.append(check_trial(_parse(_read_text(file)), file, space))
         except Damaged as e:
             problems.append(f"{file} skipped: {e}")
     _warn(problems, "trial files")

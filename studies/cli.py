@@ -194,7 +194,7 @@ def cmd_status(args) -> int:
     print(f"study {s['name']}: {s['finished']} of {s.get('requested') or '?'} trials finished, "
           f"{s['running']} running, {s['failed']} failed"
           + "".join(f", {s[k]} {k}" for k in ("pending", "stopped") if s.get(k))
-          + ("" if s["trials"] else " (no trial files yet)"))
+          + ("" if s["trials"] or skipped else " (no trial files yet)"))
     hv = s.get("hypervolume")
     print(f"  front: {s['front_size']} trials" + (f", hypervolume {hv:.6g}" if hv is not None
                                                    else ""))

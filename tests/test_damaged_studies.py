@@ -5,10 +5,12 @@ write the report only inside its output folder."""
 from __future__ import annotations
 
 import ctypes
+import io
 import json
 import os
 import re
-from contextlib import contextmanager, nullcontext
+import subprocess
+from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 
 import pytest
 
@@ -165,13 +167,13 @@ def test_report_to_a_file_or_below_one_is_refused(tmp_path, capsys):
     assert file.read_text() == "keep me"
 
 
-HOSTILE = {"slimming": "../../etc/passwd", "magnitude": "a/b\x00c",
-           "branch": "<img src=x onerror=alert(1)>"}
+HOSTILE = {"magnitude": "../../etc/passwd", "branch": "a/b\x00c<img src=x onerror=alert(1)>"}
 
 
 def test_report_file_names_from_the_data_stay_inside_the_output_folder(tmp_path):
     root = tmp_path / "inside"
     study = make_study(root, "hostile", methods=tuple(HOSTILE), ok=6, failed=0, running=0)
+    (study / "history.jsonl").unlink()  # no training curves: fewer figures to draw
     for file in (study / "trials").glob("*.json"):
         doc = json.loads(file.read_text())
         method = HOSTILE[doc["params"]["pipeline"]]
@@ -195,7 +197,7 @@ def test_report_file_names_from_the_data_stay_inside_the_output_folder(tmp_path)
     assert sorted(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)) == [n for n in names
                                                                 if n.endswith(".png")]
     page = (out / "report.html").read_text()
-    assert "<img src=x" not in page and "<img src=x" not in md.replace("&lt;img", "")
+    assert "<img src=x" not in page and "<img src=x" not in md
 
 
 def test_file_stems_are_plain_distinct_and_short():
@@ -211,3 +213,24 @@ def test_the_reader_warns_once_per_damaged_file_and_reads_the_rest(tmp_path):
     with pytest.warns(results.StudyDirWarning, match=r"005ab0f_00000\.json skipped") as seen:
         df = results.load(study)
     assert len(df) == 5 and len(seen) == 1
+
+
+def test_the_reliability_run_records_exit_traceback_and_first_message(tmp_path, monkeypatch):
+    from benchmarks import reliability_dirs
+
+    def in_process(cmd, **kw):  # a fresh interpreter per command would take seconds each
+        assert cmd[1:3] == ["-m", "studies.cli"] and kw["env"]["PYTHONPATH"]
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(cmd[3:])
+        return subprocess.CompletedProcess(cmd, code, out.getvalue(), err.getvalue())
+
+    monkeypatch.setattr(reliability_dirs.subprocess, "run", in_process)
+    good, bad = reliability_dirs.run_all(tmp_path, ["trial-truncated", "study-json-null"])
+    assert [good[c]["exit"] for c in reliability_dirs.COMMANDS] == [0, 0, 0]
+    assert good["status"]["message"].startswith("warning: <study>/trials/")
+    assert good["finished"] == good["expected_finished"] == 3 and good["ok"]
+    assert [bad[c]["exit"] for c in reliability_dirs.COMMANDS] == [2, 2, 2] and bad["ok"]
+    assert bad["report"]["message"].startswith("error: <study>/study.json: it holds a JSON null")
+    table = reliability_dirs.markdown([good, bad]).splitlines()
+    assert len(table) == 4 and all(row.endswith("| yes |") for row in table[2:])
