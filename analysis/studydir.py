@@ -112,7 +112,7 @@ def _parse(text: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise Damaged(f"it is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}; "
+        raise Damaged(f"it is not valid JSON ({e.msg}: line {e.lineno}, column {e.colno}; "
                       "cut off or overwritten?)") from e
     except RecursionError as e:
         raise Damaged("it is not valid JSON (nested too deeply)") from e
@@ -303,7 +303,10 @@ def trial_records(study_dir: str | Path, space: dict | None = None) -> list[dict
 def check_history_line(doc) -> dict:
     """One epoch report of history.jsonl, checked."""
     doc = _object(doc, "expected an epoch report")
-    tid, step = doc.get("trial_id"), doc.get("step")
+    for key in ("trial_id", "step"):
+        if key not in doc:
+            raise Damaged(f"it has no {key!r}")
+    tid, step = doc["trial_id"], doc["step"]
     if not isinstance(tid, str) or not tid:
         raise Damaged(f"trial_id is {_show(tid)}; expected a trial id")
     if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
