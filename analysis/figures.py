@@ -480,7 +480,7 @@ def draw_channels(data: ChannelData) -> Figure:
                               3.9 * len(studies) + 0.6), layout="constrained")
         axes = fig.subplots(len(studies), 1, squeeze=False, sharex=True)[:, 0]
         macs = pd.to_numeric(data.kept["macs"], errors="coerce")
-        norm = mcolors.LogNorm(macs.min(), macs.max()) if macs.min() < macs.max() else \
+        norm = mcolors.LogNorm(macs.min(), macs.max()) if 0 < macs.min() < macs.max() else \
             mcolors.Normalize(macs.min() * 0.9, macs.max() * 1.1)
         cmap = sns.color_palette("viridis", as_cmap=True)
         pos = {ly: i for i, ly in enumerate(data.layers)}
@@ -738,7 +738,10 @@ def gamma_data(studies: list[Study], column: str = "slimming.gammas",
     trials = trials.sort_values("lambda", kind="stable").reset_index(drop=True)
     gammas = chosen[["study", "trial_id", column]].explode(column).rename(
         columns={column: "gamma"})
-    gammas["gamma"] = pd.to_numeric(gammas["gamma"]).abs()
+    gammas["gamma"] = pd.to_numeric(gammas["gamma"], errors="coerce").abs()
+    gammas = gammas[np.isfinite(gammas["gamma"])]
+    if not len(gammas):
+        return None
     return GammaData(trials, gammas.reset_index(drop=True))
 
 

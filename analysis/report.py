@@ -4,6 +4,11 @@ with its figures as PNG files beside it, and trials.csv.
 Several studies are compared in one report: figures use the study as hue, tables carry a
 study column. Trials that did not finish appear in the tables with their status and are
 never on a front.
+
+Everything is written inside the output folder: file names that come from the data
+(figures per method) are cleaned to letters, digits, ``-`` and ``_``, and each file is
+written to a fresh temporary name and renamed into place, so a symbolic link already
+in the folder is replaced, never followed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ import datetime as dt
 import html
 import json
 import math
+import os
+import re
+import secrets
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +33,10 @@ from analysis.figures import Drawn, figures, human_bytes, human_count, to_png
 from analysis.results import Study, objective_values, open_studies, study_reference
 
 STATUS_ORDER = {"ok": 0, "running": 1, "pending": 2, "stopped": 3, "timeout": 4, "failed": 5}
+
+
+class ReportError(ValueError):
+    """The report cannot be written where it was asked to go."""
 
 
 # --------------------------------------------------------------------------- tables
@@ -114,13 +127,18 @@ def trials_table(studies: list[Study], front_only: bool = False) -> pd.DataFrame
 
 def write_csv(studies: list[Study], path: Path) -> None:
     """trials.csv: one row per trial with every column; dicts and lists as JSON."""
+    Path(path).write_text(trials_csv(studies), encoding="utf-8")
+
+
+def trials_csv(studies: list[Study]) -> str:
+    """The text of trials.csv (see :func:`write_csv`)."""
     frames = [s.trials for s in studies if len(s.trials)]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["study", "trial_id", "number", "status", "method", "on_front"])
     for c in df.columns:
         if df[c].map(lambda v: isinstance(v, dict | list)).any():
             df[c] = df[c].map(lambda v: json.dumps(v) if isinstance(v, dict | list) else v)
-    df.to_csv(path, index=False)
+    return df.to_csv(index=False)
 
 
 # --------------------------------------------------------------------------- formatting
@@ -172,11 +190,16 @@ def markdown_table(df: pd.DataFrame) -> str:
         return "_none_\n"
 
     def line(cells):
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+        return "| " + " | ".join(_md_text(c).replace("|", "\\|") for c in cells) + " |"
 
     numeric = [all(_numeric_looking(r[i]) for r in body) for i in range(len(head))]
     rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
     return "\n".join([line(head), rule, *[line(r) for r in body]]) + "\n"
+
+
+def _md_text(text: str) -> str:
+    """Text from the data as one Markdown line that opens no HTML tag."""
+    return " ".join(text.split()).replace("<", "&lt;")
 
 
 def _numeric_looking(cell: str) -> bool:
@@ -262,8 +285,12 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
     for _key, title, note, table in sections:
         md += [f"## {title}", ""] + ([note, ""] if note else []) + [markdown_table(table)]
     md += ["## Figures", ""]
+    if not drawn:
+        md += ["No finished trials yet: nothing to plot.", ""]
     for d in drawn:
-        md += [f"### {d.title}", "", f"![{d.title}]({d.key}.png)", "", f"*{d.caption}*", ""]
+        title = _md_text(d.title)
+        alt = re.sub(r"[\[\]\\]", "", title)
+        md += [f"### {title}", "", f"![{alt}]({d.key}.png)", "", f"*{_md_text(d.caption)}*", ""]
     md += ["## Trials on the front", "", markdown_table(front),
            "## All trials", "", markdown_table(trials)]
     md += ["Environment: " + "; ".join(f"{s.label}: " + ", ".join(
@@ -309,18 +336,62 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
     return "\n".join(h), "\n".join(md)
 
 
+def file_stems(keys: list[str]) -> list[str]:
+    """File names (without suffix) for figure keys that may carry names from the data:
+    only letters, digits, ``-`` and ``_``, at most 80 characters, all different."""
+    out: list[str] = []
+    for key in keys:
+        stem = re.sub(r"[^A-Za-z0-9_]+", "-", key).strip("-_")[:80] or "figure"
+        base, n = stem, 2
+        while stem.lower() in {s.lower() for s in out}:  # also on case-blind file systems
+            stem, n = f"{base}-{n}", n + 1
+        out.append(stem)
+    return out
+
+
+def _output_folder(out: Path) -> Path:
+    try:
+        if out.exists() and not out.is_dir():
+            raise ReportError(f"{out} is a file, not a folder: the report is a folder of files")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReportError(f"cannot create the report folder {out}: {e.strerror or e}") from e
+    return out
+
+
+def _write(folder: Path, name: str, data: bytes) -> None:
+    """``folder/name`` atomically: a new temporary file (created, never opened through a
+    link), then a rename over whatever had that name."""
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ReportError(f"refusing to write {name!r}: not a plain file name")
+    tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, folder / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_report(study_dirs: list[Path], out: Path) -> Path:
     """Write report.html, report.md with PNG figures, and trials.csv to ``out``; returns
-    the path of report.html."""
+    the path of report.html. Nothing is written outside ``out``; ReportError when ``out``
+    is a file or cannot be written."""
     studies = open_studies(list(study_dirs))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_folder(Path(out))
     drawn = figures(studies)
+    drawn = [replace(d, key=stem) for d, stem in zip(drawn, file_stems([d.key for d in drawn]),
+                                                     strict=True)]
     pngs = {d.key: to_png(d.figure) for d in drawn}
-    for key, png in pngs.items():
-        (out / f"{key}.png").write_bytes(png)
     page, md = _render(studies, drawn, pngs)
-    (out / "report.html").write_text(page, encoding="utf-8")
-    (out / "report.md").write_text(md, encoding="utf-8")
-    write_csv(studies, out / "trials.csv")
+    files = {**{f"{key}.png": png for key, png in pngs.items()},
+             "report.html": page.encode("utf-8"), "report.md": md.encode("utf-8"),
+             "trials.csv": trials_csv(studies).encode("utf-8")}
+    try:
+        for name, data in files.items():
+            _write(out, name, data)
+    except OSError as e:
+        raise ReportError(f"cannot write the report into {out}: {e.strerror or e}") from e
     return out / "report.html"

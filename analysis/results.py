@@ -1,13 +1,14 @@
 """A study directory (docs/study-directory.md) as tidy DataFrames.
 
-Reads only the files ``prune-study run`` writes, so it works on a finished study, on one
-still running (trial files are replaced atomically; a half-appended last history line is
-ignored) and on a copy of the directory on a machine without torch or Ray.
+Reads only the files ``prune-study run`` writes, through :mod:`analysis.studydir`, so it
+works on a finished study, on one still running (trial files are replaced atomically; a
+half-appended last history line is skipped), on a damaged one (damaged trial files and
+history lines are skipped with a warning) and on a copy of the directory on a machine
+without torch or Ray.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,18 +17,27 @@ import numpy as np
 import pandas as pd
 
 from analysis import pareto
+from analysis.studydir import (
+    STATUSES,
+    StudyDirError,
+    StudyDirWarning,
+    history_records,
+    read_base,
+    read_study,
+    study_path,
+    trial_records,
+)
 
-STATUSES = ("ok", "failed", "running", "pending", "stopped", "timeout")
+__all__ = ["ID_COLUMNS", "STATUSES", "Study", "StudyDirError", "StudyDirWarning", "StudyInfo",
+           "front_mask", "history", "load", "objective_values", "open_studies", "study_info",
+           "study_reference", "summary"]
+
 # Columns every trial table has, in this order, before the parameters and measurements.
 ID_COLUMNS = ["study", "trial_id", "number", "status", "method"]
 # Trial-file keys kept as columns besides params and row.
 META_COLUMNS = ["progress", "error", "hostname", "node_id", "started", "ended"]
 # Keys of a result row that describe the report, not the model.
 ROW_BOOKKEEPING = frozenset({"status", "method", "step", "final", "checkpoint"})
-
-
-class StudyDirError(ValueError):
-    """A path that is not a readable study directory, or a file in it that is malformed."""
 
 
 @dataclass(frozen=True)
@@ -47,47 +57,16 @@ class StudyInfo:
     base: dict = field(default_factory=dict)
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StudyDirError(f"{path} is not valid JSON ({e}); expected {what}") from e
-    if not isinstance(doc, dict):
-        raise StudyDirError(f"{path} holds a {type(doc).__name__}; expected {what} (an object)")
-    return doc
-
-
-def _study_path(study_dir: str | Path) -> Path:
-    path = Path(study_dir)
-    if not path.is_dir():
-        raise StudyDirError(f"study directory {str(path)!r} does not exist or is not a "
-                            "directory; give the <storage>/<name> directory of a study")
-    if not (path / "study.json").is_file():
-        raise StudyDirError(f"no study.json in {str(path)!r}: is this a directory written by "
-                            "prune-study run? (expected study.json, base.json, trials/, "
-                            "history.jsonl)")
-    return path
-
-
 def study_info(study_dir: str | Path) -> StudyInfo:
-    """study.json and base.json of a study directory."""
-    path = _study_path(study_dir)
-    doc = _read_json(path / "study.json", "the study description")
-    objectives = doc.get("objectives")
-    if not isinstance(objectives, dict) or not objectives:
-        raise StudyDirError(f"{path / 'study.json'}: 'objectives' is {objectives!r}; expected "
-                            "a mapping such as {'accuracy': 'max', 'macs': 'min'}")
-    try:
-        pareto.maximise_flags(objectives)
-    except pareto.ObjectiveError as e:
-        raise StudyDirError(f"{path / 'study.json'}: {e}") from e
-    base_file = path / "base.json"
-    base = _read_json(base_file, "the base model's row") if base_file.is_file() else {}
+    """study.json and base.json of a study directory; StudyDirError when either is damaged."""
+    path = study_path(study_dir)
+    doc = read_study(path)
     return StudyInfo(
-        path=path, name=str(doc.get("name") or path.name), objectives=dict(objectives),
+        path=path, name=doc.get("name") or path.name, objectives=dict(doc["objectives"]),
         sampler=doc.get("sampler"), sampler_seed=doc.get("sampler_seed"),
         trials=doc.get("trials"), methods=doc.get("methods"), space=doc.get("space") or {},
-        created=doc.get("created"), environment=doc.get("environment") or {}, base=base,
+        created=doc.get("created"), environment=doc.get("environment") or {},
+        base=read_base(path),
     )
 
 
@@ -106,11 +85,7 @@ def _progress(last: dict | None) -> str | None:
     return " ".join(parts) or None
 
 
-def _trial_record(doc: dict, info: StudyInfo, file: Path) -> tuple[dict, list[str]]:
-    for key in ("trial_id", "status"):
-        if key not in doc:
-            raise StudyDirError(f"{file} has no {key!r}; expected a trial file with trial_id, "
-                                "number, status, params, row")
+def _trial_record(doc: dict, info: StudyInfo) -> tuple[dict, list[str]]:
     params = doc.get("params") or {}
     row = (doc.get("row") or {}) if doc["status"] == "ok" else {}
     study_chain = info.methods if isinstance(info.methods, str) else None
@@ -129,14 +104,6 @@ def _trial_record(doc: dict, info: StudyInfo, file: Path) -> tuple[dict, list[st
     return rec, names
 
 
-def _trial_files(path: Path) -> list[Path]:
-    folder = path / "trials"
-    if not folder.is_dir():
-        return []
-    # Hidden names are temporary files of an atomic write in progress.
-    return sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
-
-
 def load(study_dir: str | Path) -> pd.DataFrame:
     """One row per trial: ids, status, method, every parameter and measurement, on_front.
 
@@ -144,10 +111,13 @@ def load(study_dir: str | Path) -> pd.DataFrame:
     ``on_front`` False. ``df.attrs`` holds ``params`` (the searched parameter columns),
     ``objectives`` and ``study``.
     """
-    info = study_info(study_dir)
+    return _load(study_info(study_dir))
+
+
+def _load(info: StudyInfo) -> pd.DataFrame:
     records, params = [], []
-    for file in _trial_files(info.path):
-        rec, names = _trial_record(_read_json(file, "a trial"), info, file)
+    for doc in trial_records(info.path, info.space):
+        rec, names = _trial_record(doc, info)
         records.append(rec)
         params += [n for n in names if n not in params]
     df = pd.DataFrame.from_records(records)
@@ -192,31 +162,10 @@ def history(study_dir: str | Path) -> pd.DataFrame:
     """Per-epoch reports of every trial, one row per (trial_id, step), the last report winning.
 
     A trial resumed from a checkpoint repeats steps; its later lines replace the earlier
-    ones. An unterminated last line (being appended right now) is ignored.
+    ones. Damaged lines are skipped with a warning (see :mod:`analysis.studydir`).
     """
-    path = _study_path(study_dir)
-    file = path / "history.jsonl"
     cols = ["trial_id", "step", "stage", "phase", "epoch"]
-    if not file.is_file():
-        return pd.DataFrame(columns=cols)
-    text = file.read_text()
-    lines = text.split("\n")
-    rows = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            doc = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):  # no newline yet: a line being written
-                continue
-            raise StudyDirError(f"{file} line {i} is not valid JSON ({e}); expected one "
-                                "epoch report per line") from e
-        if not isinstance(doc, dict) or "trial_id" not in doc or "step" not in doc:
-            raise StudyDirError(f"{file} line {i} lacks trial_id or step; expected one epoch "
-                                "report object per line")
-        rows.append(doc)
-    df = pd.DataFrame.from_records(rows)
+    df = pd.DataFrame.from_records(history_records(study_path(study_dir)))
     for col in cols:
         if col not in df:
             df[col] = pd.Series(dtype=object)
@@ -248,7 +197,7 @@ def open_studies(study_dirs: list[str | Path]) -> list[Study]:
     for info in infos:
         label = info.name if names.count(info.name) == 1 else \
             f"{info.name} ({info.path.parent.name}/{info.path.name})"
-        trials = load(info.path)
+        trials = _load(info)
         trials["study"] = label
         studies.append(Study(info, trials, history(info.path), label))
     return studies
@@ -260,9 +209,10 @@ def summary(study_dir: str | Path) -> dict:
     ``finished`` counts trials with a result (status ok); ``running`` counts running
     trials; ``pending``, ``failed`` and ``stopped`` the others. ``hypervolume`` uses the
     default reference (:func:`analysis.pareto.reference`), 0.0 with no finished trial.
+    ``best`` is each objective's best value over the finished trials that have them all.
     """
     info = study_info(study_dir)
-    df = load(info.path)
+    df = _load(info)
     counts = df["status"].value_counts()
     values = objective_values(df, info.objectives)
     ref = pareto.reference(info.objectives, info.base, values)
@@ -280,10 +230,19 @@ def summary(study_dir: str | Path) -> dict:
         **{("finished" if s == "ok" else s): int(counts.get(s, 0)) for s in STATUSES},
         "front_size": int(df["on_front"].sum()),
         "hypervolume": pareto.hypervolume(values, ref),
+        "best": _best(values, info.objectives),
         "objectives": dict(info.objectives),
         "reference": ref.to_dict(),
         "knee": knee,
     }
+
+
+def _best(values: np.ndarray, objectives: dict[str, str]) -> dict[str, float]:
+    complete = values[np.isfinite(values).all(axis=1)] if len(values) else values
+    if not len(complete):
+        return {}
+    return {name: float(complete[:, j].max() if d == "max" else complete[:, j].min())
+            for j, (name, d) in enumerate(objectives.items())}
 
 
 def _plain(v):

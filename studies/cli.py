@@ -197,41 +197,51 @@ def _drive(args, fn, target) -> int:
 
 
 def cmd_status(args) -> int:
-    from studies.runner import study_summary
+    from analysis.results import summary
+    from analysis.studydir import skipped_files
 
-    s = study_summary(_study_dir(args.study_dir))
+    with skipped_files(lambda m: log(f"warning: {m}")) as skipped:
+        s = summary(_study_dir(args.study_dir))
     if args.json:
-        emit_json(s)
+        emit_json({**s, "warnings": skipped})
         return EXIT_OK
     print(f"study {s['name']}: {s['finished']} of {s.get('requested') or '?'} trials finished, "
           f"{s['running']} running, {s['failed']} failed"
-          + (f", {s['stopped']} stopped" if s.get("stopped") else ""))
-    if "ended" in s:  # studies.runner.progress: what counts toward the study's trials
-        print(f"  {s['ended']} of {s.get('requested') or '?'} trials ended"
-              + (f" ({s['timeout']} timed out)" if s.get("timeout") else "")
-              + ("; complete" if s.get("complete") else "")
-              + " (ok, failed, timed-out and scheduler-stopped trials count; lost ones are "
-                "replaced)")
+          + "".join(f", {s[k]} {k}" for k in ("pending", "stopped", "timeout") if s.get(k))
+          + ("" if s["trials"] or skipped else " (no trial files yet)"))
+    ended = sum(s.get(k, 0) for k in ("finished", "failed", "timeout", "stopped"))
+    print(f"  {ended} of {s.get('requested') or '?'} trials ended: ok, failed, timed-out and "
+          "scheduler-stopped trials count toward the study's trials (a trial lost with a "
+          "killed driver is replaced)")
     hv = s.get("hypervolume")
     print(f"  front: {s['front_size']} trials" + (f", hypervolume {hv:.6g}" if hv is not None
                                                    else ""))
     for k, v in (s.get("best") or {}).items():
         print(f"  best {k} ({s['objectives'][k]}): {v:.6g}")
+    if skipped:
+        print(f"  {len(skipped)} damaged file(s) or line(s) skipped (warnings on stderr)")
     return EXIT_OK
 
 
 def cmd_report(args) -> int:
     dirs = [_study_dir(d) for d in args.study_dirs]
     try:
-        from analysis.report import write_report
+        from analysis.report import ReportError, write_report
     except ImportError as e:
         log(f"error: `report` needs the analysis package (analysis.report.write_report), "
             f"which is not available here: {e}")
         return EXIT_ERROR
     from pathlib import Path
 
+    from analysis.studydir import skipped_files
+
     out = Path(args.output) if args.output else dirs[0] / "report"
-    path = write_report(dirs, out)
+    try:
+        with skipped_files(lambda m: log(f"warning: {m}")):
+            path = write_report(dirs, out)
+    except ReportError as e:
+        raise BadInput(f"{e}" + (" (-o names the folder to write the report into)"
+                                 if args.output else "")) from e
     log(f"report: {path}")
     print(path)
     return EXIT_OK
@@ -240,10 +250,13 @@ def cmd_report(args) -> int:
 def _study_dir(path: str):
     from pathlib import Path
 
+    from analysis.studydir import StudyDirError, study_path
+
     d = Path(path).expanduser()
-    if not (d / "study.json").is_file():
-        raise BadInput(f"{path!r} is not a study directory (it has no study.json); a study "
-                       "directory is <storage>/<name>, for example runs/quickstart")
+    try:
+        study_path(d)
+    except StudyDirError as e:
+        raise BadInput(str(e)) from e
     return d.resolve()
 
 
@@ -362,10 +375,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    from analysis.studydir import StudyDirError
     from studies.spec import SpecError, StudyError
 
     bad = (BadInput, DataError, ParamError, ModelError, CheckpointError, FileNotFoundError,
-           SpecError, StudyError)
+           SpecError, StudyError, StudyDirError)
     try:
         return args.fn(args)
     except bad as e:

@@ -3,7 +3,9 @@
 A Ray Tune callback in the driver turns each trial event into files: one JSON
 file per trial, rewritten atomically, and one line per epoch report appended to
 ``history.jsonl``. It also prints a short progress line per finished trial.
-Nothing here trains; ``summarize`` reads the files back for ``prune-study status``.
+Nothing here trains. Reading the files back is :mod:`analysis.studydir`'s job, for
+``status``, ``report`` and ``resume`` alike; ``trial_records`` and ``summarize`` are its
+names for the runner.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from ray import tune
 
+from analysis.studydir import trial_records
 from studies.spec import StudySpec
 
 # Keys Ray Tune adds to every result; they are not part of a trial's row.
@@ -48,13 +51,6 @@ def _plain(v):
     if hasattr(v, "tolist"):
         return v.tolist()
     return str(v)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def git_commit() -> str | None:
@@ -169,10 +165,9 @@ class Recorder(tune.Callback):
         tune_dir = Path(str(getattr(trial.storage, "experiment_fs_path", "")))
         if tune_dir.name == "tune" and tune_dir.parent.joinpath("study.json").exists():
             self.study_dir = tune_dir.parent
-        for path in sorted((self.study_dir / "trials").glob("*.json")):
-            rec = read_json(path)
-            if rec and "trial_id" in rec:
-                self.records[rec["trial_id"]] = rec
+        # Damaged files are skipped with a warning; the trial's next event rewrites its file.
+        for rec in trial_records(self.study_dir):
+            self.records[rec["trial_id"]] = rec
 
     def _record(self, trial) -> dict:
         self._load(trial)
@@ -318,36 +313,9 @@ def _error_text(trial) -> str:
 # --------------------------------------------------------------------------- status
 
 
-def trial_records(study_dir: Path) -> list[dict]:
-    recs = [read_json(p) for p in sorted((Path(study_dir) / "trials").glob("*.json"))]
-    recs = [r for r in recs if r and "trial_id" in r]
-    return sorted(recs, key=lambda r: (r.get("number") is None, r.get("number") or 0))
-
-
 def summarize(study_dir: Path) -> dict:
-    """Counts, best values and front size, from the files alone."""
-    study_dir = Path(study_dir)
-    study = read_json(study_dir / "study.json") or {}
-    objectives = study.get("objectives", {})
-    recs = trial_records(study_dir)
-    states = [r.get("status") for r in recs]
-    rows = [r.get("row") or {} for r in recs if r.get("status") == "ok"]
-    pts = objective_points(rows, objectives)
-    front = sum(nondominated(pts, list(objectives.values()))) if pts else 0
-    best = {}
-    for i, (k, m) in enumerate(objectives.items()):
-        if pts:
-            best[k] = (max if m == "max" else min)(p[i] for p in pts)
-    return {
-        "name": study.get("name", study_dir.name),
-        "requested": study.get("trials"),
-        "trials": len(recs),
-        "finished": states.count("ok"),
-        "running": states.count("running") + states.count("pending"),
-        "failed": states.count("failed"),
-        "stopped": states.count("stopped"),
-        "front_size": front,
-        "hypervolume": None,
-        "best": best,
-        "objectives": objectives,
-    }
+    """Counts, best values, front size and hypervolume, from the files alone
+    (:func:`analysis.results.summary`)."""
+    from analysis.results import summary
+
+    return summary(study_dir)

@@ -62,16 +62,20 @@ def test_history_keeps_the_last_report_of_each_step(study):
     assert {"sparsity", "alpha", "phase", "epoch"} <= set(h.columns)
 
 
-def test_history_ignores_a_line_being_written_and_names_a_broken_one(tmp_path):
+def test_history_skips_a_line_being_written_and_a_broken_one_naming_them(tmp_path):
     path = make_study(tmp_path, "h", ok=2, failed=0, running=0)
     n = len(results.history(path))
+    last = len((path / "history.jsonl").read_text().splitlines()) + 1
     with open(path / "history.jsonl", "a") as f:
         f.write('{"trial_id": "x", "st')
-    assert len(results.history(path)) == n
+    with pytest.warns(results.StudyDirWarning, match=rf"history.jsonl line {last} skipped: "
+                      r"not valid JSON \(unterminated last line"):
+        assert len(results.history(path)) == n
     with open(path / "history.jsonl", "a") as f:
         f.write('\n{"trial_id": "x", "step": 2}\n')  # the partial line stays broken
-    with pytest.raises(results.StudyDirError, match=r"history.jsonl line \d+ is not valid JSON"):
-        results.history(path)
+    with pytest.warns(results.StudyDirWarning,
+                      match=rf"history.jsonl line {last} skipped: not valid JSON$"):
+        assert len(results.history(path)) == n + 1
 
 
 def test_summary_counts_front_and_hypervolume(study):
@@ -118,11 +122,11 @@ def test_malformed_files_are_named(tmp_path):
     path = make_study(tmp_path, "bad", ok=2, failed=0, running=0)
     trial = next((path / "trials").glob("*.json"))
     trial.write_text("[1, 2]")
-    with pytest.raises(results.StudyDirError, match=f"{trial.name} holds a list"):
-        results.load(path)
+    with pytest.warns(results.StudyDirWarning, match=f"{trial.name} skipped: it holds a JSON list"):
+        assert len(results.load(path)) == 1  # the other trial is read
     trial.write_text('{"number": 0}')
-    with pytest.raises(results.StudyDirError, match="has no 'trial_id'"):
-        results.load(path)
+    with pytest.warns(results.StudyDirWarning, match="has no 'trial_id'"):
+        assert len(results.load(path)) == 1
     doc = json.loads((path / "study.json").read_text())
     (path / "study.json").write_text(json.dumps({**doc, "objectives": {"accuracy": "up"}}))
     with pytest.raises(results.StudyDirError, match="'up'.*max, min"):
