@@ -34,6 +34,7 @@ import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from analysis.studydir import read_study
 from prune_core.baseline import (
     BaseModel,
     atomic_save,
@@ -48,7 +49,6 @@ from studies.lock import DriverLock
 from studies.record import (
     FINAL_STATES,
     Recorder,
-    read_json,
     summarize,
     trial_records,
     write_json,
@@ -193,8 +193,7 @@ def ensure_base(spec: StudySpec, log: Log = _stderr) -> tuple[BaseModel, dict]:
 
 def check_base(study_dir: Path, base: BaseModel, path: Path) -> None:
     """Refuse a base model whose weights differ from those the study was run with."""
-    recorded = ((read_json(study_dir / "study.json") or {}).get("base") or {}).get(
-        "weights_sha256")
+    recorded = (read_study(study_dir).get("base") or {}).get("weights_sha256")
     if recorded is None:
         return  # a study from before the hash was recorded: nothing to compare with
     now = base.weights_hash()

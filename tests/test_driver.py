@@ -247,8 +247,9 @@ def test_progress_counts_what_ended_and_leaves_lost_trials_out(tmp_path):
     (tmp_path / "trials").mkdir()
     (tmp_path / "study.json").write_text(json.dumps({"name": "p", "trials": 4,
                                                      "objectives": {"accuracy": "max"}}))
-    for n, (status, extra) in enumerate((("ok", {}), ("failed", {}), ("timeout", {}),
-                                         ("stopped", {"lost": True}), ("stopped", {}))):
+    for n, (status, extra) in enumerate((("ok", {"row": {"accuracy": 0.9}}), ("failed", {}),
+                                         ("timeout", {}), ("stopped", {"lost": True}),
+                                         ("stopped", {}))):
         (tmp_path / "trials" / f"t{n}.json").write_text(json.dumps(
             {"trial_id": f"t{n}", "number": n, "status": status, "params": {}, "row": {},
              **extra}))
