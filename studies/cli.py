@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -367,35 +368,47 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list[Callable] = []
 
 
-def main(argv: list[str] | None = None) -> int:
-    from prune_core.baseline import CheckpointError
-    from prune_core.data import DataError
-    from prune_core.methods import ParamError
-    from prune_core.models import ModelError
+# Errors that mean "the user's input is wrong" (exit 2), by module: a module not imported
+# by the command cannot have raised its error, so `status` never imports torch for this.
+BAD_INPUT = (
+    ("prune_core.baseline", "CheckpointError"), ("prune_core.data", "DataError"),
+    ("prune_core.methods._registry", "ParamError"), ("prune_core.models", "ModelError"),
+    ("studies._values", "SpecError"), ("studies._values", "StudyError"),
+    ("analysis.studydir", "StudyDirError"), ("analysis.report", "ReportError"),
+)
 
+
+def is_bad_input(e: BaseException) -> bool:
+    """True for the errors that report a mistake in the user's input (exit 2)."""
+    if isinstance(e, BadInput | FileNotFoundError):
+        return True
+    for module, name in BAD_INPUT:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(e, cls):
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from analysis.studydir import StudyDirError
-    from studies.spec import SpecError, StudyError
-
-    bad = (BadInput, DataError, ParamError, ModelError, CheckpointError, FileNotFoundError,
-           SpecError, StudyError, StudyDirError)
     try:
         return args.fn(args)
-    except bad as e:
-        log(f"error: {e}")
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         log("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (prune-study ... | head): nothing left to say, and nothing
+        # left to flush into the closed pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as e:
-        if type(e).__name__ == "ClusterError":
+        if is_bad_input(e) or type(e).__name__ == "ClusterError":
             log(f"error: {e}")
-        else:
-            log(traceback.format_exc().rstrip())
-            log(f"error: {type(e).__name__}: {e}")
+            return EXIT_BAD_INPUT if is_bad_input(e) else EXIT_ERROR
+        log(traceback.format_exc().rstrip())
+        log(f"error: {type(e).__name__}: {e}")
         return EXIT_ERROR
-
 
 if __name__ == "__main__":
     sys.exit(main())
