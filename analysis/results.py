@@ -55,6 +55,7 @@ class StudyInfo:
     created: str | None = None
     environment: dict = field(default_factory=dict)
     base: dict = field(default_factory=dict)
+    constraints: dict = field(default_factory=dict)  # column -> {"min": x, "max": y}
 
 
 def study_info(study_dir: str | Path) -> StudyInfo:
@@ -66,7 +67,7 @@ def study_info(study_dir: str | Path) -> StudyInfo:
         sampler=doc.get("sampler"), sampler_seed=doc.get("sampler_seed"),
         trials=doc.get("trials"), methods=doc.get("methods"), space=doc.get("space") or {},
         created=doc.get("created"), environment=doc.get("environment") or {},
-        base=read_base(path),
+        base=read_base(path), constraints=doc.get("constraints") or {},
     )
 
 
@@ -127,19 +128,26 @@ def _load(info: StudyInfo) -> pd.DataFrame:
     if len(df):
         df = df.sort_values(["number", "trial_id"], na_position="last", kind="stable")
     df = df.reset_index(drop=True)
+    df["feasible"], df["violated"] = _feasibility(df, info.constraints)
     df["on_front"] = front_mask(df, info.objectives)
-    rest = [c for c in df.columns
-            if c not in ID_COLUMNS + params + META_COLUMNS + ["on_front"]]
-    df = df[ID_COLUMNS + params + rest + ["on_front"] + META_COLUMNS]
+    _add_intervals(df)
+    df["near_front"] = _near_front(df, info.objectives)
+    flags = ["on_front", "near_front", "feasible", "violated"]
+    rest = [c for c in df.columns if c not in ID_COLUMNS + params + META_COLUMNS + flags]
+    df = df[ID_COLUMNS + params + rest + flags + META_COLUMNS]
     df.attrs.update({"params": params, "objectives": dict(info.objectives),
                      "study": info.name})
     return df
 
 
 def objective_values(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
-    """The objectives of every row as floats; NaN where missing or the trial is not ok."""
+    """The objectives of every row as floats; NaN where missing, where the trial is not ok,
+    or where it breaks the study's constraints (a ``feasible`` column that is False): the
+    front and the hypervolume count feasible trials only."""
     out = np.full((len(df), len(objectives)), np.nan)
     ok = (df["status"] == "ok").to_numpy() if len(df) else np.zeros(0, dtype=bool)
+    if "feasible" in df and len(df):
+        ok = ok & df["feasible"].fillna(True).astype(bool).to_numpy()
     for j, name in enumerate(objectives):
         if name in df:
             out[:, j] = pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
@@ -151,6 +159,73 @@ def front_mask(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
     """True for the finished (status ok) trials on the Pareto front of ``objectives``."""
     return pareto.nondominated(objective_values(df, objectives),
                                pareto.maximise_flags(objectives))
+
+
+def _feasibility(df: pd.DataFrame, constraints: dict) -> tuple[list[bool], list[str | None]]:
+    """Per trial: whether its row meets every constraint, and which it breaks (text)."""
+    feasible, violated = [], []
+    for _, row in df.iterrows():
+        broken = []
+        for col, bound in constraints.items():
+            v = pd.to_numeric(row.get(col), errors="coerce")
+            if row["status"] != "ok":
+                continue
+            if not np.isfinite(v):
+                broken.append(f"{col} missing")
+            elif "min" in bound and v < bound["min"]:
+                broken.append(f"{col} >= {bound['min']:g}")
+            elif "max" in bound and v > bound["max"]:
+                broken.append(f"{col} <= {bound['max']:g}")
+        feasible.append(not broken)
+        violated.append(", ".join(broken) or None)
+    return feasible, violated
+
+
+WILSON_Z = 1.959964  # two-sided 95 %
+
+
+def wilson_interval(p: float, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``p`` measured on ``n`` samples."""
+    if not n or not np.isfinite(p):
+        return (float("nan"), float("nan"))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def _add_intervals(df: pd.DataFrame) -> None:
+    """``accuracy_low``/``accuracy_high``: its 95 % Wilson interval from the test-set size."""
+    acc = pd.to_numeric(df.get("accuracy", pd.Series(np.nan, index=df.index)),
+                        errors="coerce")
+    n = pd.to_numeric(df.get("test_images", pd.Series(np.nan, index=df.index)),
+                      errors="coerce")
+    pairs = [wilson_interval(float(p), int(k)) if np.isfinite(k) else (np.nan, np.nan)
+             for p, k in zip(acc, n, strict=True)]
+    df["accuracy_low"] = [lo for lo, _ in pairs]
+    df["accuracy_high"] = [hi for _, hi in pairs]
+
+
+def _near_front(df: pd.DataFrame, objectives: dict[str, str]) -> list[bool]:
+    """Trials off the front whose accuracy interval overlaps that of a front trial that
+    costs at least as much in every other objective: with this test set, they may be as
+    good as the front says the front is."""
+    if "accuracy" not in objectives or not len(df) or not df["on_front"].any():
+        return [False] * len(df)
+    costs = [c for c in objectives if c != "accuracy"]
+    values = objective_values(df, {c: objectives[c] for c in costs}) if costs else \
+        np.zeros((len(df), 0))
+    sign = np.array([1.0 if objectives[c] == "min" else -1.0 for c in costs])
+    front = np.flatnonzero(df["on_front"].to_numpy())
+    out = []
+    for i in range(len(df)):
+        if df["on_front"].iat[i] or not np.isfinite(df["accuracy_high"].iat[i]) or \
+                not np.isfinite(values[i]).all():
+            out.append(False)
+            continue
+        out.append(any(
+            df["accuracy_high"].iat[i] >= df["accuracy_low"].iat[f]
+            and np.all(sign * values[i] <= sign * values[f]) for f in front))
+    return out
 
 
 def study_reference(info: StudyInfo, df: pd.DataFrame) -> pareto.Reference:
@@ -210,6 +285,9 @@ def summary(study_dir: str | Path) -> dict:
     trials; ``pending``, ``failed`` and ``stopped`` the others. ``hypervolume`` uses the
     default reference (:func:`analysis.pareto.reference`), 0.0 with no finished trial.
     ``best`` is each objective's best value over the finished trials that have them all.
+    ``feasible`` counts finished trials within the study's constraints (the front and the
+    hypervolume count only those); ``near_front`` the trials within noise of the front;
+    ``within_one_point`` is the cheapest trial at most one point below the base.
     """
     info = study_info(study_dir)
     df = _load(info)
@@ -228,13 +306,35 @@ def summary(study_dir: str | Path) -> dict:
         "requested": info.trials,
         "trials": int(len(df)),
         **{("finished" if s == "ok" else s): int(counts.get(s, 0)) for s in STATUSES},
+        "feasible": int(((df["status"] == "ok") & df["feasible"].astype(bool)).sum()),
+        "near_front": int(df["near_front"].sum()),
         "front_size": int(df["on_front"].sum()),
         "hypervolume": pareto.hypervolume(values, ref),
         "best": _best(values, info.objectives),
         "objectives": dict(info.objectives),
         "reference": ref.to_dict(),
         "knee": knee,
+        "within_one_point": within_one_point(df, info),
     }
+
+
+def within_one_point(df: pd.DataFrame, info: StudyInfo, points: float = 0.01) -> dict | None:
+    """The cheapest finished, feasible trial whose accuracy is at most ``points`` below the
+    base model's: cheapest in the first objective besides accuracy that is minimised."""
+    base = info.base.get("accuracy")
+    cost = next((c for c, d in info.objectives.items() if c != "accuracy" and d == "min"),
+                None)
+    if base is None or cost is None or "accuracy" not in df or cost not in df:
+        return None
+    acc = pd.to_numeric(df["accuracy"], errors="coerce")
+    costs = pd.to_numeric(df[cost], errors="coerce")
+    ok = (df["status"] == "ok") & df["feasible"].astype(bool) & (acc >= base - points) & \
+        costs.notna()
+    if not ok.any():
+        return None
+    i = costs[ok].idxmin()
+    return {"trial_id": df.at[i, "trial_id"], "number": _plain(df.at[i, "number"]),
+            "method": df.at[i, "method"], "accuracy": float(acc[i]), cost: float(costs[i])}
 
 
 def _best(values: np.ndarray, objectives: dict[str, str]) -> dict[str, float]:

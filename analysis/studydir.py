@@ -178,8 +178,14 @@ def read_study(study_dir: str | Path) -> dict:
         if isinstance(doc.get("methods"), list) and not all(
                 isinstance(m, str | list) for m in doc["methods"]):
             raise Damaged(f"methods is {_show(doc['methods'])}; expected a list of chains")
-        for key in ("space", "environment", "model", "data", "base"):
+        for key in ("space", "environment", "model", "data", "base", "constraints"):
             _expect(doc, key, (dict,), "an object")
+        for col, bound in (doc.get("constraints") or {}).items():
+            if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"} or \
+                    not all(isinstance(v, int | float) and not isinstance(v, bool)
+                            and math.isfinite(v) for v in bound.values()):
+                raise Damaged(f"constraint {col!r} is {_show(bound)}; expected "
+                              "{'min': number} and/or {'max': number}")
         _expect(doc, "created", (str,), "an ISO-8601 time")
     except Damaged as e:
         raise StudyDirError(f"{file}: {e}") from e

@@ -227,6 +227,7 @@ def finish(model: nn.Module, data: datasets.Data, base: BaseModel, spec: TrialSp
         "status": "ok",
         "method": chain_name(stages),
         "accuracy": test["accuracy"],
+        "test_images": len(data.test),  # n of the accuracy's confidence interval
         "balanced_accuracy": test["balanced_accuracy"],
         "val_accuracy": val["accuracy"],
         "base_accuracy": brow["accuracy"],

@@ -89,6 +89,7 @@ def write_study_files(spec: StudySpec, study_dir: Path, base_row: dict, base_inf
         "trials": spec.trials,
         "methods": spec.methods_label,
         "space": {k: p.to_dict() for k, p in spec.space.items()},
+        "constraints": dict(spec.constraints),
         "model": {"name": spec.model, **spec.model_kw},
         "data": {"name": spec.data, **spec.data_kw},
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -138,3 +138,70 @@ def test_study_info_reads_study_and_base(study):
     assert info.name == "mixed" and info.sampler == "tpe"
     assert info.objectives == {"accuracy": "max", "macs": "min", "params": "min"}
     assert info.base["macs"] == 9_880_832 and info.base["params"] == 579_098
+
+
+def _with(path, study=None, rows=None):
+    """Edit a factory study: study.json keys, and a function applied to each ok row."""
+    doc = json.loads((path / "study.json").read_text())
+    doc.update(study or {})
+    (path / "study.json").write_text(json.dumps(doc))
+    for f in (path / "trials").glob("*.json"):
+        t = json.loads(f.read_text())
+        if t["status"] == "ok" and rows:
+            rows(t["row"])
+            f.write_text(json.dumps(t))
+    return path
+
+
+def test_constraints_keep_infeasible_trials_off_the_front(tmp_path):
+    from tests.study_factory import make_study
+
+    path = make_study(tmp_path, "c", ok=14, failed=0, running=0,
+                      objectives={"accuracy": "max", "macs": "min"})
+    plain = results.load(path)
+    cut = float(plain.loc[plain["status"] == "ok", "macs"].median())
+    _with(path, study={"constraints": {"macs": {"min": cut}}})
+    df = results.load(path)
+    ok = df[df["status"] == "ok"]
+    assert ok["feasible"].tolist() == (ok["macs"] >= cut).tolist()
+    assert all(v == f"macs >= {cut:g}" for v in ok.loc[~ok["feasible"], "violated"])
+    assert not (df["on_front"] & ~df["feasible"]).any()  # no infeasible trial on the front
+    s = results.summary(path)
+    assert s["feasible"] == int(ok["feasible"].sum())
+    assert s["hypervolume"] <= results.summary(_with(path, study={"constraints": {}})
+                                               )["hypervolume"]
+
+
+def test_wilson_interval_and_trials_within_noise_of_the_front(tmp_path):
+    from tests.study_factory import make_study
+
+    lo, hi = results.wilson_interval(0.9, 100)
+    assert lo == pytest.approx(0.8256, abs=1e-3) and hi == pytest.approx(0.9448, abs=1e-3)
+    assert results.wilson_interval(1.0, 359)[1] == pytest.approx(1.0)
+    path = _with(make_study(tmp_path, "w", ok=14, failed=0, running=0,
+                            objectives={"accuracy": "max", "macs": "min"}),
+                 rows=lambda row: row.update(test_images=359))
+    df = results.load(path)
+    ok = df[df["status"] == "ok"]
+    assert ((ok["accuracy_low"] <= ok["accuracy"]) & (ok["accuracy"] <= ok["accuracy_high"])).all()
+    front = ok[ok["on_front"]]
+    for _, r in ok[ok["near_front"]].iterrows():
+        assert not r["on_front"]
+        assert ((front["accuracy_low"] <= r["accuracy_high"]) & (front["macs"] >= r["macs"])).any()
+    # with 10x the test images, the intervals narrow and fewer trials are within noise
+    narrow = results.load(_with(path, rows=lambda row: row.update(test_images=35900)))
+    assert df["near_front"].sum() > narrow["near_front"].sum()
+
+
+def test_cheapest_trial_within_one_point_of_the_base(tmp_path):
+    from tests.study_factory import make_study
+
+    path = make_study(tmp_path, "k", ok=14, failed=0, running=0,
+                      objectives={"accuracy": "max", "macs": "min"})
+    df, s = results.load(path), results.summary(path)
+    base = json.loads((path / "base.json").read_text())["accuracy"]
+    good = df[(df["status"] == "ok") & (df["accuracy"] >= base - 0.01)]
+    if len(good):
+        assert s["within_one_point"]["macs"] == good["macs"].min()
+    else:
+        assert s["within_one_point"] is None
