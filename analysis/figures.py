@@ -181,7 +181,7 @@ class ParetoData(NamedTuple):
 
     x: str
     y: str
-    points: pd.DataFrame  # study, method, trial_id, number, x, y, on_front
+    points: pd.DataFrame  # study, method, trial_id, number, x, y, on_front, feasible, violated
     fronts: pd.DataFrame  # study, x, y: non-dominated in (x min, y max), sorted by x
     base: pd.DataFrame  # study, x, y
 
@@ -196,13 +196,16 @@ def pareto_data(studies: list[Study], x: str = "macs", y: str = "accuracy") -> P
             continue
         d = pd.DataFrame({"study": s.label, "method": ok["method"], "trial_id": ok["trial_id"],
                           "number": ok["number"], "x": pd.to_numeric(ok[x], errors="coerce"),
-                          "y": pd.to_numeric(ok[y], errors="coerce"), "on_front": ok["on_front"]})
+                          "y": pd.to_numeric(ok[y], errors="coerce"), "on_front": ok["on_front"],
+                          "feasible": ok["feasible"].astype(bool) if "feasible" in ok else True,
+                          "violated": ok["violated"] if "violated" in ok else None})
         d = d[np.isfinite(d["x"]) & np.isfinite(d["y"]) & (d["x"] > 0)]
         if not len(d):
             continue
         pts.append(d)
-        mask = pareto.nondominated(d[["x", "y"]].to_numpy(), [False, True])
-        fronts.append(d.loc[mask, ["study", "x", "y"]].sort_values(["x", "y"]))
+        feasible = d[d["feasible"]]
+        mask = pareto.nondominated(feasible[["x", "y"]].to_numpy(), [False, True])
+        fronts.append(feasible.loc[mask, ["study", "x", "y"]].sort_values(["x", "y"]))
         b = s.info.base
         if isinstance(b.get(x), int | float) and isinstance(b.get(y), int | float):
             bases.append(pd.DataFrame({"study": [s.label], "x": [b[x]], "y": [b[y]]}))
@@ -245,7 +248,12 @@ def draw_pareto(panels: list[ParetoData], colours: dict | None = None) -> Figure
         markers = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(study_names)}
         dashes = {s: DASHES[i % len(DASHES)] for i, s in enumerate(study_names)}
         for ax, p in zip(axes, panels, strict=True):
-            for (study, method), d in p.points.groupby(["study", "method"], sort=False):
+            bad = p.points[~p.points["feasible"].astype(bool)]
+            # Trials that break a constraint: grey crosses, never on a front.
+            ax.scatter(bad["x"], bad["y"], s=26, color="#9a9a9a", marker="x", linewidths=1.0,
+                       zorder=2)
+            for (study, method), d in p.points[p.points["feasible"].astype(bool)].groupby(
+                    ["study", "method"], sort=False):
                 off = d[~d["on_front"]]
                 on = d[d["on_front"]]
                 ax.scatter(off["x"], off["y"], s=22, color=methods[method], alpha=0.45,
@@ -281,6 +289,9 @@ def draw_pareto(panels: list[ParetoData], colours: dict | None = None) -> Figure
                            label="on the study's front", markersize=7),
                     Line2D([], [], marker="*", ls="", color="#f2c200", markeredgecolor="black",
                            label="base model", markersize=13)]
+        if any((~p.points["feasible"].astype(bool)).any() for p in panels):
+            handles.append(Line2D([], [], marker="x", ls="", color="#9a9a9a",
+                                  label="breaks a constraint", markersize=7))
         # As many legend columns as the figure is wide for: 2, 3, then 4 from three panels.
         _legend_below(fig, handles, ncol=min(len(handles), ncols + 1, 4))
     return fig

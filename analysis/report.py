@@ -115,7 +115,8 @@ def trials_table(studies: list[Study], front_only: bool = False) -> pd.DataFrame
     if front_only:
         df = df[df["on_front"]]
     cols = ["study", "trial_id", "number", "status", "method", *_objective_columns(studies),
-            *_param_columns(studies), "on_front", "progress", "error"]
+            "accuracy_low", "accuracy_high", *_param_columns(studies), "on_front",
+            "near_front", "violated", "progress", "error"]
     out = df.reindex(columns=cols)
     # A failed trial's error may carry a whole traceback: its first line names the error.
     out["error"] = out["error"].map(

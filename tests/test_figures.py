@@ -171,3 +171,24 @@ def test_every_figure_draws_with_labelled_axes(studies):
     legend = [t.get_text() for t in front.legends[0].get_texts()]
     assert set(METHODS) <= set(legend) and "base model" in legend
     json.dumps([d.key for d in drawn])
+
+
+def test_infeasible_trials_are_drawn_apart_and_never_on_the_drawn_front(tmp_path):
+    import json
+
+    from analysis import figures, results
+    from tests.study_factory import make_study
+
+    path = make_study(tmp_path, "c", ok=14, failed=0, running=0,
+                      objectives={"accuracy": "max", "macs": "min"})
+    doc = json.loads((path / "study.json").read_text())
+    cut = float(results.load(path).query("status == 'ok'")["macs"].median())
+    doc["constraints"] = {"macs": {"min": cut}}
+    (path / "study.json").write_text(json.dumps(doc))
+    data = figures.pareto_data(results.open_studies([path]), "macs", "accuracy")
+    bad = data.points[~data.points["feasible"]]
+    assert len(bad) and (bad["x"] < cut).all()
+    assert (data.fronts["x"] >= cut).all()  # the drawn front holds feasible trials only
+    fig = figures.draw_pareto([data])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "breaks a constraint" in labels
