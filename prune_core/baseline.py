@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import pickle
 import re
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,37 +19,12 @@ import torch
 from torch import nn
 
 from prune_core import models
+from prune_core._io import CheckpointError, atomic_save, safe_load  # noqa: F401 (re-exported)
 from prune_core.data import Data
 from prune_core.measure import measure
 from prune_core.train import TrainConfig, evaluate, fit, seed_everything
 
 CACHE_FORMAT = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or cache file is corrupt, foreign or unsafe."""
-
-
-def safe_load(path: str | Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` and an error that names the file."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile,
-            ValueError, AttributeError, TypeError) as e:
-        raise CheckpointError(
-            f"{str(path)!r} is not a readable prune-study checkpoint (corrupt, truncated or "
-            f"holding code objects, which are never loaded): {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}. Delete it to rebuild it."
-        ) from e
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, then rename: a killed process never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prune_core._io import safe_load
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DOCS: dict[str, str] = {}
 SOURCES = ("torchvision", "timm", "import")  # `<source>:...` model names
@@ -336,7 +338,6 @@ def load_weights(model: nn.Module, weights: str | Path, name: str) -> nn.Module:
             f"model.weights {str(path)!r} for {name!r} is not a file; download the weights "
             f"on a machine with internet and give their local path", key="weights"
         )
-    from prune_core.baseline import safe_load  # lazy: baseline imports this module
 
     state = safe_load(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
