@@ -65,7 +65,8 @@ def storage(tmp_path_factory) -> Path:
 def failing_study(local_ray, storage):
     """Four trials, of which those with lr 10 diverge; trains the base model."""
     spec = parse_spec(tiny_spec("failing", storage, space={
-        "none.finetune_epochs": 1, "none.lr": {"choices": [1e-4, 10.0]}}))
+        "none.finetune_epochs": 1, "none.lr": {"choices": [1e-4, 10.0]}},
+        constraints={"accuracy": {"min": 0.0}}))
     summary = run_study(spec, log=lambda _m: None)
     return spec, summary
 
@@ -111,6 +112,9 @@ def test_optuna_storage_is_a_complete_record(failing_study):
         if rec["status"] == "ok":
             for column in ("accuracy", "params", "macs", "none.lr", "train_seconds"):
                 assert attrs[column] == pytest.approx(rec["row"][column]), column
+            # the spec's constraint, told as Optuna's constraint value (feasible: <= 0)
+            assert by_number[rec["number"]].constraints == {
+                "accuracy.min": pytest.approx(-rec["row"]["accuracy"])}
             # two objectives: Optuna keeps no intermediate values, the attribute does
             steps = attrs["val_accuracy_by_step"]
             assert steps and all(0.0 <= v <= 1.0 for _, v in steps)
