@@ -45,6 +45,7 @@ from prune_core.baseline import (
 from prune_core.measure import channel_counts
 from prune_core.trial import TrialSpec, load_data, run_trial, save_json_safe
 from studies.lock import DriverLock
+from studies.loggers import check_loggers, make_loggers
 from studies.record import (
     FINAL_STATES,
     Recorder,
@@ -321,7 +322,8 @@ def _tune_environment() -> None:
     # Tune's knobs are environment variables read when the experiment starts.
     # Results carry objectives only at the end, so intermediate results lack them.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # The study directory is the record; Tune's CSV/JSON/TensorBoard loggers would copy it.
+    # The study directory is the record; Tune's CSV/JSON/TensorBoard loggers would copy it
+    # into every trial directory. The spec's `loggers` turn them on (studies.loggers).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Save the experiment state at most a second after a trial starts or ends, so a killed
     # driver resumes with (almost) every trial accounted for; the rest is reconciled below.
@@ -359,6 +361,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, log: Log = _stderr
 def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> dict:
     """Train or find the base model, write the study's files and run every trial."""
     try:
+        check_loggers(spec)
         _tune_environment()
         connect(address, log)
         _check_resources(spec, address, log)
@@ -379,7 +382,9 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> d
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=tune_storage(spec, study_dir), callbacks=[recorder],
+            # Tune pickles the callbacks with the experiment and restores them on resume.
+            name="tune", storage_path=tune_storage(spec, study_dir),
+            callbacks=[recorder, *make_loggers(spec, study_dir)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0,
             # Tune checks it on each result, so at the end of an epoch (trials report once
@@ -426,6 +431,7 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
         base = load_cached(spec.cache_dir, spec.trial_spec().base_spec())
         if base is not None:
             check_base(study_dir, base, base_path)
+        check_loggers(spec)  # Tune.restore unpickles the loggers the study started with
         _tune_environment()
         connect(address, log)
         _check_resources(spec, address, log)
