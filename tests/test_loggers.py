@@ -1,5 +1,5 @@
 """The study in the tools users already run: Ray Tune's CSV, JSON, TensorBoard and MLflow
-loggers, read back with each tool's own reader.
+loggers, read back with each tool's own reader; and the driver's Ray version check.
 
 One tiny study (C3 at k=4 on 16x16 digits, two trials of two epochs) writes every logger.
 """
@@ -9,15 +9,17 @@ from __future__ import annotations
 import csv
 import json
 import math
+import platform
 from pathlib import Path
 
 import pytest
 import ray
 from ray.cloudpickle import loads as cloudpickle_loads
 
+from studies import runner
 from studies.loggers import PROGRESS_CSV, StudyMLflow, mlflow_metrics, trial_params
 from studies.record import trial_records
-from studies.runner import run_study
+from studies.runner import RayVersionMismatch, check_ray_versions, node_versions, run_study
 from studies.spec import parse_spec
 
 EPOCHS = 2
@@ -203,3 +205,51 @@ def test_mlflow_logger_warns_and_steps_aside_when_its_store_fails(tmp_path, capl
     assert logger._disabled
     (warning,) = [r for r in caplog.records if "MLflow logging stopped" in r.getMessage()]
     assert "opening the store" in warning.getMessage()
+
+
+# --------------------------------------------------------------------------- Ray versions
+
+
+def test_the_local_cluster_runs_the_drivers_ray(local_ray):
+    versions = node_versions()
+    assert list(versions.values()) == [ray.__version__] * len(ray.nodes())
+    check_ray_versions(versions)  # equal: no error
+
+
+def test_another_ray_on_a_node_is_an_error_naming_both_versions():
+    check_ray_versions({"a": "2.60.0", "b": "2.60.0"}, driver="2.60.0")
+    with pytest.raises(RayVersionMismatch) as e:
+        check_ray_versions({"10.0.0.1 (node ab)": "2.60.0", "10.0.0.2 (node cd)": "2.59.1"},
+                           driver="2.60.0", address="10.0.0.1:6379")
+    text = str(e.value)
+    assert "10.0.0.1:6379" in text and "this driver (Ray 2.60.0)" in text
+    assert "10.0.0.2 (node cd): Ray 2.59.1" in text and "node ab" not in text
+    assert "pip install 'ray[default]==2.60.0'" in text and "ray up cluster.yaml" in text
+    assert isinstance(e.value, runner.ClusterError)  # the CLI's cluster error: exit 1
+
+
+@pytest.mark.parametrize("cluster_ray, cluster_python", [
+    ("2.59.0", platform.python_version()),  # another Ray
+    (ray.__version__, "3.10.1"),  # the same Ray on another Python: Ray refuses that too
+])
+def test_rays_own_version_refusal_becomes_the_same_error(monkeypatch, cluster_ray,
+                                                         cluster_python):
+    """Ray refuses a driver of other versions at ray.init, with its own message (made here
+    by Ray's own check); the error names both sides' versions and what to do."""
+    from ray._private.utils import check_version_info
+
+    def refuse(**kw):
+        check_version_info({"ray_version": cluster_ray, "python_version": cluster_python},
+                           "node 10.0.0.5")
+
+    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(runner.ray, "init", refuse)
+    monkeypatch.setattr(runner, "_check_reachable", lambda address: None)
+    with pytest.raises(RayVersionMismatch) as e:
+        runner.connect("10.0.0.5:6379", log=lambda _m: None)
+    text = str(e.value)
+    mine = f"Ray {ray.__version__}, Python {platform.python_version()}"
+    assert f"the Ray cluster at 10.0.0.5:6379 runs other versions than this driver ({mine})" \
+        in text
+    assert f"the cluster: Ray {cluster_ray}, Python {cluster_python}" in text
+    assert f"pip install 'ray[default]=={ray.__version__}'" in text
