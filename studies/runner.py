@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -46,6 +47,7 @@ from prune_core.baseline import (
 from prune_core.measure import channel_counts
 from prune_core.trial import TrialSpec, load_data, run_trial, save_json_safe
 from studies.lock import DriverLock
+from studies.loggers import check_loggers, make_loggers
 from studies.record import (
     FINAL_STATES,
     Recorder,
@@ -64,6 +66,10 @@ Log = Callable[[str], None]
 
 class ClusterError(RuntimeError):
     """Ray could not be started or reached."""
+
+
+class RayVersionMismatch(ClusterError):
+    """The cluster runs another Ray than this driver."""
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -94,6 +100,10 @@ def connect(address: str | None = None, log: Log = _stderr) -> None:
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except Exception as e:  # Ray raises several types here; all mean "not connected"
+            if "Version mismatch" in str(e):
+                # Ray compares its Ray and Python versions with those the cluster recorded
+                # when it started; its message names them in a plain layout.
+                raise RayVersionMismatch(_init_mismatch_text(address, str(e))) from e
             raise ClusterError(
                 f"could not join the Ray cluster at {address}: {type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}\nA cluster started with `ray start` "
@@ -101,7 +111,10 @@ def connect(address: str | None = None, log: Log = _stderr) -> None:
                 "environment of every node and of this command, with the cluster's token in "
                 "~/.ray/auth_token or RAY_AUTH_TOKEN."
             ) from e
-        log(f"joined the Ray cluster at {address}: {_resources_text()}")
+        versions = node_versions(log=log)
+        check_ray_versions(versions, address=address)
+        log(f"joined the Ray cluster at {address}: {_resources_text()}, Ray {ray.__version__}"
+            f" on {'every node' if versions else 'the head node'}")
         if not _token_auth():
             log(f"warning: the Ray cluster at {address} accepted this driver without token "
                 "authentication: anyone who can reach its port can run code on every node. "
@@ -113,6 +126,76 @@ def connect(address: str | None = None, log: Log = _stderr) -> None:
     except Exception as e:
         raise ClusterError(f"could not start a local Ray: {type(e).__name__}: {e}") from e
     log(f"started a local Ray: {_resources_text()}")
+
+
+def node_versions(timeout_s: float = 60, log: Log = _stderr) -> dict[str, str]:
+    """The Ray version each alive node runs, from a tiny task on each: node -> version."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    def version() -> str:  # a local function: pickled by value, the node imports no project
+        import ray
+
+        return ray.__version__
+
+    task = ray.remote(num_cpus=0, max_retries=0)(version)
+    refs = {}
+    for n in ray.nodes():
+        if n.get("Alive"):
+            node = f"{n.get('NodeManagerAddress')} (node {n['NodeID'][:8]})"
+            refs[node] = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+                n["NodeID"], soft=False)).remote()
+    if not refs:
+        return {}
+    ready, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    if late:
+        log(f"warning: {len(late)} node(s) did not say their Ray version within {timeout_s:g} s;"
+            " not checked")
+        for ref in late:
+            ray.cancel(ref, force=True)
+    out = {}
+    for node, ref in refs.items():
+        if ref in ready:
+            try:
+                out[node] = ray.get(ref)
+            except Exception as e:  # the task's or Ray's error: say so, the study may still run
+                log(f"warning: {node} could not say its Ray version ({type(e).__name__}); "
+                    "not checked")
+    return out
+
+
+def check_ray_versions(versions: dict[str, str], driver: str | None = None,
+                       address: str = "the cluster") -> None:
+    """Raise :class:`RayVersionMismatch` when a node runs another Ray than ``driver`` (this
+    process's by default): Ray needs one version everywhere, and a mismatched minor fails
+    in obscure ways."""
+    driver = driver or ray.__version__
+    other = {node: f"Ray {v}" for node, v in versions.items() if v != driver}
+    if other:
+        raise RayVersionMismatch(_version_text(address, f"Ray {driver}", driver, other))
+
+
+def _init_mismatch_text(address: str, message: str) -> str:
+    """Ray's own refusal at ``ray.init``, retold with what to do."""
+    rays = re.findall(r"Ray: (\S+)", message)
+    pythons = re.findall(r"Python: (\S+)", message)
+    if len(rays) < 2 or len(pythons) < 2:  # another layout: keep Ray's words
+        return (f"the Ray cluster at {address} refused this driver: "
+                f"{' '.join(message.split())}")
+
+    def versions(i: int) -> str:
+        return f"Ray {rays[i]}, Python {pythons[i]}"
+
+    return _version_text(address, versions(1), rays[1], {"the cluster": versions(0)})
+
+
+def _version_text(address: str, mine: str, ray_version: str, other: dict[str, str]) -> str:
+    nodes = ", ".join(f"{node}: {v}" for node, v in sorted(other.items()))
+    return (f"the Ray cluster at {address} runs other versions than this driver ({mine}): "
+            f"{nodes}. Ray needs the same Ray and Python versions on every node and in the "
+            f"driver. Start the cluster from an environment like this one (`pip install "
+            f"'ray[default]=={ray_version}'` on every node, or `ray up cluster.yaml`, which "
+            "installs the Ray prune-study pins), or run prune-study where the cluster's "
+            "versions are installed")
 
 
 def _token_auth() -> bool:
@@ -320,7 +403,8 @@ def _tune_environment() -> None:
     # Tune's knobs are environment variables read when the experiment starts.
     # Results carry objectives only at the end, so intermediate results lack them.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # The study directory is the record; Tune's CSV/JSON/TensorBoard loggers would copy it.
+    # The study directory is the record; Tune's CSV/JSON/TensorBoard loggers would copy it
+    # into every trial directory. The spec's `loggers` turn them on (studies.loggers).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Save the experiment state at most a second after a trial starts or ends, so a killed
     # driver resumes with (almost) every trial accounted for; the rest is reconciled below.
@@ -358,6 +442,7 @@ def run_study(spec: StudySpec, *, address: str | None = None, log: Log = _stderr
 def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> dict:
     """Train or find the base model, write the study's files and run every trial."""
     try:
+        check_loggers(spec)
         _tune_environment()
         connect(address, log)
         _check_resources(spec, address, log)
@@ -378,7 +463,9 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> d
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=tune_storage(spec, study_dir), callbacks=[recorder],
+            # Tune pickles the callbacks with the experiment and restores them on resume.
+            name="tune", storage_path=tune_storage(spec, study_dir),
+            callbacks=[recorder, *make_loggers(spec, study_dir)],
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2), verbose=0,
             # Tune checks it on each result, so at the end of an epoch (trials report once
@@ -425,6 +512,7 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
         base = load_cached(spec.cache_dir, spec.trial_spec().base_spec())
         if base is not None:
             check_base(study_dir, base, base_path)
+        check_loggers(spec)  # Tune.restore unpickles the loggers the study started with
         _tune_environment()
         connect(address, log)
         _check_resources(spec, address, log)

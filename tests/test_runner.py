@@ -310,3 +310,17 @@ def test_tune_does_not_warn_that_the_samplers_own_work_is_training():
                       "seconds to run. Ensure ...", UserWarning, stacklevel=2)
         warnings.warn("something else", UserWarning, stacklevel=2)
     assert [str(w.message) for w in caught] == ["something else"]
+
+
+def test_a_study_without_loggers_writes_no_logger_files(failing_study):
+    """Tune's own loggers stay off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS) unless the spec's
+    `loggers` names them (tests/test_loggers.py)."""
+    spec, _ = failing_study
+    assert spec.loggers == {}
+    trial_dirs = [p for p in (spec.study_dir / "tune").iterdir() if p.is_dir()]
+    assert len(trial_dirs) == 4
+    written = [p.name for d in trial_dirs for p in d.iterdir()
+               if p.name in ("progress.csv", "result.json", "params.json", "params.pkl")
+               or p.name.startswith("events.out.tfevents")]
+    assert written == []
+    assert not [p for p in spec.study_dir.iterdir() if p.name in ("mlflow.db", "mlruns")]
