@@ -3,6 +3,7 @@ resources, storage, latency, loggers and warm start."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
 import re
@@ -182,8 +183,16 @@ def check_loggers(c: Checker, value: Any) -> dict:
         for k, v in settings.items():
             if not isinstance(v, str) or not v.strip() or CONTROL.search(v):
                 c.error(f"loggers.{name}.{k}", f"{show(v)} is not valid; allowed: text")
+        package = LOGGER_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            c.error(f"loggers.{name}", f"needs the {package!r} package, which is not installed "
+                                       "here; pip install 'prune-study[loggers]'")
+            continue
         out[name] = dict(settings)
     return out
+
+
+LOGGER_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow"}
 
 
 def check_sampler(c: Checker, value: Any, default_seed: Any) -> tuple[str, int, dict]:
