@@ -48,7 +48,9 @@ def bad_specs(tmp: Path) -> list[dict]:
         path = tmp / "spec.yaml"
         path.write_bytes(spec_text(kind))
         rc, err = _validate(path)
-        lines = [ln.strip(" -") for ln in err.splitlines() if ln.strip()]
+        # The error lines proper ("  - field: ..."), the one naming the field first.
+        lines = [ln.strip()[2:] for ln in err.splitlines() if ln.startswith("  - ")] or \
+            [ln.strip() for ln in err.splitlines() if ln.strip()]
         message = next((ln for ln in lines if bad.field in ln), lines[-1] if lines else "")
         rows.append({"kind": kind, "field": bad.field, "exit": rc, "outcome": _outcome(rc, err),
                      "names_field": bad.field in err, "message": message[:160]})
