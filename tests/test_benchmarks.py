@@ -197,3 +197,28 @@ def test_bench_resnet_tiny_compares_three_slimmings(tmp_path):
     assert "unreachable, smallest:" in md
     assert "Reproduce with" in md and "--tiny" in saved["command"]
     assert doc["total_seconds"] == saved["total_seconds"]
+
+
+def test_bench_lab_tiny_writes_the_seed_table_and_int8_latency(tmp_path):
+    from benchmarks import bench_lab
+
+    doc = bench_lab.main(["--tiny", "--out", str(tmp_path)])
+    rows = {r["label"]: r for r in doc["rows"]}
+    assert {r["section"] for r in doc["rows"]} == {"2.1", "2.2", "3.1.1", "3.1.2", "3.2",
+                                                   "3.1.2 + 3.2"}
+    assert all(r["row"]["status"] == "ok" for r in doc["rows"])
+    layer, glob = rows["L1 unstructured, layer, 0.5"]["row"], \
+        rows["L1 unstructured, global, 0.5"]["row"]
+    assert layer["magnitude.scope"] == "layer" and glob["magnitude.scope"] == "global"
+    assert layer["nonzero_params"] < layer["params"] == doc["base"]["params"]
+    assert rows["L1 structured (filters), 0.5"]["row"]["magnitude.n"] == 1
+    assert rows["L2 structured 0.5, then int8"]["row"]["size_bytes"] < \
+        rows["L2 structured (filters), 0.5"]["row"]["size_bytes"]
+    assert set(doc["latency"]) == {"fp32 base", "int8 base", "fp32 L2 structured 0.5",
+                                   "int8 L2 structured 0.5"}
+    for modes in doc["latency"].values():
+        assert set(modes) == {"eager"}  # --tiny leaves compiling out
+        assert modes["eager"]["latency_ms_b1"] > 0 and "latency_iqr_ms_b32" in modes["eager"]
+    assert doc["load_average_during_latency"] and doc["environment"]["load_average"]
+    md = (tmp_path / "lab-tiny.md").read_text()
+    assert "| 1 | base |" in md and "## int8 latency" in md and "Reproduce with" in md
