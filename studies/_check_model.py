@@ -3,8 +3,6 @@ the search space (with the methods' own parameter tables and constraints)."""
 
 from __future__ import annotations
 
-import itertools
-import random
 import warnings
 from dataclasses import fields
 from pathlib import Path
@@ -266,46 +264,6 @@ def _parses(chain: tuple) -> bool:
     except ParamError:
         return False
     return True
-
-
-def check_constraints(c: Checker, space: dict[str, ParamSpace], chains: tuple[tuple, ...]
-                       ) -> None:
-    """Refuse a space that can draw values a method cannot run together (RePr's epochs
-    below cycles * (s1 + s2)): every corner of the stage's ranges and 256 random points."""
-    rng = random.Random(0)
-    for chain in chains:
-        for stage in parse_chain(list(chain)):
-            if stage.method.constraint is None:
-                continue
-            mine = {k.partition(".")[2]: p for k, p in space.items() if p.stage == stage.name}
-            options = {k: _extremes(p) for k, p in mine.items()}
-            corners = itertools.islice(itertools.product(*options.values()), 4096)
-            points = [dict(zip(options, values, strict=True)) for values in corners]
-            points += [{k: _draw(p, rng) for k, p in mine.items()} for _ in range(256)]
-            for point in points:
-                try:
-                    stage.method.resolve(point, stage.name)
-                except ParamError as e:
-                    shown = ", ".join(f"{stage.name}.{k} = {v!r}" for k, v in point.items())
-                    c.error("space", f"the space can draw {shown or 'the defaults'}, where {e}; "
-                                     "narrow the ranges so that every point holds")
-                    break
-
-
-def _extremes(p: ParamSpace) -> list:
-    if p.kind == "fixed":
-        return [p.value]
-    if p.kind == "categorical":
-        return list(p.choices)
-    return [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high]
-
-
-def _draw(p: ParamSpace, rng: random.Random):
-    if p.kind in ("fixed", "categorical"):
-        return rng.choice(_extremes(p))
-    if p.kind == "int":
-        return rng.randint(int(p.low), int(p.high))
-    return rng.uniform(p.low, p.high)
 
 
 def _stage_methods(chains: tuple[tuple, ...]) -> dict[str, Method]:

@@ -21,7 +21,6 @@ from prune_core.methods import (
 from prune_core.trial import TrialSpec
 from studies._check_model import (
     check_compatible,
-    check_constraints,
     check_data,
     check_methods,
     check_model,
@@ -30,6 +29,7 @@ from studies._check_model import (
 )
 from studies._check_run import (
     check_constraint_bounds,
+    check_constraints,
     check_latency,
     check_loggers,
     check_objectives,
