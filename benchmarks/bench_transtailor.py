@@ -57,7 +57,7 @@ TRAIN_PHASES = ("alpha", "finetune")  # report rows that are one training epoch 
 # Each arm changes these TransTailor parameters from the settings' ones. "start" is the
 # benchmark's first rule (tau against the starting model); "last" is the seed's loop
 # (W_o = W_p: tau against the last accepted round); "random" starts alpha uniform in
-# [0, 1) as the seed's first version did.
+# [0, 1) as the seed's first version did; "last-random" is that first version whole.
 ARMS = {"start": {"tau_reference": "start", "alpha_init": "ones"},
         "last": {"tau_reference": "last", "alpha_init": "ones"},
         "random": {"tau_reference": "start", "alpha_init": "random"},
@@ -65,7 +65,7 @@ ARMS = {"start": {"tau_reference": "start", "alpha_init": "ones"},
 DEFAULTS = {"model": "vgg11", "width": 0.25, "source_epochs": 15, "transfer_epochs": 10,
             "base_lr": 0.05, "seeds": [0, 1, 2], "tau": 0.02, "step_ratio": 0.1,
             "alpha_epochs": 2, "finetune_epochs": 5, "patience": 3, "max_rounds": 10,
-            "arms": ["start", "last", "random"]}
+            "arms": list(ARMS)}
 TINY = {"width": 0.125, "source_epochs": 1, "transfer_epochs": 1, "seeds": [0],
         "tau": 1.0, "alpha_epochs": 1, "finetune_epochs": 1, "patience": 1, "max_rounds": 1,
         "train_limit": 128, "arms": ["start", "random"]}
