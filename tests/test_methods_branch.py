@@ -182,9 +182,19 @@ def test_bench_branch_tiny(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "branch.json").read_text())
-    names = [r["schedule"] for r in doc["runs"]]
-    assert names[0] == "linear" and len(set(names)) == 2
+    arms = [r["arm"] for r in doc["runs"]]
+    assert arms[0] == "linear" and {"step", "sequential"} <= set(arms)
     for r in doc["runs"]:
+        assert len(r["layers_branched"]) == 8  # every conv of a VGG-11
         assert 0 <= r["accuracy"] <= 1 and r["macs"] < doc["base"]["macs"]
-        assert r["alphas"][-1] == 0.0
-    assert "| schedule |" in (tmp_path / "branch.md").read_text()
+        assert r["alphas"][-1] == 0.0 and r["order"] == doc["method_params"][r["arm"]]["order"]
+        passes = len(r["layers_branched"]) if r["order"] == "sequential" else 1
+        # one schedule pass per layer in sequential order, each through every alpha
+        assert len(r["val_accuracy_per_alpha"]) == passes
+        assert all(len(v) == len(r["alphas"]) for v in r["val_accuracy_per_alpha"])
+        assert r["epochs"]["branch"] == passes * len(r["alphas"])
+    step = next(r for r in doc["runs"] if r["arm"] == "step")
+    assert step["alphas"][0] == 0.5 and step["schedule"] == "step"
+    # the same keep_ratio merges to the same MACs in either order
+    assert len({r["macs"] for r in doc["runs"]}) == 1
+    assert "| arm |" in (tmp_path / "branch.md").read_text()

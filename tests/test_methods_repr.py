@@ -246,12 +246,38 @@ def test_bench_repr_tiny(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "repr.json").read_text())
-    assert len(doc["runs"]) == len(doc["settings"]["seeds"]) >= 2
+    seeds, arms = doc["settings"]["seeds"], doc["settings"]["arms"]
+    assert len(seeds) >= 2 and {"repr", "orthogonal", "no-augment"} <= set(arms)
+    assert len(doc["runs"]) == len(seeds) * len(arms)
+    runs = {(r["arm"], r["seed"]): r for r in doc["runs"]}
     for run in doc["runs"]:
         assert 0 <= run["plain_accuracy"] <= 1 and 0 <= run["repr_accuracy"] <= 1
-    diffs = [r["repr_accuracy"] - r["plain_accuracy"] for r in doc["runs"]]
-    assert doc["summary"]["difference"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
-    assert "| seed |" in (tmp_path / "repr.md").read_text()
+    assert doc["method_params"]["orthogonal"]["drop"] == "orthogonal"
+    assert doc["method_params"]["repr"]["drop"] == "overlapping"
+    for seed in seeds:
+        # one plain control per seed and data setting, trained by the first arm using it
+        assert not runs["repr", seed]["plain_shared"] and runs["orthogonal", seed]["plain_shared"]
+        assert runs["orthogonal", seed]["plain_accuracy"] == runs["repr", seed]["plain_accuracy"]
+        assert not runs["no-augment", seed]["plain_shared"]
+        assert not runs["no-augment", seed]["augment"] and runs["repr", seed]["augment"]
+    for arm in arms:
+        diffs = [runs[arm, s]["repr_accuracy"] - runs[arm, s]["plain_accuracy"] for s in seeds]
+        summary = doc["summary"][arm]
+        assert summary["difference"]["mean"] == pytest.approx(sum(diffs) / len(diffs))
+    md = (tmp_path / "repr.md").read_text()
+    assert "| arm | seed |" in md and "| no-augment |" in md
+
+    # An arm run alone trains its own control: the same numbers as with a shared one.
+    alone = tmp_path / "alone"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_repr", "--tiny", "--arms",
+                           "orthogonal", "--seeds", str(seeds[0]), "--out", str(alone)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (solo,) = json.loads((alone / "repr.json").read_text())["runs"]
+    assert not solo["plain_shared"]
+    shared = runs["orthogonal", seeds[0]]
+    for key in ("plain_accuracy", "repr_accuracy", "pruned_share_per_cycle"):
+        assert solo[key] == shared[key]
 
 
 def test_a_trial_resumed_inside_s2_finds_its_dropped_filters(digits):
