@@ -201,7 +201,8 @@ def _alpha_stats(wrapper: AlphaScaled) -> dict:
 
 PARAMS = [
     Param(name="tau", kind="float", default=0.02, low=0.0, high=1.0,
-          doc="largest validation accuracy drop (0..1) against the starting model",
+          doc="largest drop (0..1) of the validation metric against the reference model "
+              "(tau_reference: the last accepted round's, or the start's)",
           search={"low": 0.005, "high": 0.1, "log": True}),
     Param(name="step_ratio", kind="float", default=0.1, low=0.0, high=1.0, low_open=True,
           high_open=True, doc="share of the remaining filters removed per round",
