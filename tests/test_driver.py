@@ -210,6 +210,8 @@ def test_joining_a_cluster_without_token_auth_warns(monkeypatch):
     monkeypatch.setattr(runner, "_check_reachable", lambda a: None)
     monkeypatch.setattr(runner.ray, "init", lambda **kw: None)
     monkeypatch.setattr(runner, "_resources_text", lambda: "1 node(s)")
+    # no cluster here: every node reports the driver's own Ray version
+    monkeypatch.setattr(runner, "node_versions", lambda log=None: {"head": runner.ray.__version__})
     for auth, warned in ((False, True), (True, False)):
         logs.clear()
         monkeypatch.setattr(runner, "_token_auth", lambda a=auth: a)
