@@ -624,13 +624,6 @@ def progress(study_dir: Path, requested: int | None) -> dict:
 
 
 def study_summary(study_dir: Path) -> dict:
-    """``analysis.results.summary`` when the analysis package provides it, else counts;
-    with :func:`progress`."""
-    own = summarize(study_dir)
-    try:
-        from analysis.results import summary as analysis_summary
-    except ImportError:
-        merged = own
-    else:
-        merged = {**own, **analysis_summary(Path(study_dir))}
-    return {**merged, **progress(Path(study_dir), merged.get("requested"))}
+    """The study's summary (:func:`studies.record.summarize`) with :func:`progress`."""
+    summary = summarize(study_dir)
+    return {**summary, **progress(Path(study_dir), summary.get("requested"))}

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from studies.record import environment
+from studies.record import OWN_KEYS, TUNE_KEYS, environment
 from studies.samplers import Constraints, make_sampler
 from studies.space import SearchSpace
 from studies.spec import PIPELINE, StudyError, StudySpec, objective_lists
@@ -38,8 +38,6 @@ def _finite(v) -> bool:
 
 def _record(ot_trial: optuna.Trial, result: dict | None, error: bool) -> None:
     """The trial's row, status and error as user attributes of its Optuna trial."""
-    from studies.record import OWN_KEYS, TUNE_KEYS
-
     result = result or {}
     status = "failed" if error else str(result.get("status") or "stopped")
     ot_trial.set_user_attr("status", status)
