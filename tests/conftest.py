@@ -57,3 +57,14 @@ def base_vgg(digits):
 def test_cache() -> Path:
     TEST_CACHE.mkdir(exist_ok=True)
     return TEST_CACHE
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for the tests of one module that run studies in this process."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

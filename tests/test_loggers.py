@@ -27,14 +27,6 @@ TRIALS = 2
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def logged(local_ray, tmp_path_factory):
     """A finished study with every logger: (spec, its trial records by id)."""
     storage = tmp_path_factory.mktemp("runs")

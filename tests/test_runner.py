@@ -20,7 +20,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 import yaml
 from optuna.trial import TrialState
 
@@ -46,14 +45,6 @@ def tiny_spec(name: str, storage: Path, **kw) -> dict:
     }
     spec.update(kw)
     return spec
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
