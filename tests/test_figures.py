@@ -192,3 +192,11 @@ def test_infeasible_trials_are_drawn_apart_and_never_on_the_drawn_front(tmp_path
     fig = figures.draw_pareto([data])
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "breaks a constraint" in labels
+
+
+
+def test_figures_module_exports_every_figure_by_name():
+    assert [n for n in figures.__all__ if not hasattr(figures, n)] == []
+    assert {"pareto_data", "draw_pareto", "hypervolume_data", "channel_data", "gamma_data",
+            "repr_data", "figures", "Drawn", "human_count", "human_bytes", "Percent",
+            "to_png", "MAX_CURVES"} <= set(figures.__all__)
