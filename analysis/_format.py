@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 from analysis.results import Study
 
 __all__ = ["BYTE_COLUMNS", "COUNT_COLUMNS", "DASHES", "LABELS", "MARKERS", "MAX_CURVES",
-           "SHARE_COLUMNS", "Percent", "finished_trials", "format_axis", "human_bytes",
-           "human_count", "label", "legend_below", "palette", "spread", "style", "to_png"]
+           "SHARE_COLUMNS", "LogTicks", "Percent", "finished_trials", "format_axis",
+           "human_bytes", "human_count", "label", "legend_below", "palette", "spread", "style",
+           "to_png"]
 
 
 # Columns counted in operations or elements: log axes, "M"/"k" ticks.
@@ -86,7 +87,7 @@ class Percent(ticker.Formatter):
         return f"{100 * x:.{decimals}f}%"
 
 
-class _LogTicks(ticker.LogLocator):
+class LogTicks(ticker.LogLocator):
     """Log ticks that stay readable: 1-2-5 per decade over up to three decades, decades
     only beyond that; bytes at powers of 4 (1 KiB, 4 KiB, 16 KiB ...), which print
     round in binary units."""
@@ -109,7 +110,7 @@ def format_axis(ax, which: str, column: str, log: bool = True) -> None:
         fmt = human_bytes if column in BYTE_COLUMNS else (lambda v: human_count(v, 2))
         if log:
             (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-            axis.set_major_locator(_LogTicks(binary=column in BYTE_COLUMNS))
+            axis.set_major_locator(LogTicks(binary=column in BYTE_COLUMNS))
             axis.set_minor_locator(ticker.NullLocator())  # the majors suffice; faster
         axis.set_major_formatter(ticker.FuncFormatter(lambda v, _p: fmt(v)))
     elif column in SHARE_COLUMNS:

@@ -7,7 +7,8 @@ backend is touched and nothing leaks between figures.
 
 The figures live in underscore modules, by what they show: ``_format`` (units, axis
 formatters, style, palette, PNG output), ``_study_figures`` (fronts, hypervolume,
-parameters, channels) and ``_method_figures`` (one method's own record). This module
+parameters, channels), ``_latency_figure`` (MACs against measured latency) and
+``_method_figures`` (one method's own record). This module
 re-exports their public names and lists the figures the report draws.
 """
 
@@ -37,6 +38,7 @@ from analysis._format import (
     style,
     to_png,
 )
+from analysis._latency_figure import LatencyData, draw_latency, latency_columns, latency_data
 from analysis._method_figures import (
     AlphaCurves,
     GammaData,
@@ -69,13 +71,14 @@ from analysis._study_figures import (
 from analysis.results import Study
 
 __all__ = [
-    "BYTE_COLUMNS", "COUNT_COLUMNS", "DASHES", "LABELS", "MARKERS", "MAX_CURVES",
-    "SHARE_COLUMNS", "AlphaCurves", "ChannelData", "Drawn", "GammaData", "HypervolumeData",
+    "BYTE_COLUMNS", "COUNT_COLUMNS", "DASHES", "LABELS", "MARKERS", "MAX_CURVES", "SHARE_COLUMNS",
+    "AlphaCurves", "ChannelData", "Drawn", "GammaData", "HypervolumeData", "LatencyData",
     "ParamData", "ParetoData", "Percent", "ReprData", "SparsityCurves", "alpha_data",
     "channel_data", "draw_alpha", "draw_channels", "draw_gammas", "draw_hypervolume",
-    "draw_params", "draw_pareto", "draw_repr", "draw_sparsity", "figures", "front_panels",
-    "gamma_data", "human_bytes", "human_count", "hypervolume_data", "label", "palette",
-    "param_data", "pareto_data", "repr_data", "sparsity_data", "style", "to_png",
+    "draw_latency", "draw_params", "draw_pareto", "draw_repr", "draw_sparsity", "figures",
+    "front_panels", "gamma_data", "human_bytes", "human_count", "hypervolume_data", "label",
+    "latency_columns", "latency_data", "palette", "param_data", "pareto_data", "repr_data",
+    "sparsity_data", "style", "to_png",
 ]
 
 
@@ -109,6 +112,14 @@ def _entries(studies: list[Study]) -> list[tuple[str, str, str, object, Callable
          "as accurate as the base at a tenth of its cost scores 1. A flat stretch means no "
          "trial improved the front.",
          hypervolume_data(studies), draw_hypervolume),
+        ("latency", "MACs against measured latency",
+         "Median CPU latency of each finished trial against its MACs per sample, on log-log "
+         "axes, one panel per batch size timed; each bar is as long as the interquartile "
+         "range of the timed runs, and ringed points are on the study's front. The dashed "
+         "line through the base model (star) is time proportional to MACs: a trial above it "
+         "kept more of the base's time than of its MACs, and points that stay level as MACs "
+         "fall are operations removed that the hardware does not save.",
+         latency_data(studies), partial(draw_latency, colours=colours)),
         *[(f"params-{p.method.replace('+', '-')}", f"Parameters of {p.method}",
            "Each searched parameter against each objective for the finished trials of "
            f"{p.method}; ringed points are on the front.", p,

@@ -33,6 +33,7 @@ def test_files_are_written(written):
         assert (out / name).stat().st_size > 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "pareto-front.png" in pngs and "hypervolume.png" in pngs
+    assert "latency.png" not in pngs  # neither study was timed
     for p in out.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
