@@ -30,7 +30,13 @@ import pandas as pd
 
 from analysis import pareto
 from analysis.figures import Drawn, figures, human_bytes, human_count, to_png
-from analysis.results import Study, objective_values, open_studies, study_reference
+from analysis.results import (
+    Study,
+    objective_values,
+    open_studies,
+    study_reference,
+    within_one_point,
+)
 
 STATUS_ORDER = {"ok": 0, "running": 1, "pending": 2, "stopped": 3, "timeout": 4, "failed": 5}
 
@@ -42,11 +48,19 @@ class ReportError(ValueError):
 # --------------------------------------------------------------------------- tables
 
 
+TRADE_OFF_COLUMNS = ("params", "size_bytes", "ops", "macs", "accuracy", "accuracy_drop",
+                     "compression", "speedup")
+WITHIN_ONE_POINT = "cheapest within 1 pt of base"
+
+
 def comparison_table(studies: list[Study]) -> pd.DataFrame:
-    """Seed 002's table: the base model first, then each method's knee point per study.
+    """Seed 002's table: the base model first, then each method's knee point per study,
+    then the study's cheapest trial within one point of the base.
 
     A method's knee is taken on the front of that method's own finished trials, over the
-    study's objectives (see :func:`analysis.pareto.knee`).
+    study's objectives (see :func:`analysis.pareto.knee`). The cheapest trial within one
+    point is :func:`analysis.results.within_one_point`; a study whose base model has no
+    accuracy has no such row, and one where no trial qualifies has a row that says so.
     """
     rows, bases = [], []
     for s in studies:
@@ -66,12 +80,19 @@ def comparison_table(studies: list[Study]) -> pd.DataFrame:
                 continue
             t = d.iloc[k]
             rows.append({"study": s.label, "model": method, "trial_id": t["trial_id"],
-                         **{c: t.get(c) for c in ("params", "size_bytes", "ops", "macs",
-                                                  "accuracy", "accuracy_drop", "compression",
-                                                  "speedup")}})
-    return pd.DataFrame(rows, columns=["study", "model", "trial_id", "params", "size_bytes",
-                                       "ops", "macs", "accuracy", "accuracy_drop",
-                                       "compression", "speedup"])
+                         **{c: t.get(c) for c in TRADE_OFF_COLUMNS}})
+        if s.info.base.get("accuracy") is not None:
+            rows.append(_within_one_point_row(s))
+    return pd.DataFrame(rows, columns=["study", "model", "trial_id", *TRADE_OFF_COLUMNS])
+
+
+def _within_one_point_row(s: Study) -> dict:
+    best = within_one_point(s.trials, s.info)
+    if best is None:
+        return {"study": s.label, "model": f"{WITHIN_ONE_POINT}: no trial qualifies"}
+    t = s.trials.loc[s.trials["trial_id"] == best["trial_id"]].iloc[0]
+    return {"study": s.label, "model": f"{best['method']}, {WITHIN_ONE_POINT}",
+            "trial_id": best["trial_id"], **{c: t.get(c) for c in TRADE_OFF_COLUMNS}}
 
 
 def _same_base(a: dict, b: dict) -> bool:
@@ -276,7 +297,9 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
             t.drop(columns=["study"], inplace=True, errors="ignore")
     knee_note = ("One row per method: the knee of that method's own front (the point "
                  "nearest the ideal after scaling each objective to the front's range), "
-                 "after the base model.")
+                 "after the base model; then, per study, the cheapest feasible trial (in "
+                 "the first objective to minimise) whose accuracy is at most one point "
+                 "below the base model's.")
     sections = [
         ("summary", "Studies", None, summary),
         ("comparison", "Best trade-off per method", knee_note, comparison),
