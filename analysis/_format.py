@@ -97,6 +97,7 @@ class LogTicks(ticker.LogLocator):
         self.binary = binary
 
     def tick_values(self, vmin, vmax):
+        """The ticks between ``vmin`` and ``vmax``, 1-2-5 or decades as the span needs."""
         if not self.binary and vmin > 0 and vmax > 0:
             wide = abs(math.log10(vmax / vmin)) > 3
             self.set_params(subs=(1.0,) if wide else (1.0, 2.0, 5.0))
@@ -141,6 +142,7 @@ def palette(names) -> dict:
 
 
 def to_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes at 150 dpi on white."""
     buf = io.BytesIO()
     # Constrained layout already fits every label; a tight bounding box would render twice.
     fig.savefig(buf, format="png", dpi=150, facecolor="white")
@@ -148,6 +150,7 @@ def to_png(fig: Figure) -> bytes:
 
 
 def finished_trials(studies: list[Study]) -> pd.DataFrame:
+    """The finished (status ok) trials of every study, in one frame."""
     frames = [s.trials[s.trials["status"] == "ok"] for s in studies]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -162,6 +165,7 @@ def spread(values: pd.Series, k: int) -> list:
 
 
 def legend_below(fig: Figure, handles: list, ncol: int | None = None) -> None:
+    """One legend for the whole figure, centred below its panels."""
     ncol = ncol or min(len(handles), 5)
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, frameon=False,
                handletextpad=0.4, columnspacing=1.2)

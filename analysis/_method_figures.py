@@ -37,6 +37,8 @@ def _with_params(s: Study, cols: list[str]) -> pd.DataFrame:
 
 
 def sparsity_data(studies: list[Study], param: str = "slimming.lambda") -> SparsityCurves | None:
+    """Sparsity-phase curves of up to ``MAX_CURVES`` trials spread over ``param`` (λ),
+    running trials included; None when no trial has reported sparsity training."""
     frames = []
     for s in studies:
         if "sparsity" not in s.history or param not in s.trials:
@@ -58,6 +60,7 @@ def sparsity_data(studies: list[Study], param: str = "slimming.lambda") -> Spars
 
 
 def draw_sparsity(data: SparsityCurves) -> Figure:
+    """Sparsity (left) and accuracy (right) per epoch, coloured by λ on a log scale."""
     with style():
         fig = Figure(figsize=(10.0, 3.9), layout="constrained")
         ax_s, ax_a = fig.subplots(1, 2, sharex=True)
@@ -94,6 +97,8 @@ class AlphaCurves(NamedTuple):
 
 
 def alpha_data(studies: list[Study]) -> AlphaCurves | None:
+    """α per epoch and the validation accuracy it leads to, for a few trials of each
+    schedule (about ``MAX_CURVES`` in all); None when no trial has reported α."""
     frames, hue = [], None
     for s in studies:
         if "alpha" not in s.history:
@@ -123,6 +128,7 @@ def _pick(n: int, k: int) -> list[int]:
 
 
 def draw_alpha(data: AlphaCurves) -> Figure:
+    """α per epoch (left) and validation accuracy against falling α (right), per schedule."""
     with style():
         fig = Figure(figsize=(10.0, 3.9), layout="constrained")
         ax_s, ax_a = fig.subplots(1, 2)
@@ -155,6 +161,8 @@ class ReprData(NamedTuple):
 
 
 def repr_data(studies: list[Study], column: str = "repr.plain_accuracy") -> ReprData | None:
+    """RePr's accuracy against its plain control per finished trial, and the curves of the
+    most accurate one; None when no trial recorded a plain control."""
     ok = finished_trials(studies)
     if column not in ok:
         return None
@@ -178,6 +186,7 @@ def repr_data(studies: list[Study], column: str = "repr.plain_accuracy") -> Repr
 
 
 def draw_repr(data: ReprData) -> Figure:
+    """RePr against plain accuracy with the diagonal, and the best trial's two curves."""
     with style():
         panels = 2 if len(data.curves) else 1
         fig = Figure(figsize=(4.6 * panels + 0.8, 4.2), layout="constrained")
@@ -232,6 +241,8 @@ class GammaData(NamedTuple):
 
 def gamma_data(studies: list[Study], column: str = "slimming.gammas",
                param: str = "slimming.lambda", k: int = 4) -> GammaData | None:
+    """|γ| of every BN channel for ``k`` finished trials spread over ``param`` (λ); None when
+    no trial recorded its scale factors."""
     ok = finished_trials(studies)
     if column not in ok:
         return None
@@ -254,6 +265,7 @@ def gamma_data(studies: list[Study], column: str = "slimming.gammas",
 
 
 def draw_gammas(data: GammaData) -> Figure:
+    """One |γ| histogram per trial on a shared log axis."""
     n = len(data.trials)
     with style():
         fig = Figure(figsize=(3.1 * n + 0.6, 3.4), layout="constrained")

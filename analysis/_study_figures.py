@@ -169,6 +169,7 @@ class HypervolumeData(NamedTuple):
 
 
 def hypervolume_data(studies: list[Study]) -> HypervolumeData | None:
+    """Each study's hypervolume after every trial; None when no trial has finished."""
     frames = []
     for s in studies:
         df = s.trials
@@ -183,6 +184,7 @@ def hypervolume_data(studies: list[Study]) -> HypervolumeData | None:
 
 
 def draw_hypervolume(data: HypervolumeData) -> Figure:
+    """Hypervolume against trials run, one step line per study and sampler."""
     with style():
         fig = Figure(figsize=(6.4, 4.0), layout="constrained")
         ax = fig.subplots()
@@ -346,6 +348,8 @@ def _short_names(layers: list[str]) -> list[str]:
 
 
 def draw_channels(data: ChannelData) -> Figure:
+    """Share of channels kept per conv layer, one line per front trial coloured by MACs;
+    one panel per study."""
     studies = list(dict.fromkeys(data.kept["study"]))
     many = len(data.layers) > 12
     with style():

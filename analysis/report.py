@@ -38,6 +38,10 @@ from analysis.results import (
     within_one_point,
 )
 
+__all__ = ["ReportError", "comparison_table", "file_stems", "fmt", "html_table",
+           "markdown_table", "summary_table", "trials_csv", "trials_table", "write_csv",
+           "write_report"]
+
 STATUS_ORDER = {"ok": 0, "running": 1, "pending": 2, "stopped": 3, "timeout": 4, "failed": 5}
 
 
@@ -100,6 +104,7 @@ def _same_base(a: dict, b: dict) -> bool:
 
 
 def summary_table(studies: list[Study]) -> pd.DataFrame:
+    """One row per study: objectives, sampler, trial counts by status, front, hypervolume."""
     rows = []
     for s in studies:
         df = s.trials
@@ -207,6 +212,7 @@ def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
+    """The table in Markdown, cells in human units, numbers right-aligned."""
     head, body = _cells(df)
     if not body:
         return "_none_\n"
@@ -229,6 +235,7 @@ def _numeric_looking(cell: str) -> bool:
 
 
 def html_table(df: pd.DataFrame, cls: str = "") -> str:
+    """The table as escaped HTML, cells in human units, statuses as badges."""
     head, body = _cells(df)
     if not body:
         return "<p class=\"none\">none</p>"

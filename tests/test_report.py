@@ -211,3 +211,8 @@ def test_no_trial_within_one_point_says_so(tmp_path):
     with pytest.warns(results.StudyDirWarning, match="base.json is missing"):
         studies = results.open_studies([path])
     assert not report.comparison_table(studies)["model"].str.contains("within").any()
+
+
+def test_report_module_exports_what_it_lists():
+    assert [n for n in report.__all__ if not hasattr(report, n)] == []
+    assert {"write_report", "comparison_table", "fmt", "ReportError"} <= set(report.__all__)
