@@ -33,7 +33,6 @@ import optuna
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from analysis.studydir import read_study
 from prune_core.baseline import (
@@ -56,6 +55,7 @@ from studies.record import (
     write_json,
     write_study_files,
 )
+from studies.schedulers import make_scheduler
 from studies.search import check_storage_secret, make_searcher
 from studies.spec import StudyError, StudySpec, load_spec
 
@@ -381,17 +381,6 @@ def make_trainable(spec: StudySpec, base: BaseModel, done: dict | None = None):
     return tune.with_resources(fn, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
 
 
-# --------------------------------------------------------------------------- searcher
-
-
-def make_scheduler(spec: StudySpec):
-    if not spec.scheduler:
-        return None
-    kw = {k: v for k, v in spec.scheduler.items() if k != "name"}
-    # The per-epoch validation accuracy stands in for the final objective (spec checks it).
-    return ASHAScheduler(time_attr="training_iteration", metric="val_accuracy", mode="max", **kw)
-
-
 # --------------------------------------------------------------------------- studies
 
 
@@ -459,8 +448,10 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> d
     tuner = tune.Tuner(
         make_trainable(spec, base),
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=make_scheduler(spec), num_samples=spec.trials,
+            search_alg=searcher, num_samples=spec.trials,
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
+            scheduler=make_scheduler(spec.scheduler, spec.objectives,
+                                     history=study_dir / "history.jsonl"),
         ),
         run_config=tune.RunConfig(
             # Tune pickles the callbacks with the experiment and restores them on resume.
