@@ -37,6 +37,7 @@ from analysis.results import (
     study_reference,
     within_one_point,
 )
+from prune_core.errors import InputError
 
 __all__ = ["ReportError", "comparison_table", "file_stems", "fmt", "html_table",
            "markdown_table", "summary_table", "trials_csv", "trials_table", "write_csv",
@@ -45,7 +46,7 @@ __all__ = ["ReportError", "comparison_table", "file_stems", "fmt", "html_table",
 STATUS_ORDER = {"ok": 0, "running": 1, "pending": 2, "stopped": 3, "timeout": 4, "failed": 5}
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """The report cannot be written where it was asked to go."""
 
 

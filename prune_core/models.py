@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from prune_core._io import safe_load
+from prune_core.errors import InputError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DOCS: dict[str, str] = {}
@@ -34,7 +35,7 @@ SOURCES = ("torchvision", "timm", "import")  # `<source>:...` model names
 MAX_LISTED = 10  # tensors named in a weights error before "... and N more"
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model cannot be built as asked; ``key`` names the argument at fault, if one is."""
 
     def __init__(self, message: str, *, key: str | None = None):

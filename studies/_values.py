@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from prune_core.errors import InputError, StudyFilesError
+
 # Columns of the result row a study may optimise (DESIGN.md, Measurement).
 OBJECTIVE_COLUMNS = (
     "accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop", "params",
@@ -48,7 +50,7 @@ TOP_KEYS = (
 LOGGERS = ("csv", "json", "tensorboard", "mlflow")
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """Every mistake found in a spec, one line each, naming the field."""
 
     def __init__(self, errors: list[str], source: str = "spec"):
@@ -59,7 +61,7 @@ class SpecError(ValueError):
         super().__init__(f"{n} error{'s' if n != 1 else ''} in {source}:\n{lines}")
 
 
-class StudyError(ValueError):
+class StudyError(StudyFilesError):
     """A study directory is missing, foreign, or already used."""
 
 

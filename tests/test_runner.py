@@ -325,10 +325,15 @@ def test_a_study_with_mo_asha_stops_dominated_trials_and_tells_optuna(local_ray,
         objectives={"accuracy": "max", "nonzero_macs": "min"},
         space={"magnitude.ratio": {"low": 0.3, "high": 0.95}, "magnitude.finetune_epochs": 2,
                "magnitude.reinit": {"choices": ["keep", "random"]}},
-        scheduler={"name": "mo_asha", "grace_period": 1, "reduction_factor": 2}))
+        scheduler={"name": "mo_asha", "grace_period": 1, "reduction_factor": 2},
+        latency={"batch": [1, 4]}))
     summary = run_study(spec, log=lambda _m: None)
     assert summary["complete"]
     study_dir = spec.study_dir
+    # the base is timed as the trials are, so the latency figure has its reference
+    base = json.loads((study_dir / "base.json").read_text())
+    assert base["latency_ms_b1"] > 0 and base["latency_ms_b4"] > 0
+    assert base["latency_ms"] == base["latency_ms_b1"]
     history = [json.loads(line) for line in (study_dir / "history.jsonl").open()]
     assert all({"macs", "nonzero_macs", "params", "val_accuracy"} <= set(r) for r in history)
 
@@ -346,7 +351,8 @@ def test_a_study_with_mo_asha_stops_dominated_trials_and_tells_optuna(local_ray,
     records = {r["trial_id"]: r for r in trial_records(study_dir)}
     stopped = {t for t, r in records.items() if r["status"] == "stopped"}
     assert stopped == set(expected_stop) and stopped  # at least one, all as the rule says
-    assert all(records[t]["status"] == "ok" for t in records if t not in stopped)
+    assert all(records[t]["status"] == "ok" and records[t]["row"]["latency_ms_b4"] > 0
+               for t in records if t not in stopped)
     for t in stopped:  # the last row kept is the epoch it was judged on
         assert records[t]["last"]["step"] == expected_stop[t]
     study = optuna.load_study(study_name=spec.name,
