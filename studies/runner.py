@@ -11,27 +11,25 @@ One driver at a time: ``run`` and ``resume`` hold ``<study>/driver.lock``
 failed, timed out or stopped by the scheduler; a trial lost with a killed driver is
 replaced and does not count. Ctrl-C stops Tune, which saves its state:
 ``run_study``/``resume_study`` then raise :class:`StudyInterrupted`.
+
+This is the driver's side; ``studies.cluster`` joins or starts Ray, and
+``studies.trainable`` is what runs on the workers.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
-import socket
 import sys
-import tempfile
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import ray
-import torch
 from ray import tune
 
 from analysis.studydir import read_study
@@ -40,12 +38,9 @@ from prune_core.baseline import (
     atomic_save,
     cache_path,
     load_cached,
-    safe_load,
-    train_base,
 )
-from prune_core.errors import PruneStudyError
-from prune_core.measure import LATENCY_DEFAULTS, channel_counts, measure_latency
-from prune_core.trial import TrialSpec, load_data, run_trial, save_json_safe
+from prune_core.measure import channel_counts
+from studies.cluster import check_resources, connect
 from studies.lock import DriverLock
 from studies.loggers import check_loggers, make_loggers
 from studies.record import (
@@ -59,18 +54,10 @@ from studies.record import (
 from studies.schedulers import make_scheduler
 from studies.search import check_storage_secret, make_searcher
 from studies.spec import StudyError, StudySpec, load_spec
+from studies.trainable import base_latency_task, make_trainable, train_base_task
 
-CHECKPOINT_FILE = "trial.pt"
 logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
-
-
-class ClusterError(PruneStudyError, RuntimeError):
-    """Ray could not be started or reached."""
-
-
-class RayVersionMismatch(ClusterError):
-    """The cluster runs another Ray than this driver."""
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -86,176 +73,7 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- Ray
-
-
-def connect(address: str | None = None, log: Log = _stderr) -> None:
-    """Start a local Ray, or join the cluster at ``address``; reuse one already started."""
-    if ray.is_initialized():
-        if not address:
-            return
-        # An explicit address must never be served by a Ray this process started earlier.
-        ray.shutdown()
-    if address:
-        _check_reachable(address)
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        except Exception as e:  # Ray raises several types here; all mean "not connected"
-            if "Version mismatch" in str(e):
-                # Ray compares its Ray and Python versions with those the cluster recorded
-                # when it started; its message names them in a plain layout.
-                raise RayVersionMismatch(_init_mismatch_text(address, str(e))) from e
-            raise ClusterError(
-                f"could not join the Ray cluster at {address}: {type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}\nA cluster started with `ray start` "
-                "(Ray 2.60) uses token authentication: set RAY_AUTH_MODE=token in the "
-                "environment of every node and of this command, with the cluster's token in "
-                "~/.ray/auth_token or RAY_AUTH_TOKEN."
-            ) from e
-        versions = node_versions(log=log)
-        check_ray_versions(versions, address=address)
-        log(f"joined the Ray cluster at {address}: {_resources_text()}, Ray {ray.__version__}"
-            f" on {'every node' if versions else 'the head node'}")
-        if not _token_auth():
-            log(f"warning: the Ray cluster at {address} accepted this driver without token "
-                "authentication: anyone who can reach its port can run code on every node. "
-                "Start it with RAY_AUTH_MODE=token (the default of `ray start` in Ray 2.60), "
-                "or keep its ports reachable from trusted machines only.")
-        return
-    try:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    except Exception as e:
-        raise ClusterError(f"could not start a local Ray: {type(e).__name__}: {e}") from e
-    log(f"started a local Ray: {_resources_text()}")
-
-
-def node_versions(timeout_s: float = 60, log: Log = _stderr) -> dict[str, str]:
-    """The Ray version each alive node runs, from a tiny task on each: node -> version."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    def version() -> str:  # a local function: pickled by value, the node imports no project
-        import ray
-
-        return ray.__version__
-
-    task = ray.remote(num_cpus=0, max_retries=0)(version)
-    refs = {}
-    for n in ray.nodes():
-        if n.get("Alive"):
-            node = f"{n.get('NodeManagerAddress')} (node {n['NodeID'][:8]})"
-            refs[node] = task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                n["NodeID"], soft=False)).remote()
-    if not refs:
-        return {}
-    ready, late = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
-    if late:
-        log(f"warning: {len(late)} node(s) did not say their Ray version within {timeout_s:g} s;"
-            " not checked")
-        for ref in late:
-            ray.cancel(ref, force=True)
-    out = {}
-    for node, ref in refs.items():
-        if ref in ready:
-            try:
-                out[node] = ray.get(ref)
-            except Exception as e:  # the task's or Ray's error: say so, the study may still run
-                log(f"warning: {node} could not say its Ray version ({type(e).__name__}); "
-                    "not checked")
-    return out
-
-
-def check_ray_versions(versions: dict[str, str], driver: str | None = None,
-                       address: str = "the cluster") -> None:
-    """Raise :class:`RayVersionMismatch` when a node runs another Ray than ``driver`` (this
-    process's by default): Ray needs one version everywhere, and a mismatched minor fails
-    in obscure ways."""
-    driver = driver or ray.__version__
-    other = {node: f"Ray {v}" for node, v in versions.items() if v != driver}
-    if other:
-        raise RayVersionMismatch(_version_text(address, f"Ray {driver}", driver, other))
-
-
-def _init_mismatch_text(address: str, message: str) -> str:
-    """Ray's own refusal at ``ray.init``, retold with what to do."""
-    rays = re.findall(r"Ray: (\S+)", message)
-    pythons = re.findall(r"Python: (\S+)", message)
-    if len(rays) < 2 or len(pythons) < 2:  # another layout: keep Ray's words
-        return (f"the Ray cluster at {address} refused this driver: "
-                f"{' '.join(message.split())}")
-
-    def versions(i: int) -> str:
-        return f"Ray {rays[i]}, Python {pythons[i]}"
-
-    return _version_text(address, versions(1), rays[1], {"the cluster": versions(0)})
-
-
-def _version_text(address: str, mine: str, ray_version: str, other: dict[str, str]) -> str:
-    nodes = ", ".join(f"{node}: {v}" for node, v in sorted(other.items()))
-    return (f"the Ray cluster at {address} runs other versions than this driver ({mine}): "
-            f"{nodes}. Ray needs the same Ray and Python versions on every node and in the "
-            f"driver. Start the cluster from an environment like this one (`pip install "
-            f"'ray[default]=={ray_version}'` on every node, or `ray up cluster.yaml`, which "
-            "installs the Ray prune-study pins), or run prune-study where the cluster's "
-            "versions are installed")
-
-
-def _token_auth() -> bool:
-    """Whether this driver talks to Ray with token authentication; a cluster that requires
-    it refuses drivers without it, so a join without it means the cluster has none."""
-    try:
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-    except ImportError:  # Ray moved it: judge by the documented variable
-        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
-    return bool(is_token_auth_enabled())
-
-
-def _check_reachable(address: str) -> None:
-    """Fail in seconds, not minutes, when nothing listens at ``host:port``."""
-    if address == "auto" or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ClusterError(f"--address {address!r} is not host:port (for example "
-                           "127.0.0.1:6379) or 'auto'")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as e:
-        raise ClusterError(f"nothing answers at {address} ({e.strerror or e}); start the head "
-                           "with `ray start --head --port=PORT` or `ray up cluster.yaml`") from e
-
-
-def _resources_text() -> str:
-    r = ray.cluster_resources()
-    nodes = len([n for n in ray.nodes() if n.get("Alive")])
-    return f"{nodes} node(s), {r.get('CPU', 0):g} CPUs, {r.get('GPU', 0):g} GPUs"
-
-
-def _check_resources(spec: StudySpec, address: str | None, log: Log) -> None:
-    have = ray.cluster_resources()
-    for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
-        need = spec.resources[key]
-        if need > have.get(name, 0):
-            msg = (f"each trial asks for {need:g} {name}(s) (resources.{key}) but the cluster "
-                   f"has {have.get(name, 0):g}")
-            if address is None:
-                raise ClusterError(msg)
-            log(f"warning: {msg}; trials wait until the cluster grows")
-
-
 # --------------------------------------------------------------------------- base model
-
-
-def _train_base_task(study: dict, threads: int) -> BaseModel:
-    torch.set_num_threads(threads)
-    spec = TrialSpec.from_dict(study)
-    return train_base(spec.base_spec(), load_data(spec), log=_stderr)
-
-
-def _base_latency_task(study: dict, base: BaseModel, threads: int) -> dict:
-    torch.set_num_threads(threads)
-    spec = TrialSpec.from_dict(study)
-    options = {**LATENCY_DEFAULTS, **(spec.latency if isinstance(spec.latency, dict) else {})}
-    return measure_latency(base.build("cpu"), load_data(spec).input_shape, **options)
 
 
 def ensure_base(spec: StudySpec, log: Log = _stderr) -> tuple[BaseModel, dict]:
@@ -272,7 +90,7 @@ def ensure_base(spec: StudySpec, log: Log = _stderr) -> tuple[BaseModel, dict]:
         f"({bspec.train.epochs} epochs) once for every trial")
     t0 = time.perf_counter()
     # Trained where trials run (a GPU worker on a cluster), with a trial's resources.
-    task = ray.remote(_train_base_task).options(
+    task = ray.remote(train_base_task).options(
         num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"], max_retries=0)
     base = ray.get(task.remote(ts.to_dict(), max(1, int(spec.resources["cpu"]))))
     atomic_save(base.to_payload(), path)
@@ -304,98 +122,10 @@ def base_row(base: BaseModel, spec: StudySpec | None = None, log: Log = _stderr)
     if spec is not None and spec.latency:
         log(f"timing the base model's latency ({spec.latency})")
         threads = max(1, int(spec.resources["cpu"]))
-        task = ray.remote(_base_latency_task).options(num_cpus=spec.resources["cpu"],
+        task = ray.remote(base_latency_task).options(num_cpus=spec.resources["cpu"],
                                                       max_retries=0)
         row.update(ray.get(task.remote(spec.trial_spec().to_dict(), base, threads)))
     return row
-
-
-# --------------------------------------------------------------------------- trainable
-
-
-class _TuneReport:
-    """``run_trial``'s report callback: one ``tune.report`` per epoch, with its checkpoint.
-
-    A method reports an epoch's metrics, then saves its checkpoint for the same
-    step; the two become one Tune result, so each epoch is one training iteration.
-    """
-
-    def __init__(self, extra: dict):
-        self.extra = extra
-        self.pending: dict | None = None
-        self.seconds = 0.0  # spent reporting and checkpointing: Tune's cost inside a trial
-
-    def __call__(self, metrics: dict, checkpoint: dict | None = None) -> None:
-        t0 = time.perf_counter()
-        metrics = save_json_safe(metrics)
-        if checkpoint is None and not metrics.get("final"):
-            self.flush()
-            self.pending = metrics
-        elif checkpoint is None:
-            self.flush()
-            self.seconds += time.perf_counter() - t0
-            tune.report({**metrics, **self.extra, "report_seconds": self.seconds})
-            return
-        else:
-            if self.pending is not None and self.pending.get("step") == metrics.get("step"):
-                metrics = {**self.pending, **metrics}
-                self.pending = None
-            else:
-                self.flush()
-            with tempfile.TemporaryDirectory(prefix="prune-study-ckpt-") as d:
-                torch.save(checkpoint, Path(d) / CHECKPOINT_FILE)
-                tune.report({**metrics, **self.extra},
-                            checkpoint=tune.Checkpoint.from_directory(d))
-        self.seconds += time.perf_counter() - t0
-
-    def flush(self) -> None:
-        if self.pending is not None:
-            tune.report({**self.pending, **self.extra})
-            self.pending = None
-
-
-def train_trial(config: dict, *, base: BaseModel, study: dict, threads: int = 1,
-                done: dict | None = None) -> None:
-    """Ray Tune function trainable: one trial of the study.
-
-    A trial that raises (a diverged loss, a method's error) reports a final
-    ``failed`` row instead of raising, so Tune does not retry what would fail
-    again; a lost worker is retried from the last checkpoint by Tune.
-    """
-    torch.set_num_threads(threads)
-    extra = {"node_id": ray.get_runtime_context().get_node_id(),
-             "hostname": socket.gethostname()}
-    trial_id = tune.get_context().get_trial_id()
-    if done and trial_id in done:
-        # Finished before the driver was killed, after its last experiment checkpoint:
-        # hand back the recorded row rather than running it again.
-        tune.report({**done[trial_id], "final": True, **extra})
-        return
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = safe_load(Path(d) / CHECKPOINT_FILE)
-    params = {k: v for k, v in config.items() if not k.startswith("_")}
-    report = _TuneReport(extra)
-    try:
-        run_trial({"study": study, "params": params}, report, base=base, resume=resume,
-                  log=_stderr)
-    except Exception as e:
-        if type(e).__module__.split(".")[0] == "ray":
-            raise  # Tune's own signals (stop, lost session) are not trial failures
-        report.flush()
-        tune.report({"final": True, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                     "traceback": traceback.format_exc()[-4000:], **extra})
-        return
-    report.flush()
-
-
-def make_trainable(spec: StudySpec, base: BaseModel, done: dict | None = None):
-    threads = max(1, int(spec.resources["cpu"]))
-    fn = tune.with_parameters(train_trial, base=base, study=spec.trial_spec().to_dict(),
-                              threads=threads, done=done or {})
-    return tune.with_resources(fn, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
 
 
 # --------------------------------------------------------------------------- studies
@@ -451,7 +181,7 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> d
         check_loggers(spec)
         _tune_environment()
         connect(address, log)
-        _check_resources(spec, address, log)
+        check_resources(spec, address, log)
         searcher = make_searcher(spec, study_dir)
         base, info = ensure_base(spec, log)
         write_study_files(spec, study_dir, base_row(base, spec, log), info)
@@ -523,7 +253,7 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
         check_loggers(spec)  # Tune.restore unpickles the loggers the study started with
         _tune_environment()
         connect(address, log)
-        _check_resources(spec, address, log)
+        check_resources(spec, address, log)
         if base is None:
             base, _ = ensure_base(spec, log)
             check_base(study_dir, base, base_path)

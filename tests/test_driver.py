@@ -27,7 +27,7 @@ import yaml
 from optuna.trial import TrialState
 
 from prune_core.baseline import atomic_save, safe_load, weights_hash
-from studies import runner, search
+from studies import cluster, runner, search
 from studies.cli import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, main
 from studies.lock import LOCK_NAME, DriverLock, LockHeld, pid_alive, read_lock
 from studies.record import Recorder, trial_records
@@ -206,16 +206,17 @@ def test_an_unreachable_storage_error_shows_no_password(tmp_path, monkeypatch):
 
 def test_joining_a_cluster_without_token_auth_warns(monkeypatch):
     logs: list[str] = []
-    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(runner, "_check_reachable", lambda a: None)
-    monkeypatch.setattr(runner.ray, "init", lambda **kw: None)
-    monkeypatch.setattr(runner, "_resources_text", lambda: "1 node(s)")
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster, "_check_reachable", lambda a: None)
+    monkeypatch.setattr(cluster.ray, "init", lambda **kw: None)
+    monkeypatch.setattr(cluster, "_resources_text", lambda: "1 node(s)")
     # no cluster here: every node reports the driver's own Ray version
-    monkeypatch.setattr(runner, "node_versions", lambda log=None: {"head": runner.ray.__version__})
+    monkeypatch.setattr(cluster, "node_versions",
+                        lambda log=None: {"head": cluster.ray.__version__})
     for auth, warned in ((False, True), (True, False)):
         logs.clear()
-        monkeypatch.setattr(runner, "_token_auth", lambda a=auth: a)
-        runner.connect("10.0.0.1:6379", log=logs.append)
+        monkeypatch.setattr(cluster, "_token_auth", lambda a=auth: a)
+        cluster.connect("10.0.0.1:6379", log=logs.append)
         assert any("without token authentication" in m for m in logs) is warned
 
 

@@ -16,10 +16,11 @@ import pytest
 import ray
 from ray.cloudpickle import loads as cloudpickle_loads
 
-from studies import runner
+from studies import cluster
+from studies.cluster import RayVersionMismatch, check_ray_versions, node_versions
 from studies.loggers import PROGRESS_CSV, StudyMLflow, mlflow_metrics, trial_params
 from studies.record import trial_records
-from studies.runner import RayVersionMismatch, check_ray_versions, node_versions, run_study
+from studies.runner import run_study
 from studies.spec import parse_spec
 
 EPOCHS = 2
@@ -217,7 +218,7 @@ def test_another_ray_on_a_node_is_an_error_naming_both_versions():
     assert "10.0.0.1:6379" in text and "this driver (Ray 2.60.0)" in text
     assert "10.0.0.2 (node cd): Ray 2.59.1" in text and "node ab" not in text
     assert "pip install 'ray[default]==2.60.0'" in text and "ray up cluster.yaml" in text
-    assert isinstance(e.value, runner.ClusterError)  # the CLI's cluster error: exit 1
+    assert isinstance(e.value, cluster.ClusterError)  # the CLI's cluster error: exit 1
 
 
 @pytest.mark.parametrize("cluster_ray, cluster_python", [
@@ -234,11 +235,11 @@ def test_rays_own_version_refusal_becomes_the_same_error(monkeypatch, cluster_ra
         check_version_info({"ray_version": cluster_ray, "python_version": cluster_python},
                            "node 10.0.0.5")
 
-    monkeypatch.setattr(runner.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(runner.ray, "init", refuse)
-    monkeypatch.setattr(runner, "_check_reachable", lambda address: None)
+    monkeypatch.setattr(cluster.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster.ray, "init", refuse)
+    monkeypatch.setattr(cluster, "_check_reachable", lambda address: None)
     with pytest.raises(RayVersionMismatch) as e:
-        runner.connect("10.0.0.5:6379", log=lambda _m: None)
+        cluster.connect("10.0.0.5:6379", log=lambda _m: None)
     text = str(e.value)
     mine = f"Ray {ray.__version__}, Python {platform.python_version()}"
     assert f"the Ray cluster at 10.0.0.5:6379 runs other versions than this driver ({mine})" \
