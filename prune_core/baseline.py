@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from prune_core import models
-from prune_core._io import CheckpointError, atomic_save, safe_load  # noqa: F401 (re-exported)
+from prune_core._io import CheckpointError, atomic_save, safe_load
 from prune_core.data import Data
 from prune_core.measure import measure
 from prune_core.train import TrainConfig, evaluate, fit, seed_everything
@@ -172,3 +172,9 @@ def get_base(spec: BaseSpec, data: Data, cache_dir: str | Path,
     base = train_base(spec, data, log)
     atomic_save(base.to_payload(), cache_path(cache_dir, spec))
     return base, True
+
+
+__all__ = [
+    "CACHE_FORMAT", "BaseModel", "BaseSpec", "CheckpointError", "atomic_save", "cache_path",
+    "get_base", "load_cached", "safe_load", "train_base", "weights_hash",
+]

@@ -188,3 +188,9 @@ class Masks:
     def sparsity(self) -> dict[str, float]:
         """Share of masked-out weights per layer."""
         return {n: 1.0 - float(m.mean()) for n, m in self.masks.items()}
+
+
+__all__ = [
+    "Masks", "SurgeryError", "example_input", "load_resized", "mask_channels",
+    "remove_channels", "replace_module",
+]

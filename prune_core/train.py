@@ -333,3 +333,9 @@ def fit(
     if best["state_dict"] is not None:
         model.load_state_dict(best["state_dict"])
     return history
+
+
+__all__ = [
+    "CPU_CHANNEL_BLOCK", "MAX_EPOCHS", "MONITORS", "SCHEDULES", "Hooks", "TrainConfig",
+    "TrainingDiverged", "evaluate", "fit", "make_optimizer", "memory_format", "seed_everything",
+]

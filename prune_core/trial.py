@@ -254,3 +254,9 @@ def save_json_safe(row: dict) -> dict:
             v = str(v)
         out[k] = v
     return out
+
+
+__all__ = [
+    "DEFAULT_CACHE", "Report", "TrialSpec", "environment", "finish", "fresh_model", "load_data",
+    "resolve_chain", "run_trial", "save_json_safe",
+]

@@ -372,7 +372,7 @@ _EXTRA_COMMANDS: list[Callable] = []
 # by the command cannot have raised its error, so `status` never imports torch for this.
 BAD_INPUT = (
     ("prune_core.baseline", "CheckpointError"), ("prune_core.data", "DataError"),
-    ("prune_core.methods._registry", "ParamError"), ("prune_core.models", "ModelError"),
+    ("prune_core.methods", "ParamError"), ("prune_core.models", "ModelError"),
     ("studies._values", "SpecError"), ("studies._values", "StudyError"),
     ("analysis.studydir", "StudyDirError"), ("analysis.report", "ReportError"),
 )

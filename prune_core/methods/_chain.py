@@ -97,3 +97,8 @@ def incompatibilities(stages: list[Stage], model, input_shape: tuple[int, ...],
             out.append(f"method {s.method.name!r} (stage {s.name!r}) cannot run on model "
                        f"{model_name!r}: {reason}")
     return out
+
+
+__all__ = [
+    "STAGE_RE", "Stage", "chain_name", "incompatibilities", "parse_chain", "split_params",
+]

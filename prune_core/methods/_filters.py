@@ -106,3 +106,9 @@ def saved_result(ctx, key: str, default=None):
     """A result column saved before a checkpoint (what a resumed method replays over)."""
     full = f"{ctx.stage}.{key}" if ctx.stage else key
     return ctx.results.get(full, default)
+
+
+__all__ = [
+    "ConvUnit", "conv_units", "filter_counts", "fresh_copy", "saved_result", "total_filters",
+    "zero_input_channels",
+]

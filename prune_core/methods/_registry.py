@@ -192,3 +192,9 @@ def get_method(name: str) -> Method:
     if name not in _METHODS:
         raise ParamError(f"unknown method {name!r}; valid methods: {', '.join(list_methods())}")
     return _METHODS[name]
+
+
+__all__ = [
+    "KINDS", "Method", "MethodFn", "Param", "ParamError", "get_method", "list_methods",
+    "register_method",
+]

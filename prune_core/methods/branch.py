@@ -358,3 +358,9 @@ def branch(model: nn.Module, params: dict, ctx) -> nn.Module:
     if params["finetune_epochs"]:
         ctx.fit(net, params["finetune_epochs"], phase="finetune", lr=params["lr"])
     return net
+
+
+__all__ = [
+    "CHANNELWISE", "SCHEDULES", "Block", "Branch", "BranchError", "Branched", "alpha_values",
+    "branch_blocks",
+]

@@ -200,3 +200,9 @@ def factorize(model: nn.Module, params: dict, ctx) -> nn.Module:
     if params["finetune_epochs"] > 0:
         ctx.fit(model, params["finetune_epochs"], phase="finetune", lr=params["lr"])
     return model
+
+
+__all__ = [
+    "factorize_layers", "largest_layers", "make_orthogonal", "restructure", "seed_dof",
+    "separable_from", "separable_pair", "separable_rank", "stiefel_dof",
+]

@@ -156,3 +156,6 @@ def quantize(model: nn.Module, params: dict, ctx) -> nn.Module:
                        batch_size=ctx.train.batch_size, seed=ctx.seed)
     ctx.result("float_layers", float_layers(model, params["keep_float"]))
     return q
+
+
+__all__ = ["KEEP_FLOAT", "QuantizedModel", "float_layers", "quantize_model"]

@@ -309,3 +309,8 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
     if rest:
         ctx.fit(net, rest, phase="final", **train)
     return net
+
+
+__all__ = [
+    "FilterDrop", "drop_plan", "epoch_budget", "orthogonality_scores", "reinit_filters",
+]

@@ -214,4 +214,7 @@ def slimming(model: nn.Module, params: dict, ctx) -> nn.Module:
     return model
 
 
-__all__ = ["SlimmingError", "bn_names", "gammas", "prune", "select_channels", "slimmable"]
+__all__ = [
+    "MIN_KEEP", "SPARSE_REL", "SlimmingError", "bn_names", "gammas", "l1_subgradient", "prune",
+    "refresh_bn_stats", "select_channels", "slimmable", "sparsity_of",
+]

@@ -335,3 +335,6 @@ def _rounds(model: nn.Module, params: dict, ctx, score) -> nn.Module:
     ctx.result("filters_removed", start_filters - total_filters(kept))
     ctx.result("filters_removed_share", 1.0 - total_filters(kept) / start_filters)
     return kept
+
+
+__all__ = ["AlphaScaled", "prune_plan", "taylor_importance"]
