@@ -27,9 +27,8 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from prune_core.measure import count_params
 from prune_core.methods._registry import Param, register_method
-from prune_core.methods.slimming import refresh_bn_stats
 from prune_core.surgery import replace_module
-from prune_core.train import evaluate
+from prune_core.train import evaluate, refresh_bn_stats
 
 
 def _eligible(model: nn.Module, variant: str) -> dict[str, nn.Module]:

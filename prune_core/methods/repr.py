@@ -16,6 +16,7 @@ import copy
 import torch
 from torch import nn
 
+from prune_core.groups import select_global, select_per_group
 from prune_core.methods._filters import (
     ConvUnit,
     conv_units,
@@ -47,25 +48,12 @@ def drop_plan(model: nn.Module, units: list[ConvUnit], ratio: float,
     ``drop="orthogonal"`` inverts the ranking (the seed's ablation): the most
     orthogonal filters go.
     """
-    sign = 1.0 if drop == "overlapping" else -1.0
-    scores = {u.conv: sign * orthogonality_scores(model.get_submodule(u.conv).weight)
-              for u in units}
-    plan: dict[str, list[int]] = {k: [] for k in scores}
-    if rank == "layer":
-        for k, s in scores.items():
-            n = min(round(ratio * len(s)), len(s) - 1)
-            plan[k] = s.argsort(descending=True)[:n].tolist()
-    else:
-        n = round(ratio * sum(len(s) for s in scores.values()))
-        ranked = sorted(((float(v), k, i) for k, s in scores.items() for i, v in enumerate(s)),
-                        reverse=True)
-        for _, k, i in ranked:
-            if n == 0:
-                break
-            if len(plan[k]) < len(scores[k]) - 1:
-                plan[k].append(i)
-                n -= 1
-    return {k: torch.tensor(sorted(v), dtype=torch.long) for k, v in plan.items()}
+    sign = -1.0 if drop == "overlapping" else 1.0  # the lowest worth is dropped
+    worth = {u.conv: sign * orthogonality_scores(model.get_submodule(u.conv).weight)
+             for u in units}
+    select = select_per_group if rank == "layer" else select_global
+    plan = select(worth, ratio)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in plan.items()}
 
 
 class FilterDrop:

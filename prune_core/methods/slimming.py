@@ -27,7 +27,7 @@ from prune_core.groups import (
 from prune_core.methods._filters import fresh_copy
 from prune_core.methods._registry import Param, register_method
 from prune_core.surgery import remove_channels
-from prune_core.train import Hooks, evaluate
+from prune_core.train import Hooks, evaluate, refresh_bn_stats
 
 # A scale factor counts as near zero below this share of the mean |gamma| the model had
 # when sparsity training started (a fixed reference, so the curve is comparable by epoch).
@@ -89,28 +89,6 @@ def select_channels(scores: dict[str, torch.Tensor], prune_ratio: float,
     threshold says, so no layer is emptied.
     """
     return select_global(scores, prune_ratio, min_keep)
-
-
-@torch.no_grad()
-def refresh_bn_stats(model: nn.Module, data, batch_size: int = 256) -> None:
-    """Re-estimate every BN's running statistics over the training split (no augmentation).
-
-    Digits gives about a dozen steps per epoch, too few for running averages with
-    momentum 0.1 to follow the shrinking scale factors, so the evaluated model lags the
-    trained one; an exact average over the training data fixes that.
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches below
-    was_training = model.training
-    model.train()
-    for x, _ in data.batches("train", batch_size, shuffle=False, augment=False):
-        model(x)
-    model.train(was_training)
-    for m, mom in zip(bns, saved, strict=True):
-        m.momentum = mom
 
 
 def sparsity_of(g: dict[str, torch.Tensor], threshold: float) -> float:
