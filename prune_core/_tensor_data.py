@@ -145,9 +145,6 @@ class Data:
                 x = augment_batch(x, self.crop_padding, self.flip, generator)
             yield self.normalize(x), y
 
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-len(self.train) // batch_size)
-
 
 def _prefetch(
     chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
