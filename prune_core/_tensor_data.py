@@ -32,9 +32,11 @@ class Split:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of images and labels."""
         return self.x.nbytes + self.y.nbytes
 
     def to(self, device: torch.device | str) -> Split:
+        """The split with both tensors on ``device``."""
         return Split(self.x.to(device), self.y.to(device))
 
 
@@ -62,6 +64,7 @@ class Data:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, ``(C, H, W)``."""
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
 
     @property
@@ -71,6 +74,7 @@ class Data:
 
     @property
     def streaming(self) -> bool:
+        """True when the splits stay in CPU memory and batches are copied over."""
         return self.stream_device is not None
 
     @property
@@ -98,6 +102,7 @@ class Data:
         return replace(resident, source=src, stream_device=torch.device(device))
 
     def split(self, name: str) -> Split:
+        """The ``train``, ``val`` or ``test`` split."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"split must be one of train, val, test; got {name!r}")
         return getattr(self, name)

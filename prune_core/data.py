@@ -49,6 +49,7 @@ LOAD_OPTIONS = (*_COMMON, "max_device_bytes", "augment")
 def register_dataset(
     name: str, doc: str = ""
 ) -> Callable[[Callable[..., Data]], Callable[..., Data]]:
+    """Register a dataset factory under ``name``; ``doc`` defaults to its docstring's first line."""
     def deco(fn: Callable[..., Data]) -> Callable[..., Data]:
         _DATASETS[name] = fn
         _DOCS[name] = doc or (fn.__doc__ or "").strip().splitlines()[0]
@@ -63,6 +64,7 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 
 def dataset_doc(name: str) -> str:
+    """One line about a registered dataset."""
     return _DOCS[name]
 
 

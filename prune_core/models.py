@@ -205,6 +205,7 @@ def c3(num_classes: int = 10, k: int = 32) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN and an identity or 1x1 projection shortcut."""
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)

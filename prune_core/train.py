@@ -96,9 +96,11 @@ class TrainConfig:
                 raise ValueError(f"{name} = {getattr(self, name)!r} is invalid; allowed: {allowed}")
 
     def with_(self, **kw) -> TrainConfig:
+        """A copy with the given settings replaced (None leaves a setting as it is)."""
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
     def to_dict(self) -> dict:
+        """The settings as plain data."""
         d = asdict(self)
         d["milestones"] = list(self.milestones)
         return d
@@ -114,6 +116,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:
+        """Settings from plain data; unknown names raise ``ValueError``."""
         d = dict(d or {})
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
@@ -141,6 +144,7 @@ class Hooks:
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; returns a generator seeded the same way."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

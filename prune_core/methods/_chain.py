@@ -60,6 +60,7 @@ def parse_chain(methods: str | list) -> list[Stage]:
 
 
 def chain_name(stages: list[Stage]) -> str:
+    """The chain's methods joined by ``+`` (``slimming+quantize``)."""
     return "+".join(s.method.name for s in stages)
 
 

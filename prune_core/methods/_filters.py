@@ -49,6 +49,7 @@ def filter_counts(model: nn.Module) -> dict[str, int]:
 
 
 def total_filters(model: nn.Module) -> int:
+    """Output channels of all conv layers together."""
     return sum(filter_counts(model).values())
 
 

@@ -63,6 +63,7 @@ class Param:
         return f"{kind} in {left}{lo}, {hi}{right}"
 
     def contains(self, value: Any) -> bool:
+        """True if ``value`` lies in the parameter's valid domain."""
         if self.kind == "bool":
             return isinstance(value, bool)
         if self.kind == "categorical":
@@ -90,6 +91,7 @@ class Param:
         return value
 
     def to_dict(self) -> dict:
+        """The parameter as plain data (``prune-study methods --json``)."""
         return {
             "name": self.name, "kind": self.kind, "default": self.default, "doc": self.doc,
             "domain": self.domain(), "low": self.low, "high": self.high,
@@ -123,6 +125,7 @@ class Method:
     constraint: Callable[[dict], str | None] | None = None
 
     def param(self, name: str) -> Param:
+        """The declared parameter ``name``, or an error listing the method's parameters."""
         for p in self.params:
             if p.name == name:
                 return p

@@ -178,6 +178,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     ],
 )
 def factorize(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """Factorize the largest layers, then fine-tune."""
     names = factorize_layers(model, params, ctx.base_model)
     model.to(ctx.device)
     ctx.result("layers_factorized", names)

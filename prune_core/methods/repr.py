@@ -79,6 +79,7 @@ class FilterDrop:
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> None:
+        """Zero the dropped filters' weights, biases and BN affine parameters."""
         for u in self.units:
             idx = self.plan[u.conv]
             if len(idx):
@@ -87,6 +88,7 @@ class FilterDrop:
 
     @torch.no_grad()
     def zero_grads(self, model: nn.Module) -> None:
+        """Zero the gradients of the dropped filters."""
         for u in self.units:
             idx = self.plan[u.conv]
             if len(idx):
@@ -102,6 +104,7 @@ class FilterDrop:
                                               ).flatten().cpu()
 
     def hooks(self) -> Hooks:
+        """Training hooks that hold the drop through every step and across a resume."""
         return Hooks(after_backward=[self.zero_grads], after_step=[self.apply],
                      on_load=[self.reload])
 
@@ -113,6 +116,7 @@ class FilterDrop:
         return float(max(vals)) if vals else 0.0
 
     def shares(self, model: nn.Module) -> dict[str, float]:
+        """Share of each conv layer's filters dropped."""
         return {u.conv: len(self.plan[u.conv]) / model.get_submodule(u.conv).out_channels
                 for u in self.units}
 
@@ -250,6 +254,7 @@ def epoch_budget(params: dict) -> str | None:
 @register_method("repr", params=PARAMS, seed="003", check=compatible, constraint=epoch_budget,
                  doc="RePr training (drop overlapping filters, re-initialise) vs plain training")
 def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """RePr training of a fresh copy, with a plainly trained copy as the control."""
     epochs, s1, s2, cycles = params["epochs"], params["s1"], params["s2"], params["cycles"]
     # Both runs use one constant rate: a per-phase schedule would restart at each phase
     # and the two runs would no longer see the same rate at the same epoch.

@@ -159,6 +159,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     if p["from_scratch"] and p["sparsity_epochs"] == 0 else None,
 )
 def slimming(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """Sparsity training, global |gamma| pruning with removal, then fine-tuning."""
     if params["from_scratch"]:
         model = fresh_copy(model, ctx.seed)
     groups = slimmable(model, ctx.input_shape)

@@ -63,6 +63,7 @@ class AlphaScaled(nn.Module):
 
     @staticmethod
     def key(root: str) -> str:
+        """The ParameterDict key of the alpha of group ``root``."""
         return root.replace(".", "__")  # ParameterDict keys cannot hold dots
 
     def bind(self) -> list[ChannelGroup]:
@@ -251,6 +252,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 @register_method("transtailor", params=PARAMS, seed="000", check=compatible,
                  doc="target-aware filter pruning by trained scaling factors (TransTailor)")
 def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """Prune-and-fine-tune rounds while the validation drop stays within tau."""
     metric = params["metric"]
     tau_data, stopping_data = _tau_splits(ctx.data, params["tau_split"], ctx.seed)
     study_data, ctx.data = ctx.data, stopping_data
