@@ -27,6 +27,8 @@ import moocore
 import numpy as np
 from numpy.typing import ArrayLike
 
+from prune_core.errors import InputError
+
 DIRECTIONS = ("max", "min")
 # The reference point's distance beyond the base model for objectives to minimise: a model
 # 10 % costlier than the base still counts, anything costlier does not.
@@ -35,7 +37,7 @@ MARGIN = 0.1
 IMPLIED_BASE = {"compression": 1.0, "speedup": 1.0}
 
 
-class ObjectiveError(ValueError):
+class ObjectiveError(InputError):
     """An objective direction or reference point that cannot be used."""
 
 

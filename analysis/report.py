@@ -30,23 +30,42 @@ import pandas as pd
 
 from analysis import pareto
 from analysis.figures import Drawn, figures, human_bytes, human_count, to_png
-from analysis.results import Study, objective_values, open_studies, study_reference
+from analysis.results import (
+    Study,
+    objective_values,
+    open_studies,
+    study_reference,
+    within_one_point,
+)
+from prune_core.errors import InputError
+
+__all__ = ["ReportError", "comparison_table", "file_stems", "fmt", "html_table",
+           "markdown_table", "summary_table", "trials_csv", "trials_table", "write_csv",
+           "write_report"]
 
 STATUS_ORDER = {"ok": 0, "running": 1, "pending": 2, "stopped": 3, "timeout": 4, "failed": 5}
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """The report cannot be written where it was asked to go."""
 
 
 # --------------------------------------------------------------------------- tables
 
 
+TRADE_OFF_COLUMNS = ("params", "size_bytes", "ops", "macs", "accuracy", "accuracy_drop",
+                     "compression", "speedup")
+WITHIN_ONE_POINT = "cheapest within 1 pt of base"
+
+
 def comparison_table(studies: list[Study]) -> pd.DataFrame:
-    """Seed 002's table: the base model first, then each method's knee point per study.
+    """Seed 002's table: the base model first, then each method's knee point per study,
+    then the study's cheapest trial within one point of the base.
 
     A method's knee is taken on the front of that method's own finished trials, over the
-    study's objectives (see :func:`analysis.pareto.knee`).
+    study's objectives (see :func:`analysis.pareto.knee`). The cheapest trial within one
+    point is :func:`analysis.results.within_one_point`; a study whose base model has no
+    accuracy has no such row, and one where no trial qualifies has a row that says so.
     """
     rows, bases = [], []
     for s in studies:
@@ -66,12 +85,19 @@ def comparison_table(studies: list[Study]) -> pd.DataFrame:
                 continue
             t = d.iloc[k]
             rows.append({"study": s.label, "model": method, "trial_id": t["trial_id"],
-                         **{c: t.get(c) for c in ("params", "size_bytes", "ops", "macs",
-                                                  "accuracy", "accuracy_drop", "compression",
-                                                  "speedup")}})
-    return pd.DataFrame(rows, columns=["study", "model", "trial_id", "params", "size_bytes",
-                                       "ops", "macs", "accuracy", "accuracy_drop",
-                                       "compression", "speedup"])
+                         **{c: t.get(c) for c in TRADE_OFF_COLUMNS}})
+        if s.info.base.get("accuracy") is not None:
+            rows.append(_within_one_point_row(s))
+    return pd.DataFrame(rows, columns=["study", "model", "trial_id", *TRADE_OFF_COLUMNS])
+
+
+def _within_one_point_row(s: Study) -> dict:
+    best = within_one_point(s.trials, s.info)
+    if best is None:
+        return {"study": s.label, "model": f"{WITHIN_ONE_POINT}: no trial qualifies"}
+    t = s.trials.loc[s.trials["trial_id"] == best["trial_id"]].iloc[0]
+    return {"study": s.label, "model": f"{best['method']}, {WITHIN_ONE_POINT}",
+            "trial_id": best["trial_id"], **{c: t.get(c) for c in TRADE_OFF_COLUMNS}}
 
 
 def _same_base(a: dict, b: dict) -> bool:
@@ -79,6 +105,7 @@ def _same_base(a: dict, b: dict) -> bool:
 
 
 def summary_table(studies: list[Study]) -> pd.DataFrame:
+    """One row per study: objectives, sampler, trial counts by status, front, hypervolume."""
     rows = []
     for s in studies:
         df = s.trials
@@ -186,6 +213,7 @@ def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
+    """The table in Markdown, cells in human units, numbers right-aligned."""
     head, body = _cells(df)
     if not body:
         return "_none_\n"
@@ -208,6 +236,7 @@ def _numeric_looking(cell: str) -> bool:
 
 
 def html_table(df: pd.DataFrame, cls: str = "") -> str:
+    """The table as escaped HTML, cells in human units, statuses as badges."""
     head, body = _cells(df)
     if not body:
         return "<p class=\"none\">none</p>"
@@ -276,7 +305,9 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
             t.drop(columns=["study"], inplace=True, errors="ignore")
     knee_note = ("One row per method: the knee of that method's own front (the point "
                  "nearest the ideal after scaling each objective to the front's range), "
-                 "after the base model.")
+                 "after the base model; then, per study, the cheapest feasible trial (in "
+                 "the first objective to minimise) whose accuracy is at most one point "
+                 "below the base model's.")
     sections = [
         ("summary", "Studies", None, summary),
         ("comparison", "Best trade-off per method", knee_note, comparison),

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from prune_core.errors import StudyFilesError
+
 STATUSES = ("ok", "failed", "running", "pending", "stopped", "timeout")
 # Result-row and base.json columns with a fixed meaning (DESIGN.md, measurement table).
 COUNTS = ("params", "nonzero_params", "macs", "nonzero_macs", "ops", "size_bytes")
@@ -31,7 +33,7 @@ METRICS = ("train_loss", "train_accuracy", "val_accuracy", "lr", "sparsity", "al
 MAX_WARNINGS = 10
 
 
-class StudyDirError(ValueError):
+class StudyDirError(StudyFilesError):
     """A path that is not a readable study directory, or a study.json / base.json that is
     malformed."""
 

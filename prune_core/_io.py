@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from prune_core.errors import StudyFilesError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(StudyFilesError):
     """A checkpoint or cache file is corrupt, foreign or unsafe."""
 
 

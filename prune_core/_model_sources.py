@@ -17,11 +17,13 @@ from collections.abc import Callable
 
 from torch import nn
 
+from prune_core.errors import InputError
+
 SOURCES = ("torchvision", "timm", "import")  # `<source>:...` model names
 MAX_LISTED = 10  # names listed in an error before "... and N more"
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A model cannot be built as asked; ``key`` names the argument at fault, if one is."""
 
     def __init__(self, message: str, *, key: str | None = None):

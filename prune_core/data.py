@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from prune_core._tensor_data import SPLIT_SEED, Data, Split, augment_batch, carve
+from prune_core.errors import InputError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -33,7 +34,7 @@ DEVICE_FRACTION = 0.5
 CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset cannot be loaded as asked (unknown name, missing root, bad files)."""
 
 

@@ -194,6 +194,23 @@ def _on_gpu(model: nn.Module) -> bool:
     return any(p.is_cuda for p in model.parameters())
 
 
+def count_cost(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """``params``, ``nonzero_params``, ``macs`` and ``nonzero_macs`` of a float model.
+
+    A layer's non-zero MACs are its MACs scaled by the share of its weights that are
+    non-zero (unstructured pruning); other operations count in full.
+    """
+    params, nonzero = count_params(model)
+    macs, per_layer = count_macs(model, input_shape)
+    nonzero_macs = macs - sum(per_layer.values())
+    for name, m in _weight_layers(deployable(model)).items():
+        w = m.weight
+        frac = float(torch.count_nonzero(w)) / max(1, w.numel())
+        nonzero_macs += int(round(per_layer.get(name, 0) * frac))
+    return {"params": params, "nonzero_params": nonzero, "macs": macs,
+            "nonzero_macs": nonzero_macs}
+
+
 def measure(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -209,23 +226,9 @@ def measure(
     the latency columns.
     """
     counted = structure if structure is not None else model
-    params, nonzero = count_params(counted)
-    macs, per_layer = count_macs(counted, input_shape)
-    layers = _weight_layers(deployable(counted))
-    dense = sum(per_layer.values())
-    nonzero_macs = macs - dense
-    for name, m in layers.items():
-        w = m.weight
-        frac = float(torch.count_nonzero(w)) / max(1, w.numel())
-        nonzero_macs += int(round(per_layer.get(name, 0) * frac))
-    row = {
-        "params": params,
-        "nonzero_params": nonzero,
-        "macs": macs,
-        "nonzero_macs": nonzero_macs,
-        "ops": macs + count_activations(counted, input_shape),
-        "size_bytes": size_bytes(model),
-    }
+    row = count_cost(counted, input_shape)
+    row["ops"] = row["macs"] + count_activations(counted, input_shape)
+    row["size_bytes"] = size_bytes(model)
     if with_latency:
         options = {**LATENCY_DEFAULTS, **(with_latency if isinstance(with_latency, dict) else {})}
         row.update(measure_latency(model, input_shape, **options))

@@ -16,10 +16,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prune_core.errors import InputError
 from prune_core.train import Hooks
 
 
-class SurgeryError(ValueError):
+class SurgeryError(InputError):
     """A removal plan cannot be carried out."""
 
 

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from prune_core.data import Data
+from prune_core.errors import PruneStudyError
 from prune_core.models import classifier_name
 
 SCHEDULES = ("cosine", "step", "constant")
 MONITORS = ("accuracy", "balanced_accuracy")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(PruneStudyError, RuntimeError):
     """The loss became NaN or infinite."""
 
 

@@ -21,6 +21,7 @@ from studies._values import (
     MAX_TRIALS,
     OBJECTIVE_COLUMNS,
     SCHEDULERS,
+    STAND_INS,
     URI_RE,
     Checker,
     ParamSpace,
@@ -261,14 +262,17 @@ def check_scheduler(c: Checker, value: Any, objectives: dict, n_objectives: int
     if name not in SCHEDULERS:
         c.error("scheduler", f"unknown scheduler {name!r}; allowed: {', '.join(SCHEDULERS)}")
         return None
+    if name == "mo_asha":
+        return _check_mo_asha(c, kw, objectives)
     if n_objectives > 1:
         c.error("scheduler", f"asha stops trials on one metric; this study has "
-                             f"{n_objectives} objectives. "
-                             "Remove the scheduler or keep one objective")
+                             f"{n_objectives} objectives. Use mo_asha (it stops trials "
+                             "dominated on the front), or keep one objective")
     elif objectives and next(iter(objectives)) not in ASHA_OBJECTIVES:
         c.error("scheduler", f"asha judges trials by the per-epoch validation accuracy, "
                              f"which does not track {next(iter(objectives))!r}; allowed "
-                             f"objectives with asha: {', '.join(ASHA_OBJECTIVES)}")
+                             f"objectives with asha: {', '.join(ASHA_OBJECTIVES)}; "
+                             "mo_asha judges cost objectives too")
     allowed = ("grace_period", "reduction_factor", "max_t", "brackets")
     for k, v in kw.items():
         if k not in allowed:
@@ -276,6 +280,27 @@ def check_scheduler(c: Checker, value: Any, objectives: dict, n_objectives: int
         else:
             kw[k] = c.integer(f"scheduler.{k}", v, low=1, high=MAX_TRIALS)
     return {"name": name, **kw}
+
+
+def _check_mo_asha(c: Checker, kw: dict, objectives: dict) -> dict:
+    for col in objectives:
+        if col not in STAND_INS:
+            c.error("scheduler", f"mo_asha compares trials at each rung on per-epoch stand-ins "
+                                 f"of the objectives, and {col!r} has none; objectives mo_asha "
+                                 f"can judge: {', '.join(STAND_INS)}")
+    out: dict = {"name": "mo_asha"}
+    for k, v in kw.items():
+        if k in ("grace_period", "max_t", "min_dominators"):
+            out[k] = c.integer(f"scheduler.{k}", v, low=1, high=MAX_TRIALS)
+        elif k == "reduction_factor":
+            out[k] = c.number("scheduler.reduction_factor", v, 1, 1e6, low_open=True)
+        else:
+            c.error(f"scheduler.{k}", "unknown key; allowed: name, grace_period, "
+                                      "reduction_factor, max_t, min_dominators")
+    if out.get("grace_period") and out.get("max_t") and out["max_t"] < out["grace_period"]:
+        c.error("scheduler.max_t", f"{out['max_t']} is below grace_period "
+                                   f"{out['grace_period']}: no rung would be reached")
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def check_resources(c: Checker, value: Any) -> dict:

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from prune_core.errors import InputError, StudyFilesError
+
 # Columns of the result row a study may optimise (DESIGN.md, Measurement).
 OBJECTIVE_COLUMNS = (
     "accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop", "params",
@@ -19,7 +21,19 @@ OBJECTIVE_COLUMNS = (
 )
 # Objectives ASHA can stop on: their per-epoch proxy is the validation accuracy.
 ASHA_OBJECTIVES = ("accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop")
-SCHEDULERS = ("asha",)
+SCHEDULERS = ("asha", "mo_asha")
+# Objective -> (column of the epoch rows, +1 when larger is better in both, -1 when the
+# column runs the other way). Latency is measured on the final model only: its epochs are
+# judged by MACs. Columns without an entry have no per-epoch stand-in.
+STAND_INS = {
+    "accuracy": ("val_accuracy", 1), "val_accuracy": ("val_accuracy", 1),
+    "accuracy_drop": ("val_accuracy", -1),
+    "balanced_accuracy": ("val_balanced_accuracy", 1),
+    "macs": ("macs", 1), "ops": ("macs", 1), "latency_ms": ("macs", 1),
+    "speedup": ("macs", -1), "nonzero_macs": ("nonzero_macs", 1),
+    "params": ("params", 1), "size_bytes": ("params", 1), "compression": ("params", -1),
+    "nonzero_params": ("nonzero_params", 1),
+}
 SPACE_KEYS = ("type", "low", "high", "log", "step", "choices")
 SEARCH_WORD = "search"  # `stage.param: search` takes the method's declared range
 PIPELINE = "pipeline"  # the categorical parameter choosing between chains
@@ -36,7 +50,7 @@ TOP_KEYS = (
 LOGGERS = ("csv", "json", "tensorboard", "mlflow")
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """Every mistake found in a spec, one line each, naming the field."""
 
     def __init__(self, errors: list[str], source: str = "spec"):
@@ -47,7 +61,7 @@ class SpecError(ValueError):
         super().__init__(f"{n} error{'s' if n != 1 else ''} in {source}:\n{lines}")
 
 
-class StudyError(ValueError):
+class StudyError(StudyFilesError):
     """A study directory is missing, foreign, or already used."""
 
 

@@ -14,15 +14,16 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
+
+from prune_core.errors import InputError, PruneStudyError, StudyFilesError
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INCOMPLETE = 3  # run/resume ended with trials left to run: `prune-study resume`
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
-class BadInput(Exception):
-    """A user mistake: reported in one message, exit code 2."""
+class BadInput(InputError):
+    """A mistake in the command line's own arguments."""
 
 
 def log(msg: str) -> None:
@@ -359,34 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="output directory (default: <first study>/report)")
     s.set_defaults(fn=cmd_report)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
     return p
 
 
-# Commands defined in other modules register themselves here (run, resume, status, report...).
-_EXTRA_COMMANDS: list[Callable] = []
-
-
-# Errors that mean "the user's input is wrong" (exit 2), by module: a module not imported
-# by the command cannot have raised its error, so `status` never imports torch for this.
-BAD_INPUT = (
-    ("prune_core.baseline", "CheckpointError"), ("prune_core.data", "DataError"),
-    ("prune_core.methods", "ParamError"), ("prune_core.models", "ModelError"),
-    ("studies._values", "SpecError"), ("studies._values", "StudyError"),
-    ("analysis.studydir", "StudyDirError"), ("analysis.report", "ReportError"),
-)
-
-
 def is_bad_input(e: BaseException) -> bool:
-    """True for the errors that report a mistake in the user's input (exit 2)."""
-    if isinstance(e, BadInput | FileNotFoundError):
-        return True
-    for module, name in BAD_INPUT:
-        cls = getattr(sys.modules.get(module), name, None)
-        if cls is not None and isinstance(e, cls):
-            return True
-    return False
+    """True for the errors that report a mistake in the user's input or files (exit 2)."""
+    return isinstance(e, InputError | StudyFilesError | FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,12 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except Exception as e:
-        if is_bad_input(e) or type(e).__name__ == "ClusterError":
+        if is_bad_input(e) or isinstance(e, PruneStudyError):
             log(f"error: {e}")
             return EXIT_BAD_INPUT if is_bad_input(e) else EXIT_ERROR
         log(traceback.format_exc().rstrip())
         log(f"error: {type(e).__name__}: {e}")
         return EXIT_ERROR
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,7 +33,6 @@ import optuna
 import ray
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from analysis.studydir import read_study
 from prune_core.baseline import (
@@ -44,7 +43,8 @@ from prune_core.baseline import (
     safe_load,
     train_base,
 )
-from prune_core.measure import channel_counts
+from prune_core.errors import PruneStudyError
+from prune_core.measure import LATENCY_DEFAULTS, channel_counts, measure_latency
 from prune_core.trial import TrialSpec, load_data, run_trial, save_json_safe
 from studies.lock import DriverLock
 from studies.loggers import check_loggers, make_loggers
@@ -56,6 +56,7 @@ from studies.record import (
     write_json,
     write_study_files,
 )
+from studies.schedulers import make_scheduler
 from studies.search import check_storage_secret, make_searcher
 from studies.spec import StudyError, StudySpec, load_spec
 
@@ -64,7 +65,7 @@ logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
 
 
-class ClusterError(RuntimeError):
+class ClusterError(PruneStudyError, RuntimeError):
     """Ray could not be started or reached."""
 
 
@@ -250,6 +251,13 @@ def _train_base_task(study: dict, threads: int) -> BaseModel:
     return train_base(spec.base_spec(), load_data(spec), log=_stderr)
 
 
+def _base_latency_task(study: dict, base: BaseModel, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    spec = TrialSpec.from_dict(study)
+    options = {**LATENCY_DEFAULTS, **(spec.latency if isinstance(spec.latency, dict) else {})}
+    return measure_latency(base.build("cpu"), load_data(spec).input_shape, **options)
+
+
 def ensure_base(spec: StudySpec, log: Log = _stderr) -> tuple[BaseModel, dict]:
     """The study's base model from the cache, or trained once as a Ray task and cached."""
     ts = spec.trial_spec()
@@ -289,8 +297,17 @@ def check_base(study_dir: Path, base: BaseModel, path: Path) -> None:
             f"`prune-study run {study_dir / 'spec.yaml'} --name NEW_NAME`.")
 
 
-def base_row(base: BaseModel) -> dict:
-    return {**base.row, "channels": channel_counts(base.build("cpu"))}
+def base_row(base: BaseModel, spec: StudySpec | None = None, log: Log = _stderr) -> dict:
+    """The base model's row for study.json; with the spec's ``latency``, timed as trials are
+    (a Ray task with a trial's resources), so trials compare with it."""
+    row = {**base.row, "channels": channel_counts(base.build("cpu"))}
+    if spec is not None and spec.latency:
+        log(f"timing the base model's latency ({spec.latency})")
+        threads = max(1, int(spec.resources["cpu"]))
+        task = ray.remote(_base_latency_task).options(num_cpus=spec.resources["cpu"],
+                                                      max_retries=0)
+        row.update(ray.get(task.remote(spec.trial_spec().to_dict(), base, threads)))
+    return row
 
 
 # --------------------------------------------------------------------------- trainable
@@ -381,17 +398,6 @@ def make_trainable(spec: StudySpec, base: BaseModel, done: dict | None = None):
     return tune.with_resources(fn, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})
 
 
-# --------------------------------------------------------------------------- searcher
-
-
-def make_scheduler(spec: StudySpec):
-    if not spec.scheduler:
-        return None
-    kw = {k: v for k, v in spec.scheduler.items() if k != "name"}
-    # The per-epoch validation accuracy stands in for the final objective (spec checks it).
-    return ASHAScheduler(time_attr="training_iteration", metric="val_accuracy", mode="max", **kw)
-
-
 # --------------------------------------------------------------------------- studies
 
 
@@ -448,7 +454,7 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> d
         _check_resources(spec, address, log)
         searcher = make_searcher(spec, study_dir)
         base, info = ensure_base(spec, log)
-        write_study_files(spec, study_dir, base_row(base), info)
+        write_study_files(spec, study_dir, base_row(base, spec, log), info)
     except KeyboardInterrupt:
         log(f"[{spec.name}] interrupted before its first trial; "
             + (f"`prune-study resume {study_dir}` starts it" if (study_dir / "study.json")
@@ -459,8 +465,10 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> d
     tuner = tune.Tuner(
         make_trainable(spec, base),
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=make_scheduler(spec), num_samples=spec.trials,
+            search_alg=searcher, num_samples=spec.trials,
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
+            scheduler=make_scheduler(spec.scheduler, spec.objectives,
+                                     history=study_dir / "history.jsonl"),
         ),
         run_config=tune.RunConfig(
             # Tune pickles the callbacks with the experiment and restores them on resume.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -192,3 +193,82 @@ def test_infeasible_trials_are_drawn_apart_and_never_on_the_drawn_front(tmp_path
     fig = figures.draw_pareto([data])
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "breaks a constraint" in labels
+
+
+
+def test_figures_module_exports_every_figure_by_name():
+    assert [n for n in figures.__all__ if not hasattr(figures, n)] == []
+    assert {"pareto_data", "draw_pareto", "hypervolume_data", "channel_data", "gamma_data",
+            "repr_data", "figures", "Drawn", "human_count", "human_bytes", "Percent",
+            "to_png", "MAX_CURVES"} <= set(figures.__all__)
+
+
+def _time_trials(path, batches=(1, 16), base=True):
+    """Add the latency columns measure_latency writes to every finished trial (and the base):
+    median and IQR per batch size, latency_ms/latency_iqr_ms for the first; returns the
+    median per (trial_id, batch)."""
+    import json
+
+    def timed(macs: float) -> dict:
+        row = {}
+        for b in batches:
+            # Time falls slower than MACs: a fixed cost per batch the pruning never removes.
+            row[f"latency_ms_b{b}"] = 0.2 * b + macs * b * 1e-7
+            row[f"latency_iqr_ms_b{b}"] = 0.01 * b
+        row["latency_ms"] = row[f"latency_ms_b{batches[0]}"]
+        row["latency_iqr_ms"] = row[f"latency_iqr_ms_b{batches[0]}"]
+        return row
+
+    medians = {}
+    for file in (path / "trials").glob("*.json"):
+        doc = json.loads(file.read_text())
+        if doc["status"] == "ok":
+            doc["row"].update(timed(doc["row"]["macs"]))
+            medians.update({(doc["trial_id"], b): doc["row"][f"latency_ms_b{b}"]
+                            for b in batches})
+            file.write_text(json.dumps(doc))
+    if base:
+        brow = json.loads((path / "base.json").read_text())
+        (path / "base.json").write_text(json.dumps({**brow, **timed(brow["macs"])}))
+    return medians
+
+
+def test_latency_data_per_trial_and_batch_size(tmp_path):
+    path = make_study(tmp_path, "lat", methods=("slimming", "magnitude"), ok=8, failed=1,
+                      running=1)
+    medians = _time_trials(path)
+    studies = results.open_studies([path])
+    data = figures.latency_data(studies)
+    df = results.load(path)
+    ok = df[df["status"] == "ok"].set_index("trial_id")
+    assert sorted(set(data.points["batch"])) == [1, 16]
+    assert len(data.points) == 2 * len(ok)  # one point per finished trial and batch size
+    for p in data.points.itertuples():
+        assert p.latency_ms == pytest.approx(medians[(p.trial_id, p.batch)])
+        assert p.iqr_ms == pytest.approx(0.01 * p.batch)
+        assert p.macs == ok.loc[p.trial_id, "macs"]
+        assert p.on_front == ok.loc[p.trial_id, "on_front"] and p.study == "lat"
+    base = data.base.set_index("batch")
+    macs = studies[0].info.base["macs"]
+    assert base.loc[16, "macs"] == macs
+    assert base.loc[16, "latency_ms"] == pytest.approx(0.2 * 16 + macs * 16e-7)
+    fig = figures.draw_latency(data)
+    assert [ax.get_title() for ax in fig.axes] == ["batch 1", "batch 16"]
+    assert all(ax.get_xscale() == ax.get_yscale() == "log" for ax in fig.axes)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "base model" in labels and "time ∝ MACs, through the base" in labels
+
+
+def test_latency_figure_only_where_trials_were_timed(tmp_path, studies):
+    assert figures.latency_data(studies) is None  # so figures() leaves the figure out
+    # An older row with latency_ms alone was timed at batch 1; an untimed base draws no line.
+    path = make_study(tmp_path, "old", methods=("magnitude",), ok=4, failed=0, running=0)
+    _time_trials(path, batches=(1,), base=False)
+    for file in (path / "trials").glob("*.json"):
+        doc = json.loads(file.read_text())
+        doc["row"] = {k: v for k, v in doc["row"].items() if not re.search(r"_b\d+$", k)}
+        file.write_text(json.dumps(doc))
+    data = figures.latency_data(results.open_studies([path]))
+    assert set(data.points["batch"]) == {1} and len(data.points) == 4 and not len(data.base)
+    keys = [d.key for d in figures.figures(results.open_studies([path]))]
+    assert keys == ["pareto-front", "hypervolume", "latency", "params-magnitude"]

@@ -73,3 +73,35 @@ def test_the_check_finds_a_cycle():
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x.y\n"
                      "def f():\n    import x.z\n")
     assert _imports(tree, {"x.y": Path(), "x.z": Path()}, "me") == {"x.z"}
+
+
+# Errors that are not reports to the user: a damaged line becomes a warning, and Ctrl-C
+# stays a KeyboardInterrupt.
+INTERNAL_ERRORS = {"analysis.studydir.Damaged", "studies.runner.StudyInterrupted"}
+
+
+def test_every_error_derives_from_the_two_kinds_the_command_line_reports():
+    import importlib
+    import inspect
+
+    from prune_core.errors import InputError, PruneStudyError, StudyFilesError
+
+    found = {}
+    for name in _modules():
+        module = importlib.import_module(name)
+        for cls in vars(module).values():
+            if (inspect.isclass(cls) and issubclass(cls, BaseException)
+                    and not issubclass(cls, Warning)
+                    and cls.__module__ == name):
+                found[f"{name}.{cls.__qualname__}"] = cls
+    assert len(found) > 15
+    strays = sorted(n for n, c in found.items()
+                    if not issubclass(c, PruneStudyError) and n not in INTERNAL_ERRORS)
+    assert strays == []
+    short = {n.rsplit(".", 1)[1]: c for n, c in found.items()}
+    for name in ("SpecError", "DataError", "ModelError", "ParamError", "ReportError",
+                 "ObjectiveError", "BadInput"):
+        assert issubclass(short[name], InputError), name
+    for name in ("StudyError", "StudyDirError", "CheckpointError", "LockHeld"):
+        assert issubclass(short[name], StudyFilesError), name
+    assert not issubclass(short["ClusterError"], InputError | StudyFilesError)

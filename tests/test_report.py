@@ -33,6 +33,7 @@ def test_files_are_written(written):
         assert (out / name).stat().st_size > 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "pareto-front.png" in pngs and "hypervolume.png" in pngs
+    assert "latency.png" not in pngs  # neither study was timed
     for p in out.glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -93,8 +94,12 @@ def test_comparison_table_base_first_then_each_methods_knee(written):
     assert table.iloc[0]["model"] == "base model"  # both studies share one base: one row
     assert (table["model"] == "base model").sum() == 1
     assert table.iloc[0]["macs"] == base_row()["macs"]
-    assert list(zip(table["study"][1:], table["model"][1:], strict=True)) == [
+    knees = table[~table["model"].str.contains("within 1 pt")]
+    assert list(zip(knees["study"][1:], knees["model"][1:], strict=True)) == [
         ("mixed", "magnitude"), ("mixed", "slimming"), ("slim", "slimming")]
+    # Each study's knee rows end with its cheapest trial within one point of the base.
+    within = table[table["model"].str.contains("within 1 pt")]
+    assert within.index.tolist() == [3, 5] and within["study"].tolist() == ["mixed", "slim"]
     for s in studies:
         ok = s.trials[s.trials["status"] == "ok"]
         for method, d in ok.groupby("method"):
@@ -142,3 +147,72 @@ def test_trials_table_keeps_the_first_line_of_an_error(tmp_path):
     table = report.trials_table(results.open_studies([path]))
     cell = table.loc[table["trial_id"] == failed, "error"].item()
     assert cell == "ValueError: slimming.lambda = -1 is invalid"
+
+
+def _study_of_known_trials(root, name, accuracies, macs, params=None, constraints=None):
+    """A study of magnitude pruning whose finished trials have these accuracies and MACs
+    (and params), in trial-number order, each timed at batch 1."""
+    path = make_study(root, name, methods=("magnitude",), ok=len(accuracies), failed=0,
+                      running=0, objectives={"accuracy": "max", "macs": "min"})
+    if constraints:
+        doc = json.loads((path / "study.json").read_text())
+        doc["constraints"] = constraints
+        (path / "study.json").write_text(json.dumps(doc))
+    base = base_row()["accuracy"]
+    params = params or [base_row()["params"]] * len(accuracies)
+    for file in (path / "trials").glob("*.json"):
+        doc = json.loads(file.read_text())
+        n = doc["number"]
+        doc["row"].update(accuracy=accuracies[n], accuracy_drop=base - accuracies[n],
+                          macs=macs[n], params=params[n], latency_ms=0.1 + macs[n] * 1e-7,
+                          latency_iqr_ms=0.01, latency_ms_b1=0.1 + macs[n] * 1e-7,
+                          latency_iqr_ms_b1=0.01)
+        file.write_text(json.dumps(doc))
+    return path
+
+
+def test_cheapest_trial_within_one_point_beside_the_knees(tmp_path):
+    # Base 98.3 %: trials 0-2 are within one point; trial 3 is cheaper but 1.3 points
+    # below; trial 4 is cheapest and accurate but breaks the params constraint.
+    path = _study_of_known_trials(
+        tmp_path, "one", accuracies=[0.983, 0.978, 0.976, 0.970, 0.981],
+        macs=[9_000_000, 5_000_000, 3_000_000, 2_000_000, 1_000_000],
+        params=[500_000, 400_000, 300_000, 200_000, 900_000],
+        constraints={"params": {"max": 600_000}})
+    df = results.load(path)
+    qualifies = df.loc[df["number"] == 2, "trial_id"].item()
+    table = report.comparison_table(results.open_studies([path]))
+    row = table[table["model"] == "magnitude, cheapest within 1 pt of base"]
+    assert row["trial_id"].item() == qualifies
+    assert row["macs"].item() == 3_000_000 and row["accuracy"].item() == 0.976
+    assert row["trial_id"].item() == results.summary(path)["within_one_point"]["trial_id"]
+    page = report.write_report([path], tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    comparison = md.split("## Best trade-off per method")[1].split("## ")[0]
+    line = next(ln for ln in comparison.splitlines() if "within 1 pt" in ln)
+    assert qualifies in line and "3 M" in line and "97.60 %" in line
+    html_rows = re.findall(r"<tr>.*?</tr>", page.read_text().split('id="comparison"')[1]
+                           .split("</section>")[0])
+    assert any("cheapest within 1 pt of base" in r and qualifies in r for r in html_rows)
+    # Timed trials: the report shows MACs against latency.
+    assert (tmp_path / "out" / "latency.png").is_file()
+
+
+def test_no_trial_within_one_point_says_so(tmp_path):
+    path = _study_of_known_trials(tmp_path, "none", accuracies=[0.95, 0.97, 0.96],
+                                  macs=[9_000_000, 5_000_000, 3_000_000])
+    table = report.comparison_table(results.open_studies([path]))
+    assert table["model"].iloc[-1] == "cheapest within 1 pt of base: no trial qualifies"
+    assert pd.isna(table["trial_id"].iloc[-1]) and table["macs"].isna().iloc[-1]
+    assert "cheapest within 1 pt of base: no trial qualifies |" in report.markdown_table(table)
+    assert ">cheapest within 1 pt of base: no trial qualifies</td>" in report.html_table(table)
+    # No base model recorded: nothing to be within a point of, so no such row.
+    (path / "base.json").unlink()
+    with pytest.warns(results.StudyDirWarning, match="base.json is missing"):
+        studies = results.open_studies([path])
+    assert not report.comparison_table(studies)["model"].str.contains("within").any()
+
+
+def test_report_module_exports_what_it_lists():
+    assert [n for n in report.__all__ if not hasattr(report, n)] == []
+    assert {"write_report", "comparison_table", "fmt", "ReportError"} <= set(report.__all__)

@@ -315,3 +315,47 @@ def test_a_study_without_loggers_writes_no_logger_files(failing_study):
                or p.name.startswith("events.out.tfevents")]
     assert written == []
     assert not [p for p in spec.study_dir.iterdir() if p.name in ("mlflow.db", "mlruns")]
+
+
+def test_a_study_with_mo_asha_stops_dominated_trials_and_tells_optuna(local_ray, storage):
+    """One trial at a time, so the rungs fill in a known order: replaying the study's own
+    epoch rows through the rule must give exactly the trials Tune stopped."""
+    spec = parse_spec(tiny_spec(
+        "moasha", storage, methods="magnitude", finetune={}, max_concurrent=1, trials=5,
+        objectives={"accuracy": "max", "nonzero_macs": "min"},
+        space={"magnitude.ratio": {"low": 0.3, "high": 0.95}, "magnitude.finetune_epochs": 2,
+               "magnitude.reinit": {"choices": ["keep", "random"]}},
+        scheduler={"name": "mo_asha", "grace_period": 1, "reduction_factor": 2},
+        latency={"batch": [1, 4]}))
+    summary = run_study(spec, log=lambda _m: None)
+    assert summary["complete"]
+    study_dir = spec.study_dir
+    # the base is timed as the trials are, so the latency figure has its reference
+    base = json.loads((study_dir / "base.json").read_text())
+    assert base["latency_ms_b1"] > 0 and base["latency_ms_b4"] > 0
+    assert base["latency_ms"] == base["latency_ms_b1"]
+    history = [json.loads(line) for line in (study_dir / "history.jsonl").open()]
+    assert all({"macs", "nonzero_macs", "params", "val_accuracy"} <= set(r) for r in history)
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from studies.schedulers import MOASHA
+
+    replay = MOASHA(columns={"val_accuracy": "max", "nonzero_macs": "min"},
+                    grace_period=1, reduction_factor=2)
+    expected_stop: dict[str, int] = {}
+    for r in history:
+        assert r["trial_id"] not in expected_stop, "a stopped trial reported another epoch"
+        if replay.judge(r["trial_id"], r["step"], r) == TrialScheduler.STOP:
+            expected_stop[r["trial_id"]] = r["step"]
+    records = {r["trial_id"]: r for r in trial_records(study_dir)}
+    stopped = {t for t, r in records.items() if r["status"] == "stopped"}
+    assert stopped == set(expected_stop) and stopped  # at least one, all as the rule says
+    assert all(records[t]["status"] == "ok" and records[t]["row"]["latency_ms_b4"] > 0
+               for t in records if t not in stopped)
+    for t in stopped:  # the last row kept is the epoch it was judged on
+        assert records[t]["last"]["step"] == expected_stop[t]
+    study = optuna.load_study(study_name=spec.name,
+                              storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    pruned = {t.number for t in study.trials if t.state == TrialState.PRUNED}
+    assert pruned == {records[t]["number"] for t in stopped}

@@ -106,7 +106,6 @@ def test_the_space_survives_pickling_as_tune_saves_it():
 
 
 def test_optuna_storage_forms(tmp_path):
-    from studies.runner import make_scheduler
     from studies.search import optuna_storage
 
     def storage_of(value):
@@ -126,12 +125,6 @@ def test_optuna_storage_forms(tmp_path):
     assert isinstance(st, optuna.storages.JournalStorage) and (tmp_path / "trials.journal").exists()
     st, _ = storage_of(str(tmp_path / "abs.log"))
     assert isinstance(st, optuna.storages.JournalStorage)
-
-    asha = make_scheduler(spec_of(objectives={"accuracy": "max"}, scheduler={
-        "name": "asha", "grace_period": 2, "max_t": 20}))
-    assert (asha.metric, asha._mode, asha._time_attr, asha._max_t) == (
-        "val_accuracy", "max", "training_iteration", 20)
-    assert make_scheduler(spec_of()) is None
 
 
 def test_constraints_give_one_violation_per_bound_and_name_the_broken_ones():

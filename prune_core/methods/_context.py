@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from prune_core.data import Data
+from prune_core.measure import count_cost
 from prune_core.surgery import load_resized
 from prune_core.train import Hooks, TrainConfig, evaluate, fit, make_optimizer
 
@@ -93,8 +94,9 @@ class Context:
     ) -> list[dict]:
         """Train with the study's defaults, ``epochs`` and any TrainConfig overrides.
 
-        Each epoch is reported with ``phase``; ``extra(model)`` adds columns to it
-        (sparsity, alpha).
+        Each epoch is reported with ``phase`` and the cost of the model being trained
+        (params, MACs and their non-zero counts, taken once when training starts: a
+        scheduler compares trials on them); ``extra(model)`` adds columns (sparsity, alpha).
         """
         call = self._calls
         self._calls += 1
@@ -114,8 +116,10 @@ class Context:
             stopping = dict(self.resume.get("early_stopping") or {})
             self.resume = None
 
+        cost = count_cost(model, self.input_shape)
+
         def on_epoch(row: dict) -> None:
-            row = {**row, "phase": phase}
+            row = {**row, "phase": phase, **cost}
             if extra is not None:
                 row.update(extra(model))
             self.report(row)

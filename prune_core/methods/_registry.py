@@ -16,10 +16,12 @@ from typing import Any
 
 from torch import nn
 
+from prune_core.errors import InputError
+
 KINDS = ("float", "int", "categorical", "bool")
 
 
-class ParamError(ValueError):
+class ParamError(InputError):
     """A method parameter, stage or method name is invalid."""
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prune_core.errors import InputError
 from prune_core.groups import CONV_LINEAR, dependency_graph, follower_bn, group_of
 from prune_core.methods._registry import Param, register_method
 from prune_core.surgery import example_input, replace_module
@@ -45,7 +46,7 @@ CHANNELWISE = (
 SCHEDULES = ("step", "linear", "cosine", "exponential")
 
 
-class BranchError(ValueError):
+class BranchError(InputError):
     """The model does not have the structure parallel-branch pruning needs."""
 
 

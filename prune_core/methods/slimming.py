@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prune_core.errors import InputError
 from prune_core.groups import (
     ChannelGroup,
     channel_groups,
@@ -36,7 +37,7 @@ SPARSE_REL = 1e-2
 MIN_KEEP = 0.02
 
 
-class SlimmingError(ValueError):
+class SlimmingError(InputError):
     """The model cannot be slimmed as asked."""
 
 
