@@ -45,8 +45,7 @@ from prune_core import data as datasets  # noqa: E402
 from prune_core.baseline import BaseSpec, get_base  # noqa: E402
 from prune_core.data import Data  # noqa: E402
 from prune_core.measure import count_macs, count_params  # noqa: E402
-from prune_core.methods import Context, get_method  # noqa: E402
-from prune_core.methods._filters import filter_counts, total_filters  # noqa: E402
+from prune_core.methods import Context, filter_counts, get_method, total_filters  # noqa: E402
 from prune_core.methods.magnitude import filter_plan  # noqa: E402
 from prune_core.surgery import remove_channels  # noqa: E402
 from prune_core.train import TrainConfig  # noqa: E402

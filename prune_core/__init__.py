@@ -4,3 +4,5 @@ Plain PyTorch: nothing here imports Ray or the analysis package.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__"]

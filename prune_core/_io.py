@@ -39,3 +39,6 @@ def atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+__all__ = ["CheckpointError", "atomic_save", "safe_load"]

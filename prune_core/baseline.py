@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from prune_core import models
-from prune_core._io import CheckpointError, atomic_save, safe_load  # noqa: F401 (re-exported)
+from prune_core._io import CheckpointError, atomic_save, safe_load
 from prune_core.data import Data
 from prune_core.measure import measure
 from prune_core.train import TrainConfig, evaluate, fit, seed_everything
@@ -40,6 +40,7 @@ class BaseSpec:
     transfer: TrainConfig | None = None
 
     def key(self) -> str:
+        """Content hash of everything that determines the trained base model."""
         blob = json.dumps(
             {
                 "format": CACHE_FORMAT,
@@ -69,6 +70,7 @@ class BaseModel:
     history: list[dict] = field(default_factory=list)
 
     def build(self, device: torch.device | str = "cpu") -> nn.Module:
+        """The model, built afresh with the trained weights, on ``device``."""
         # The trained weights replace any pretrained file the model started from.
         kw = {k: v for k, v in self.model_kw.items() if k != "weights"}
         m = models.build(self.model, num_classes=self.num_classes, **kw)
@@ -80,6 +82,7 @@ class BaseModel:
         return weights_hash(self.state_dict)
 
     def to_payload(self) -> dict:
+        """The cache file's content: tensors and JSON strings, loadable with weights_only."""
         return {
             "format": CACHE_FORMAT, "key": self.key, "model": self.model,
             "model_kw_json": json.dumps(self.model_kw), "num_classes": self.num_classes,
@@ -89,6 +92,7 @@ class BaseModel:
 
     @classmethod
     def from_payload(cls, payload: Any, source: str) -> BaseModel:
+        """Read a payload written by :meth:`to_payload`; ``CheckpointError`` for anything else."""
         need = {"format", "key", "model", "model_kw_json", "num_classes", "state_dict", "row_json"}
         if not isinstance(payload, dict) or not need <= set(payload):
             raise CheckpointError(f"{source!r} is not a prune-study base model file")
@@ -123,6 +127,7 @@ def cache_path(cache_dir: str | Path, spec: BaseSpec) -> Path:
 
 
 def load_cached(cache_dir: str | Path, spec: BaseSpec) -> BaseModel | None:
+    """The cached base model for ``spec``, or None if none is cached."""
     path = cache_path(cache_dir, spec)
     if not path.exists():
         return None
@@ -172,3 +177,9 @@ def get_base(spec: BaseSpec, data: Data, cache_dir: str | Path,
     base = train_base(spec, data, log)
     atomic_save(base.to_payload(), cache_path(cache_dir, spec))
     return base, True
+
+
+__all__ = [
+    "CACHE_FORMAT", "BaseModel", "BaseSpec", "CheckpointError", "atomic_save", "cache_path",
+    "get_base", "load_cached", "safe_load", "train_base", "weights_hash",
+]

@@ -1,37 +1,33 @@
-"""Datasets held as uint8 tensors on the training device, with batched augmentation.
+"""Datasets by name: ``load(name, root=..., device=...)`` gives a :class:`Data`.
 
 Every dataset has train / val / test splits. The validation split is carved from
 the training data with a fixed seed, so every trial of a study sees the same one.
-Batching, shuffling, random crop with padding, horizontal flip and normalisation
-are whole-batch tensor operations: no per-sample Python in the training loop.
-
-A dataset larger than the device's memory budget stays in CPU memory and is
-streamed: each batch is gathered on the CPU, pinned, and copied to the device
-asynchronously while the previous batch is in use. The batches are the same.
+The splits are uint8 tensors on the training device (see :mod:`prune_core._tensor_data`
+for batching and augmentation); a dataset larger than the device's memory budget
+stays in CPU memory and is streamed batch by batch.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import functools
 import inspect
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prune_core._tensor_data import SPLIT_SEED, Data, Split, augment_batch, carve
 from prune_core.errors import InputError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SPLIT_SEED = 0  # fixed: validation and test carving never depend on the trial seed
 # Share of free GPU memory the dataset may take by default; the rest is for the model,
 # its activations and other trials sharing the GPU.
 DEVICE_FRACTION = 0.5
@@ -40,197 +36,6 @@ CUB_URL = "https://www.vision.caltech.edu/datasets/cub_200_2011/"
 
 class DataError(InputError):
     """A dataset cannot be loaded as asked (unknown name, missing root, bad files)."""
-
-
-@dataclass
-class Split:
-    """Images as uint8 [N, C, H, W] and labels as int64 [N], on one device."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        return self.x.nbytes + self.y.nbytes
-
-    def to(self, device: torch.device | str) -> Split:
-        return Split(self.x.to(device), self.y.to(device))
-
-
-@dataclass
-class Data:
-    """A dataset ready for training: three splits plus what is needed to normalise them.
-
-    ``source`` is set on transfer datasets (``digits-split``): the task the base
-    model is trained on before it is fine-tuned to this one. ``stream_device`` is set
-    when the splits stay in CPU memory and ``batches()`` moves each batch there.
-    """
-
-    name: str
-    num_classes: int
-    train: Split
-    val: Split
-    test: Split
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    crop_padding: int = 4
-    flip: bool = True
-    source: Data | None = None
-    info: dict = field(default_factory=dict)
-    stream_device: torch.device | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def device(self) -> torch.device:
-        """Where batches are delivered (the training device)."""
-        return self.stream_device if self.stream_device is not None else self.train.x.device
-
-    @property
-    def streaming(self) -> bool:
-        return self.stream_device is not None
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of all splits, the source task's included."""
-        own = self.train.nbytes + self.val.nbytes + self.test.nbytes
-        return own + (self.source.nbytes if self.source is not None else 0)
-
-    def to(self, device: torch.device | str) -> Data:
-        """All splits resident on ``device``."""
-        src = self.source.to(device) if self.source is not None else None
-        return replace(
-            self,
-            train=self.train.to(device),
-            val=self.val.to(device),
-            test=self.test.to(device),
-            source=src,
-            stream_device=None,
-        )
-
-    def stream(self, device: torch.device | str) -> Data:
-        """Splits kept in CPU memory; ``batches()`` copies each batch to ``device``."""
-        resident = self.to("cpu")
-        src = self.source.stream(device) if self.source is not None else None
-        return replace(resident, source=src, stream_device=torch.device(device))
-
-    def split(self, name: str) -> Split:
-        if name not in ("train", "val", "test"):
-            raise ValueError(f"split must be one of train, val, test; got {name!r}")
-        return getattr(self, name)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 batch -> float batch normalised per channel."""
-        scale, shift = _affine(tuple(self.mean), tuple(self.std), x.device)
-        # copy=True: the in-place ops below must never write into a stored split
-        return x.to(torch.float32, copy=True).mul_(scale).add_(shift)
-
-    def batches(
-        self,
-        split: str = "train",
-        batch_size: int = 128,
-        *,
-        shuffle: bool | None = None,
-        augment: bool | None = None,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield normalised (x, y) batches. Shuffle and augment default to on for train."""
-        s = self.split(split)
-        is_train = split == "train"
-        shuffle = is_train if shuffle is None else shuffle
-        augment = is_train if augment is None else augment
-        n = len(s)
-        home = s.x.device
-        if shuffle:
-            order = torch.randperm(n, generator=generator).to(home)
-        else:
-            order = torch.arange(n, device=home)
-        stop = n - n % batch_size if drop_last else n
-        # index_select copies whole images (memcpy per row of the index); plain
-        # advanced indexing goes element by element and is ~40x slower on the CPU.
-        chunks: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
-            (s.x.index_select(0, idx), s.y.index_select(0, idx))
-            for idx in (order[i : i + batch_size] for i in range(0, stop, batch_size))
-        )
-        if self.stream_device is not None:
-            chunks = _prefetch(chunks, self.stream_device)
-        for x, y in chunks:
-            # Augmentation runs on the training device after the copy, and draws from
-            # the same generator in the same order as the resident path.
-            if augment:
-                x = augment_batch(x, self.crop_padding, self.flip, generator)
-            yield self.normalize(x), y
-
-    def steps_per_epoch(self, batch_size: int) -> int:
-        return -(-len(self.train) // batch_size)
-
-
-def _prefetch(
-    chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Start copying batch i+1 to ``device`` before batch i is handed out."""
-    pending = None
-    for x, y in chunks:
-        nxt = (_copy_to(x, device), _copy_to(y, device))
-        if pending is not None:
-            yield pending
-        pending = nxt
-    if pending is not None:
-        yield pending
-
-
-def _copy_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type != "cuda":
-        return t.to(device)
-    # Only a pinned source makes the copy asynchronous. The batch is pinned rather than
-    # the whole dataset: the random gather copies anyway, and pinning gigabytes of host
-    # memory would starve the rest of the machine.
-    return t.pin_memory().to(device, non_blocking=True)
-
-
-def augment_batch(
-    x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole batch.
-
-    Each sample draws its own shift (dy, dx) in [0, 2 * padding] and its own flip.
-    """
-    b, c, h, w = x.shape
-    if padding <= 0 and not flip:
-        return x
-    dev = x.device
-    if padding > 0:
-        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
-        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
-        x = F.pad(x, (padding, padding, padding, padding))
-    else:
-        dy = dx = torch.zeros(b, dtype=torch.long, device=dev)
-    cols = torch.arange(w, device=dev).expand(b, w)
-    if flip:
-        mirror = (torch.rand(b, generator=generator) < 0.5).to(dev)
-        cols = torch.where(mirror[:, None], cols.flip(1), cols)
-    # Crop and flip in one gather: output pixel (r, col) of sample i reads padded pixel
-    # (dy_i + r, dx_i + col), or (dy_i + r, dx_i + w - 1 - col) when mirrored. One pass
-    # over the batch, several times faster on the CPU than advanced indexing plus where().
-    rows = (torch.arange(h, device=dev) + dy[:, None]) * x.shape[3]
-    src = (rows[:, :, None] + (cols + dx[:, None])[:, None, :]).view(b, 1, h * w)
-    return torch.gather(x.reshape(b, c, -1), 2, src.expand(b, c, h * w)).view(b, c, h, w)
-
-
-@functools.lru_cache(maxsize=32)
-def _affine(
-    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel scale and shift with x * scale + shift == (x / 255 - mean) / std."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, -1, 1, 1)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=device)
-    return scale, shift.view(1, -1, 1, 1)
 
 
 # --------------------------------------------------------------------------- registry
@@ -245,6 +50,7 @@ LOAD_OPTIONS = (*_COMMON, "max_device_bytes", "augment")
 def register_dataset(
     name: str, doc: str = ""
 ) -> Callable[[Callable[..., Data]], Callable[..., Data]]:
+    """Register a dataset factory under ``name``; ``doc`` defaults to its docstring's first line."""
     def deco(fn: Callable[..., Data]) -> Callable[..., Data]:
         _DATASETS[name] = fn
         _DOCS[name] = doc or (fn.__doc__ or "").strip().splitlines()[0]
@@ -259,6 +65,7 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 
 def dataset_doc(name: str) -> str:
+    """One line about a registered dataset."""
     return _DOCS[name]
 
 
@@ -329,24 +136,6 @@ def load(
     if budget is not None and data.nbytes > budget:
         return data.stream(device)
     return data.to(device)
-
-
-def carve(
-    x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int = SPLIT_SEED
-) -> tuple[Split, Split]:
-    """Split (x, y) into (rest, carved) with a stratified, seeded draw of ``fraction``."""
-    g = np.random.default_rng(seed)
-    yn = y.numpy()
-    carved = []
-    for c in np.unique(yn):
-        idx = np.flatnonzero(yn == c)
-        g.shuffle(idx)
-        carved.extend(idx[: max(1, round(len(idx) * fraction))].tolist())
-    mask = np.ones(len(yn), dtype=bool)
-    mask[carved] = False
-    keep = torch.from_numpy(np.flatnonzero(mask))
-    cut = torch.from_numpy(np.sort(np.array(carved, dtype=np.int64)))
-    return Split(x[keep], y[keep]), Split(x[cut], y[cut])
 
 
 def _require_root(name: str, root: str | Path | None, how: str) -> Path:
@@ -606,3 +395,11 @@ def _imagefolder(
         train, val = carve(full.x, full.y, val_fraction)
     return _image_data("imagefolder", len(classes), train, val, test, size,
                        {"classes": classes, "layout": "folders"})
+
+
+__all__ = [
+    "CIFAR_MEAN", "CIFAR_STD", "CUB_URL", "DEVICE_FRACTION", "IMAGENET_MEAN", "IMAGENET_STD",
+    "LOAD_OPTIONS", "SPLIT_SEED", "Data", "DataError", "Split", "augment_batch", "carve",
+    "dataset_doc", "dataset_options", "device_budget", "list_datasets", "load", "needs_root",
+    "read_images", "register_dataset",
+]

@@ -217,15 +217,17 @@ def group_bn_scales(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, t
 
 
 def select_global(scores: dict[str, torch.Tensor], prune_ratio: float,
-                  min_keep: float = 0.0) -> dict[str, list[int]]:
+                  min_keep: float = 0.0, *, min_count: int = 0) -> dict[str, list[int]]:
     """The ``round(prune_ratio * total)`` lowest-scored channels over all groups.
 
-    Each group keeps its ``max(1, ceil(min_keep * size))`` best channels whatever the
+    One ranking over every group (slimming, RePr and TransTailor rank this way). Each
+    group keeps its ``max(1, ceil(min_keep * size))`` best channels whatever the
     ranking says, so no group is emptied; the count removed is exact as long as the
-    other groups have enough candidates. Ties break by group order, then index.
+    other groups have enough candidates. At least ``min_count`` channels are chosen
+    (where that many candidates exist). Ties break by group order, then index.
     """
     total = sum(v.numel() for v in scores.values())
-    k = int(round(prune_ratio * total))
+    k = max(min_count, int(round(prune_ratio * total)))
     candidates = []
     for gi, (name, v) in enumerate(scores.items()):
         keep = max(1, math.ceil(min_keep * v.numel()))

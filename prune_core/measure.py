@@ -239,3 +239,10 @@ def channel_counts(model: nn.Module) -> dict[str, int]:
     """Output channels of every conv layer, by name (for per-layer survival figures)."""
     return {n: m.out_channels for n, m in deployable(model).named_modules()
             if isinstance(m, nn.Conv2d)}
+
+
+__all__ = [
+    "ACTIVATIONS", "LATENCY_DEFAULTS", "channel_counts", "count_activations", "count_macs",
+    "count_params", "deployable", "latency_ms", "measure", "measure_latency", "parse_shape",
+    "size_bytes",
+]

@@ -4,20 +4,15 @@ CIFAR-style models take a ``width`` multiplier on every layer. Layers carry name
 (``conv0``, ``bn0``, ``pool1`` ...) so methods and figures can address them.
 
 Besides the registry, ``build`` takes models from elsewhere (see
-:func:`model_source_help`): ``torchvision:<name>``, ``timm:<name>`` and
-``import:<module.path>:<factory>``, each with an optional ``weights`` file that is
-loaded strictly by :func:`load_weights`.
+:func:`model_source_help`, implemented in :mod:`prune_core._model_sources`):
+``torchvision:<name>``, ``timm:<name>`` and ``import:<module.path>:<factory>``, each
+with an optional ``weights`` file that is loaded strictly by :func:`load_weights`.
 """
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-import importlib
 import inspect
-import os
-import re
-import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,20 +22,18 @@ import torch
 from torch import nn
 
 from prune_core._io import safe_load
-from prune_core.errors import InputError
+from prune_core._model_sources import (
+    MAX_LISTED,
+    SOURCES,
+    ModelError,
+    build_from_source,
+    model_source,
+    model_source_help,
+    source_doc,
+)
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _DOCS: dict[str, str] = {}
-SOURCES = ("torchvision", "timm", "import")  # `<source>:...` model names
-MAX_LISTED = 10  # tensors named in a weights error before "... and N more"
-
-
-class ModelError(InputError):
-    """A model cannot be built as asked; ``key`` names the argument at fault, if one is."""
-
-    def __init__(self, message: str, *, key: str | None = None):
-        super().__init__(message)
-        self.key = key
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -56,23 +49,9 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch.fnmatch(n, pattern))
 
 
-def model_source(name: str) -> str | None:
-    """``torchvision``, ``timm`` or ``import`` for a ``<source>:...`` name, else None."""
-    source, colon, _ = name.partition(":")
-    return source if colon and source in SOURCES else None
-
-
 def model_doc(name: str) -> str:
     """One line about a registered model or a ``<source>:...`` name."""
-    source = model_source(name)
-    if source is None:
-        return _DOCS[name]
-    rest = name.partition(":")[2]
-    return {
-        "torchvision": f"torchvision classification model {rest!r} (torchvision.models.get_model)",
-        "timm": f"timm model {rest!r} (timm.create_model)",
-        "import": f"the model returned by {rest!r} (called with num_classes and kwargs)",
-    }[source]
+    return _DOCS[name] if model_source(name) is None else source_doc(name)
 
 
 def model_kwargs(name: str) -> list[str] | None:
@@ -89,34 +68,6 @@ def model_kwargs(name: str) -> list[str] | None:
     return [p for p in sig.parameters if p != "num_classes"]
 
 
-def model_source_help() -> str:
-    """How to give a model that is not in the registry (``prune-study models`` prints it)."""
-    return (
-        "Models from elsewhere, as model.name in a spec (every other key goes to the "
-        "constructor):\n"
-        "  torchvision:<name>  any torchvision classification model, built by\n"
-        "                      torchvision.models.get_model(name, weights=None, num_classes=N,"
-        " **kw),\n"
-        "                      e.g. {name: 'torchvision:mobilenet_v2', width_mult: 0.5}; valid "
-        "names:\n"
-        "                      torchvision.models.list_models(module=torchvision.models)\n"
-        "  timm:<name>         timm.create_model(name, pretrained=False, num_classes=N, **kw), "
-        "e.g.\n"
-        "                      'timm:resnet10t' (pip install 'prune-study[timm]')\n"
-        "  import:<module>:<factory>\n"
-        "                      your own network: factory(num_classes=N, **kwargs) returning an\n"
-        "                      nn.Module; in a spec {import: 'mypkg.nets:small_net', kwargs: "
-        "{width: 8}}.\n"
-        "                      The module must be importable from the working directory or "
-        "PYTHONPATH.\n"
-        "  weights: <file>     a local state dict (also for vgg16_bn and resnet18), loaded "
-        "strictly:\n"
-        "                      every missing, unexpected or mis-shaped tensor is an error, "
-        "except a\n"
-        "                      classifier with another number of classes, which starts fresh."
-    )
-
-
 def build(name: str, num_classes: int = 10, **kw) -> nn.Module:
     """Build a registered or ``<source>:...`` model; mistakes raise ``ModelError``."""
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -124,9 +75,7 @@ def build(name: str, num_classes: int = 10, **kw) -> nn.Module:
     source = model_source(name) if isinstance(name, str) else None
     if source is not None:
         weights = kw.pop("weights", None)
-        builder = {"torchvision": _build_torchvision, "timm": _build_timm,
-                   "import": _build_import}[source]
-        model = builder(name.partition(":")[2], num_classes, kw)
+        model = build_from_source(name, num_classes, kw)
         return load_weights(model, weights, name) if weights is not None else model
     if name not in _MODELS:
         raise ModelError(f"unknown model {name!r}; valid names: {', '.join(list_models())}; "
@@ -256,6 +205,7 @@ def c3(num_classes: int = 10, k: int = 32) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN and an identity or 1x1 projection shortcut."""
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
@@ -405,116 +355,6 @@ def resnet18(num_classes: int = 1000, weights: str | None = None) -> nn.Module:
     return load_weights(model, weights, "resnet18") if weights is not None else model
 
 
-# --------------------------------------------------------------------------- other sources
-
-
-def _unexpected_key(e: TypeError, kw: dict) -> str | None:
-    """The keyword a constructor refused, from its TypeError, if that is what it says."""
-    m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-    return m.group(1) if m and m.group(1) in kw else None
-
-
-def _near(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=3)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
-
-
-def _build_torchvision(name: str, num_classes: int, kw: dict) -> nn.Module:
-    import torchvision.models as tvm
-
-    valid = tvm.list_models(module=tvm)  # classification models only
-    if name not in valid:
-        raise ModelError(
-            f"unknown torchvision classification model {name!r}{_near(name, valid)}; "
-            f"the valid names are torchvision.models.list_models(module=torchvision.models), "
-            f"e.g. resnet18, mobilenet_v2, efficientnet_b0, convnext_tiny")
-    return _construct(f"torchvision:{name}", kw, lambda: tvm.get_model(
-        name, weights=None, num_classes=num_classes, **kw))
-
-
-def _build_timm(name: str, num_classes: int, kw: dict) -> nn.Module:
-    try:
-        import timm
-    except ImportError as e:
-        raise ModelError(f"model 'timm:{name}' needs timm, which is not installed: "
-                         "pip install 'prune-study[timm]'") from e
-    if not timm.is_model(name):
-        raise ModelError(f"unknown timm model {name!r}{_near(name, timm.list_models())}; "
-                         "the valid names are timm.list_models()")
-    return _construct(f"timm:{name}", kw, lambda: timm.create_model(
-        name, pretrained=False, num_classes=num_classes, **kw))
-
-
-def _construct(model: str, kw: dict, make: Callable[[], nn.Module]) -> nn.Module:
-    """``make()``, with a keyword the constructor refuses reported as a ``ModelError``."""
-    try:
-        return make()
-    except TypeError as e:
-        key = _unexpected_key(e, kw)
-        if key is None:
-            raise
-        raise ModelError(f"model {model!r} does not take {key!r} ({e})", key=key) from e
-
-
-def _import_module(module: str, where: str):
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        ours = e.name is not None and (module == e.name or module.startswith(e.name + "."))
-        if not ours:  # the module itself imports something missing
-            raise ModelError(f"importing {module!r} for {where!r} failed: {e}") from e
-        # Like `python -m`, look in the working directory too: the `prune-study` script
-        # does not put it on sys.path.
-        if os.getcwd() not in sys.path:
-            sys.path.append(os.getcwd())
-            importlib.invalidate_caches()
-            return _import_module(module, where)
-        raise ModelError(
-            f"cannot import module {module!r} for {where!r}: it must be importable from the "
-            f"working directory ({os.getcwd()}) or PYTHONPATH") from e
-    except Exception as e:
-        raise ModelError(f"importing {module!r} for {where!r} failed: "
-                         f"{type(e).__name__}: {e}") from e
-
-
-def _build_import(target: str, num_classes: int, kw: dict) -> nn.Module:
-    where = f"import:{target}"
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr or ":" in attr or not all(
-            p.isidentifier() for p in (*module_name.split("."), attr)):
-        raise ModelError(f"model {where!r} is not valid; write import:<module.path>:<factory>, "
-                         "e.g. import:mypkg.nets:small_net")
-    module = _import_module(module_name, where)
-    if not hasattr(module, attr):
-        public = sorted(n for n, v in vars(module).items()
-                        if callable(v) and not n.startswith("_"))
-        raise ModelError(f"module {module_name!r} has no {attr!r}{_near(attr, public)}; "
-                         f"its public callables: {', '.join(public[:MAX_LISTED]) or 'none'}")
-    factory = getattr(module, attr)
-    if not callable(factory):
-        raise ModelError(f"{target!r} is a {type(factory).__name__}, not a factory function "
-                         "or class")
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):  # some builtins have no signature: just call them
-        params = None
-    if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        if "num_classes" not in params:
-            raise ModelError(f"factory {target!r} does not take num_classes; it is called as "
-                             f"{attr}(num_classes=N, **kwargs) (its arguments: "
-                             f"{', '.join(params) or 'none'})")
-        bad = sorted(set(kw) - set(params))
-        if bad:
-            raise ModelError(f"factory {target!r} does not take {', '.join(bad)}; it takes: "
-                             f"{', '.join(p for p in params if p != 'num_classes')}",
-                             key=bad[0])
-    model = factory(num_classes=num_classes, **kw)
-    if not isinstance(model, nn.Module):
-        raise ModelError(f"factory {target!r} returned a {type(model).__name__}, not a "
-                         "torch.nn.Module")
-    return model
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -540,3 +380,12 @@ def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
 def prunable_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     """Conv layers in forward order (registration order), with their qualified names."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+__all__ = [
+    "MAX_LISTED", "SOURCES", "VGG", "VGG_CFGS", "BasicBlock", "C3", "CifarResNet",
+    "ModelError", "build", "c3", "classifier_name", "list_models", "load_weights",
+    "model_doc", "model_kwargs", "model_source", "model_source_help", "prunable_convs",
+    "register_model", "replace_classifier", "resnet18", "resnet20", "resnet56", "vgg11",
+    "vgg13", "vgg16", "vgg16_bn", "vgg19",
+]

@@ -25,6 +25,7 @@ class SurgeryError(InputError):
 
 
 def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """A zero batch of one input on the model's device."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     return torch.zeros((1, *input_shape), device=device)
 
@@ -159,18 +160,21 @@ class Masks:
 
     @classmethod
     def from_zeros(cls, model: nn.Module, names: Iterable[str] | None = None) -> Masks:
+        """Masks keeping the non-zero weights of ``names`` (default: every conv and linear)."""
         mods = dict(model.named_modules())
         names = names or [n for n, m in mods.items() if isinstance(m, nn.Conv2d | nn.Linear)]
         return cls({n: (mods[n].weight != 0).to(mods[n].weight.dtype) for n in names})
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> None:
+        """Multiply each masked layer's weight by its mask."""
         mods = dict(model.named_modules())
         for n, mask in self.masks.items():
             mods[n].weight.mul_(mask.to(mods[n].weight.device))
 
     @torch.no_grad()
     def zero_grads(self, model: nn.Module) -> None:
+        """Multiply each masked layer's weight gradient by its mask."""
         mods = dict(model.named_modules())
         for n, mask in self.masks.items():
             g = mods[n].weight.grad
@@ -183,9 +187,16 @@ class Masks:
         self.masks = {n: (mods[n].weight != 0).to(mods[n].weight.dtype) for n in self.masks}
 
     def hooks(self) -> Hooks:
+        """Training hooks that keep the masked weights at zero, also across a resume."""
         return Hooks(after_backward=[self.zero_grads], after_step=[self.apply],
                      on_load=[self.reload])
 
     def sparsity(self) -> dict[str, float]:
         """Share of masked-out weights per layer."""
         return {n: 1.0 - float(m.mean()) for n, m in self.masks.items()}
+
+
+__all__ = [
+    "Masks", "SurgeryError", "example_input", "load_resized", "mask_channels",
+    "remove_channels", "replace_module",
+]

@@ -53,6 +53,7 @@ class TrialSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrialSpec:
+        """The spec from plain data; unknown names raise ``ValueError``."""
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown trial setting(s) {', '.join(unknown)}; allowed: "
@@ -60,9 +61,11 @@ class TrialSpec:
         return cls(**d)
 
     def to_dict(self) -> dict:
+        """The spec as plain data."""
         return asdict(self)
 
     def base_spec(self) -> BaseSpec:
+        """What identifies the base model this trial starts from."""
         return BaseSpec(
             model=self.model, model_kw=dict(self.model_kw), data=self.data,
             data_kw=dict(self.data_kw),
@@ -72,10 +75,12 @@ class TrialSpec:
         )
 
     def finetune_config(self) -> TrainConfig:
+        """The training settings of the methods' fine-tuning."""
         return TrainConfig.from_dict({"seed": self.seed, "epochs": 10, "lr": 0.01,
                                       **self.finetune})
 
     def torch_device(self) -> torch.device:
+        """The device to train on (``auto``: CUDA where available)."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -254,3 +259,9 @@ def save_json_safe(row: dict) -> dict:
             v = str(v)
         out[k] = v
     return out
+
+
+__all__ = [
+    "DEFAULT_CACHE", "Report", "TrialSpec", "environment", "finish", "fresh_model", "load_data",
+    "resolve_chain", "run_trial", "save_json_safe",
+]

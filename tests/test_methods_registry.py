@@ -8,8 +8,15 @@ import math
 import pytest
 
 from prune_core.baseline import get_base
-from prune_core.methods import ParamError, get_method, list_methods, parse_chain, split_params
-from prune_core.methods._registry import KINDS, Param
+from prune_core.methods import (
+    KINDS,
+    Param,
+    ParamError,
+    get_method,
+    list_methods,
+    parse_chain,
+    split_params,
+)
 from prune_core.trial import TrialSpec, load_data, run_trial
 
 METHODS = list_methods()

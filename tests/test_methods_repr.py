@@ -14,8 +14,7 @@ from torch import nn
 
 from prune_core import models
 from prune_core.data import Split
-from prune_core.methods import Context, ParamError, get_method
-from prune_core.methods._filters import conv_units, fresh_copy
+from prune_core.methods import Context, ParamError, conv_units, fresh_copy, get_method
 from prune_core.methods.repr import (
     FilterDrop,
     drop_plan,

@@ -10,8 +10,13 @@ import torch
 
 from prune_core import models
 from prune_core.baseline import get_base
-from prune_core.methods import Context, ParamError, get_method
-from prune_core.methods._filters import filter_counts, total_filters
+from prune_core.methods import (
+    Context,
+    ParamError,
+    filter_counts,
+    get_method,
+    total_filters,
+)
 from prune_core.methods.transtailor import AlphaScaled, prune_plan, taylor_importance
 from prune_core.train import TrainConfig
 from prune_core.trial import TrialSpec

@@ -11,7 +11,17 @@ from prune_core.methods._chain import (
     split_params,
 )
 from prune_core.methods._context import Context
+from prune_core.methods._filters import (
+    ConvUnit,
+    conv_units,
+    filter_counts,
+    fresh_copy,
+    saved_result,
+    total_filters,
+    zero_input_channels,
+)
 from prune_core.methods._registry import (
+    KINDS,
     Method,
     Param,
     ParamError,
@@ -26,16 +36,24 @@ for _mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = [
+    "KINDS",
     "Context",
+    "ConvUnit",
     "Method",
     "Param",
     "ParamError",
     "Stage",
     "chain_name",
+    "conv_units",
+    "filter_counts",
+    "fresh_copy",
     "get_method",
     "incompatibilities",
     "list_methods",
     "parse_chain",
     "register_method",
+    "saved_result",
     "split_params",
+    "total_filters",
+    "zero_input_channels",
 ]

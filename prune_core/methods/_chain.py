@@ -60,6 +60,7 @@ def parse_chain(methods: str | list) -> list[Stage]:
 
 
 def chain_name(stages: list[Stage]) -> str:
+    """The chain's methods joined by ``+`` (``slimming+quantize``)."""
     return "+".join(s.method.name for s in stages)
 
 
@@ -97,3 +98,8 @@ def incompatibilities(stages: list[Stage], model, input_shape: tuple[int, ...],
             out.append(f"method {s.method.name!r} (stage {s.name!r}) cannot run on model "
                        f"{model_name!r}: {reason}")
     return out
+
+
+__all__ = [
+    "STAGE_RE", "Stage", "chain_name", "incompatibilities", "parse_chain", "split_params",
+]

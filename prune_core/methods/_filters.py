@@ -49,6 +49,7 @@ def filter_counts(model: nn.Module) -> dict[str, int]:
 
 
 def total_filters(model: nn.Module) -> int:
+    """Output channels of all conv layers together."""
     return sum(filter_counts(model).values())
 
 
@@ -106,3 +107,9 @@ def saved_result(ctx, key: str, default=None):
     """A result column saved before a checkpoint (what a resumed method replays over)."""
     full = f"{ctx.stage}.{key}" if ctx.stage else key
     return ctx.results.get(full, default)
+
+
+__all__ = [
+    "ConvUnit", "conv_units", "filter_counts", "fresh_copy", "saved_result", "total_filters",
+    "zero_input_channels",
+]

@@ -65,6 +65,7 @@ class Param:
         return f"{kind} in {left}{lo}, {hi}{right}"
 
     def contains(self, value: Any) -> bool:
+        """True if ``value`` lies in the parameter's valid domain."""
         if self.kind == "bool":
             return isinstance(value, bool)
         if self.kind == "categorical":
@@ -92,6 +93,7 @@ class Param:
         return value
 
     def to_dict(self) -> dict:
+        """The parameter as plain data (``prune-study methods --json``)."""
         return {
             "name": self.name, "kind": self.kind, "default": self.default, "doc": self.doc,
             "domain": self.domain(), "low": self.low, "high": self.high,
@@ -125,6 +127,7 @@ class Method:
     constraint: Callable[[dict], str | None] | None = None
 
     def param(self, name: str) -> Param:
+        """The declared parameter ``name``, or an error listing the method's parameters."""
         for p in self.params:
             if p.name == name:
                 return p
@@ -194,3 +197,9 @@ def get_method(name: str) -> Method:
     if name not in _METHODS:
         raise ParamError(f"unknown method {name!r}; valid methods: {', '.join(list_methods())}")
     return _METHODS[name]
+
+
+__all__ = [
+    "KINDS", "Method", "MethodFn", "Param", "ParamError", "get_method", "list_methods",
+    "register_method",
+]

@@ -240,9 +240,11 @@ class Branched(nn.Module):
 
     @staticmethod
     def key(conv: str) -> str:
+        """The ModuleDict key of the branch on ``conv``."""
         return conv.replace(".", "__")  # ModuleDict keys cannot hold dots
 
     def set_alpha(self, value: float) -> None:
+        """Give every branch the same mixing weight ``alpha``."""
         for k in self.alpha:
             self.alpha[k] = float(value)
 
@@ -339,6 +341,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 @register_method("branch", params=PARAMS, seed="004", check=compatible,
                  doc="parallel narrow branches replace each conv layer as alpha goes to 0")
 def branch(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """Train parallel branches while alpha follows its schedule to 0, then merge them."""
     alphas = alpha_values(params["alpha_schedule"], params["steps"])
     convs = [b.conv for b in branch_blocks(model, ctx.input_shape)]
     if not convs:
@@ -359,3 +362,9 @@ def branch(model: nn.Module, params: dict, ctx) -> nn.Module:
     if params["finetune_epochs"]:
         ctx.fit(net, params["finetune_epochs"], phase="finetune", lr=params["lr"])
     return net
+
+
+__all__ = [
+    "CHANNELWISE", "SCHEDULES", "Block", "Branch", "BranchError", "Branched", "alpha_values",
+    "branch_blocks",
+]

@@ -27,9 +27,8 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from prune_core.measure import count_params
 from prune_core.methods._registry import Param, register_method
-from prune_core.methods.slimming import refresh_bn_stats
 from prune_core.surgery import replace_module
-from prune_core.train import evaluate
+from prune_core.train import evaluate, refresh_bn_stats
 
 
 def _eligible(model: nn.Module, variant: str) -> dict[str, nn.Module]:
@@ -179,6 +178,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     ],
 )
 def factorize(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """Factorize the largest layers, then fine-tune."""
     names = factorize_layers(model, params, ctx.base_model)
     model.to(ctx.device)
     ctx.result("layers_factorized", names)
@@ -200,3 +200,9 @@ def factorize(model: nn.Module, params: dict, ctx) -> nn.Module:
     if params["finetune_epochs"] > 0:
         ctx.fit(model, params["finetune_epochs"], phase="finetune", lr=params["lr"])
     return model
+
+
+__all__ = [
+    "factorize_layers", "largest_layers", "make_orthogonal", "restructure", "seed_dof",
+    "separable_from", "separable_pair", "separable_rank", "stiefel_dof",
+]

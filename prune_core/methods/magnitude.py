@@ -122,6 +122,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     ],
 )
 def magnitude(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """Prune by weight magnitude (single weights or whole filters), then fine-tune."""
     before = _sizes(model)
     hooks = None
     if params["mode"] == "unstructured":

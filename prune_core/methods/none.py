@@ -24,6 +24,7 @@ from prune_core.methods._registry import Param, register_method
     ],
 )
 def none(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """The base model, trained ``finetune_epochs`` more."""
     if params["finetune_epochs"] > 0:
         ctx.fit(model, params["finetune_epochs"], lr=params["lr"], phase="finetune")
     return model

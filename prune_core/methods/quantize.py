@@ -151,8 +151,12 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     ],
 )
 def quantize(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """Quantize the model to static int8 after calibration."""
     q = quantize_model(model, ctx.data, calibration_batches=params["calibration_batches"],
                        per_channel=params["per_channel"], keep_float=params["keep_float"],
                        batch_size=ctx.train.batch_size, seed=ctx.seed)
     ctx.result("float_layers", float_layers(model, params["keep_float"]))
     return q
+
+
+__all__ = ["KEEP_FLOAT", "QuantizedModel", "float_layers", "quantize_model"]

@@ -16,6 +16,7 @@ import copy
 import torch
 from torch import nn
 
+from prune_core.groups import select_global, select_per_group
 from prune_core.methods._filters import (
     ConvUnit,
     conv_units,
@@ -47,25 +48,12 @@ def drop_plan(model: nn.Module, units: list[ConvUnit], ratio: float,
     ``drop="orthogonal"`` inverts the ranking (the seed's ablation): the most
     orthogonal filters go.
     """
-    sign = 1.0 if drop == "overlapping" else -1.0
-    scores = {u.conv: sign * orthogonality_scores(model.get_submodule(u.conv).weight)
-              for u in units}
-    plan: dict[str, list[int]] = {k: [] for k in scores}
-    if rank == "layer":
-        for k, s in scores.items():
-            n = min(round(ratio * len(s)), len(s) - 1)
-            plan[k] = s.argsort(descending=True)[:n].tolist()
-    else:
-        n = round(ratio * sum(len(s) for s in scores.values()))
-        ranked = sorted(((float(v), k, i) for k, s in scores.items() for i, v in enumerate(s)),
-                        reverse=True)
-        for _, k, i in ranked:
-            if n == 0:
-                break
-            if len(plan[k]) < len(scores[k]) - 1:
-                plan[k].append(i)
-                n -= 1
-    return {k: torch.tensor(sorted(v), dtype=torch.long) for k, v in plan.items()}
+    sign = -1.0 if drop == "overlapping" else 1.0  # the lowest worth is dropped
+    worth = {u.conv: sign * orthogonality_scores(model.get_submodule(u.conv).weight)
+             for u in units}
+    select = select_per_group if rank == "layer" else select_global
+    plan = select(worth, ratio)
+    return {k: torch.tensor(v, dtype=torch.long) for k, v in plan.items()}
 
 
 class FilterDrop:
@@ -91,6 +79,7 @@ class FilterDrop:
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> None:
+        """Zero the dropped filters' weights, biases and BN affine parameters."""
         for u in self.units:
             idx = self.plan[u.conv]
             if len(idx):
@@ -99,6 +88,7 @@ class FilterDrop:
 
     @torch.no_grad()
     def zero_grads(self, model: nn.Module) -> None:
+        """Zero the gradients of the dropped filters."""
         for u in self.units:
             idx = self.plan[u.conv]
             if len(idx):
@@ -114,6 +104,7 @@ class FilterDrop:
                                               ).flatten().cpu()
 
     def hooks(self) -> Hooks:
+        """Training hooks that hold the drop through every step and across a resume."""
         return Hooks(after_backward=[self.zero_grads], after_step=[self.apply],
                      on_load=[self.reload])
 
@@ -125,6 +116,7 @@ class FilterDrop:
         return float(max(vals)) if vals else 0.0
 
     def shares(self, model: nn.Module) -> dict[str, float]:
+        """Share of each conv layer's filters dropped."""
         return {u.conv: len(self.plan[u.conv]) / model.get_submodule(u.conv).out_channels
                 for u in self.units}
 
@@ -262,6 +254,7 @@ def epoch_budget(params: dict) -> str | None:
 @register_method("repr", params=PARAMS, seed="003", check=compatible, constraint=epoch_budget,
                  doc="RePr training (drop overlapping filters, re-initialise) vs plain training")
 def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """RePr training of a fresh copy, with a plainly trained copy as the control."""
     epochs, s1, s2, cycles = params["epochs"], params["s1"], params["s2"], params["cycles"]
     # Both runs use one constant rate: a per-phase schedule would restart at each phase
     # and the two runs would no longer see the same rate at the same epoch.
@@ -309,3 +302,8 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
     if rest:
         ctx.fit(net, rest, phase="final", **train)
     return net
+
+
+__all__ = [
+    "FilterDrop", "drop_plan", "epoch_budget", "orthogonality_scores", "reinit_filters",
+]

@@ -26,6 +26,7 @@ from prune_core.groups import (
     dependency_graph,
     follower_bn,
     keep_every_conv,
+    select_global,
 )
 from prune_core.methods._filters import saved_result, total_filters
 from prune_core.methods._registry import Param, register_method
@@ -62,6 +63,7 @@ class AlphaScaled(nn.Module):
 
     @staticmethod
     def key(root: str) -> str:
+        """The ParameterDict key of the alpha of group ``root``."""
         return root.replace(".", "__")  # ParameterDict keys cannot hold dots
 
     def bind(self) -> list[ChannelGroup]:
@@ -174,24 +176,15 @@ def taylor_importance(wrapper: AlphaScaled, data, batch_size: int = 128) -> dict
 
 def prune_plan(scores: dict[str, torch.Tensor], step_ratio: float,
                layer_norm: bool = True) -> dict[str, list[int]]:
-    """The globally least important ``step_ratio`` of all filters, one kept per layer.
+    """The globally least important ``step_ratio`` of all filters (at least one), one
+    kept per layer.
 
     With ``layer_norm`` each layer's scores are divided by their L2 norm first, so
     layers of different widths and gradient scales compete on one scale.
     """
     if layer_norm:
         scores = {k: s / s.norm().clamp_min(1e-12) for k, s in scores.items()}
-    total = sum(len(s) for s in scores.values())
-    n = max(1, round(step_ratio * total))
-    ranked = sorted((float(v), k, i) for k, s in scores.items() for i, v in enumerate(s))
-    plan: dict[str, list[int]] = {k: [] for k in scores}
-    for _, k, i in ranked:
-        if n == 0:
-            break
-        if len(plan[k]) < len(scores[k]) - 1:
-            plan[k].append(i)
-            n -= 1
-    return plan
+    return select_global(scores, step_ratio, min_count=1)
 
 
 def _alpha_stats(wrapper: AlphaScaled) -> dict:
@@ -259,6 +252,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 @register_method("transtailor", params=PARAMS, seed="000", check=compatible,
                  doc="target-aware filter pruning by trained scaling factors (TransTailor)")
 def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
+    """Prune-and-fine-tune rounds while the validation drop stays within tau."""
     metric = params["metric"]
     tau_data, stopping_data = _tau_splits(ctx.data, params["tau_split"], ctx.seed)
     study_data, ctx.data = ctx.data, stopping_data
@@ -335,3 +329,6 @@ def _rounds(model: nn.Module, params: dict, ctx, score) -> nn.Module:
     ctx.result("filters_removed", start_filters - total_filters(kept))
     ctx.result("filters_removed_share", 1.0 - total_filters(kept) / start_filters)
     return kept
+
+
+__all__ = ["AlphaScaled", "prune_plan", "taylor_importance"]
