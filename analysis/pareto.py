@@ -29,6 +29,9 @@ from numpy.typing import ArrayLike
 
 from prune_core.errors import InputError
 
+__all__ = ["hypervolume", "hypervolume_by_trial", "knee", "maximise_flags", "nondominated",
+           "ObjectiveError", "Reference", "reference"]
+
 DIRECTIONS = ("max", "min")
 # The reference point's distance beyond the base model for objectives to minimise: a model
 # 10 % costlier than the base still counts, anything costlier does not.

@@ -22,6 +22,9 @@ from pathlib import Path
 
 from prune_core.errors import StudyFilesError
 
+__all__ = ["check_history_line", "check_trial", "history_records", "read_base", "read_study",
+           "skipped_files", "study_path", "StudyDirError", "StudyDirWarning", "trial_records"]
+
 STATUSES = ("ok", "failed", "running", "pending", "stopped", "timeout")
 # Result-row and base.json columns with a fixed meaning (DESIGN.md, measurement table).
 COUNTS = ("params", "nonzero_params", "macs", "nonzero_macs", "ops", "size_bytes")

@@ -17,6 +17,9 @@ import traceback
 
 from prune_core.errors import InputError, PruneStudyError, StudyFilesError
 
+__all__ = ["BadInput", "build_parser", "EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_INCOMPLETE",
+           "EXIT_INTERRUPTED", "EXIT_OK", "is_bad_input", "main"]
+
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INCOMPLETE = 3  # run/resume ended with trials left to run: `prune-study resume`
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C

@@ -36,6 +36,9 @@ from ray.tune.utils import flatten_dict
 from studies.record import OWN_KEYS, TUNE_KEYS
 from studies.spec import SpecError, StudySpec
 
+__all__ = ["check_loggers", "default_tracking_uri", "make_loggers", "mlflow_metrics",
+           "ProgressCSV", "StudyMLflow", "trial_params"]
+
 logger = logging.getLogger(__name__)
 
 # The module each logger needs, and the extra that installs it.

@@ -56,6 +56,9 @@ from studies.search import check_storage_secret, make_searcher
 from studies.spec import StudyError, StudySpec, load_spec
 from studies.trainable import base_latency_task, make_trainable, train_base_task
 
+__all__ = ["base_row", "check_base", "ensure_base", "finish_study", "progress",
+           "resume_study", "run_study", "study_summary", "StudyInterrupted", "tune_storage"]
+
 logger = logging.getLogger(__name__)
 Log = Callable[[str], None]
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+__all__ = ["Constraints", "make_sampler", "sampler_class", "SAMPLERS"]
+
 if TYPE_CHECKING:
     from studies.spec import StudySpec
 

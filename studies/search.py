@@ -27,6 +27,9 @@ from studies.samplers import Constraints, make_sampler
 from studies.space import SearchSpace
 from studies.spec import PIPELINE, StudyError, StudySpec, objective_lists
 
+__all__ = ["check_storage_secret", "make_searcher", "mask_url", "optuna_storage",
+           "storage_url", "StudySearch", "warm_start_points"]
+
 logger = logging.getLogger(__name__)
 # Row columns too large for a user attribute (per-layer lists, histograms).
 _BULKY = 2000

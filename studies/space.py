@@ -12,6 +12,8 @@ import optuna
 from studies.samplers import make_sampler, sampler_class  # noqa: F401 (re-exported)
 from studies.spec import PIPELINE, StudySpec
 
+__all__ = ["sample_params", "SearchSpace"]
+
 
 class SearchSpace:
     """``space(trial) -> constants``: suggests every searched parameter of a trial.

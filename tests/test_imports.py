@@ -105,3 +105,19 @@ def test_every_error_derives_from_the_two_kinds_the_command_line_reports():
     for name in ("StudyError", "StudyDirError", "CheckpointError", "LockHeld"):
         assert issubclass(short[name], StudyFilesError), name
     assert not issubclass(short["ClusterError"], InputError | StudyFilesError)
+
+
+def test_every_public_surface_names_what_its_module_defines():
+    import importlib
+
+    checked = 0
+    for name in _modules():
+        module = importlib.import_module(name)
+        public = getattr(module, "__all__", None)
+        if public is None:
+            continue
+        checked += 1
+        missing = [n for n in public if not hasattr(module, n)]
+        assert not missing, (name, missing)
+        assert len(set(public)) == len(public), name
+    assert checked >= 30

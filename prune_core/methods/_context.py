@@ -14,6 +14,8 @@ from prune_core.measure import count_cost
 from prune_core.surgery import load_resized
 from prune_core.train import Hooks, TrainConfig, evaluate, fit, make_optimizer
 
+__all__ = ["Context"]
+
 
 def _ignore(*_args) -> None:
     pass
@@ -58,10 +60,12 @@ class Context:
 
     @property
     def device(self) -> torch.device:
+        """Where the stage's data and model live."""
         return self.data.device
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
+        """One sample's shape (channels, height, width)."""
         return self.data.input_shape
 
     @property
@@ -140,4 +144,5 @@ class Context:
                    optimizer=optimizer, on_epoch_state=on_state, early_stopping=stopping)
 
     def evaluate(self, model: nn.Module, split: str = "val") -> dict:
+        """Loss, accuracy and balanced accuracy of ``model`` on ``split``."""
         return evaluate(model, self.data, split)
