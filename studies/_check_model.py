@@ -35,6 +35,7 @@ from studies._values import (
 
 
 def check_data(c: Checker, value: Any) -> tuple[str, dict]:
+    """``data``: a registered dataset and the arguments its loader takes."""
     name, kw = named(c, "data", value)
     if name is None:
         return "digits", {}
@@ -125,6 +126,8 @@ def check_weights(c: Checker, kw: dict) -> None:
 
 
 def check_import_model(c: Checker, value: dict) -> tuple[str, dict]:
+    """``model: {import: module:callable}``: importable from the study's directory, with its
+    arguments."""
     target = value["import"]
     for k in value:
         if k == "name":
@@ -275,6 +278,7 @@ def _stage_methods(chains: tuple[tuple, ...]) -> dict[str, Method]:
 
 
 def check_space(c: Checker, value: Any, chains: tuple[tuple, ...]) -> dict[str, ParamSpace]:
+    """``space``: every entry names a stage's declared parameter with a range inside its domain."""
     if not isinstance(value, dict):
         c.error("space", f"{value!r} is not a mapping of stage.param to a range, choices or "
                          "a value")
@@ -309,6 +313,7 @@ def check_space(c: Checker, value: Any, chains: tuple[tuple, ...]) -> dict[str, 
 
 def check_param_space(c: Checker, where: str, name: str, param: Param, spec: Any
                        ) -> ParamSpace | None:
+    """One ``space`` entry: a fixed value, choices, or a range inside the parameter's domain."""
     domain = f"the domain of {name}: {param.domain()}"
     if spec is None or spec == SEARCH_WORD or spec == {}:
         if not param.search:
@@ -388,6 +393,7 @@ def check_param_space(c: Checker, where: str, name: str, param: Param, spec: Any
 
 def check_choices(c: Checker, where: str, name: str, param: Param, spec: dict,
                    domain: str) -> ParamSpace | None:
+    """``choices`` of one parameter: a non-empty list of values inside its domain."""
     choices = spec.get("choices")
     if choices is None and param.kind == "bool":
         choices = [True, False]

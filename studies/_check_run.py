@@ -34,6 +34,7 @@ from studies.samplers import SAMPLERS, sampler_class
 
 
 def check_objectives(c: Checker, value: Any) -> dict[str, str]:
+    """``objectives`` as ``{column: max|min}`` over result columns."""
     if value is None:
         c.error("objectives", "missing; for example {accuracy: max, macs: min}")
         return {}
@@ -201,6 +202,7 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboardX", "mlflow": "mlflow"}
 
 
 def check_sampler(c: Checker, value: Any, default_seed: Any) -> tuple[str, int, dict]:
+    """``sampler``: a known name, a seed, and options the Optuna sampler takes."""
     name, kw = named(c, "sampler", value)
     seed = kw.pop("seed", default_seed)
     seed = c.integer("sampler.seed", seed)
@@ -254,6 +256,8 @@ def check_sampler(c: Checker, value: Any, default_seed: Any) -> tuple[str, int, 
 
 def check_scheduler(c: Checker, value: Any, objectives: dict, n_objectives: int
                      ) -> dict | None:
+    """``scheduler``: asha on one accuracy objective, or mo_asha on objectives it can judge
+    per epoch."""
     if value is None:
         return None
     name, kw = named(c, "scheduler", value)
@@ -304,6 +308,7 @@ def _check_mo_asha(c: Checker, kw: dict, objectives: dict) -> dict:
 
 
 def check_resources(c: Checker, value: Any) -> dict:
+    """``resources``: CPUs and GPUs per trial and an optional time limit."""
     if not isinstance(value, dict):
         c.error("resources", f"{show(value)} is not a mapping such as {{cpu: 1, gpu: 0.5}}")
         return {"cpu": 1.0, "gpu": 0.0}

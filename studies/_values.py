@@ -174,6 +174,7 @@ class Checker:
 
 
 def finite(value: Any) -> bool:
+    """Whether ``value`` is a finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) \
         and math.isfinite(value)
 

@@ -30,10 +30,12 @@ class BadInput(InputError):
 
 
 def log(msg: str) -> None:
+    """Print a progress or error line to stderr."""
     print(msg, file=sys.stderr, flush=True)
 
 
 def emit_json(doc) -> None:
+    """Print ``doc`` as indented JSON on stdout."""
     print(json.dumps(doc, indent=2, default=str))
 
 
@@ -41,6 +43,7 @@ def emit_json(doc) -> None:
 
 
 def cmd_models(args) -> int:
+    """`prune-study models`: the registered models and their arguments."""
     from prune_core import models
 
     rows = [{"name": n, "doc": models.model_doc(n), "kwargs": models.model_kwargs(n)}
@@ -56,6 +59,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_methods(args) -> int:
+    """`prune-study methods`: the registered methods and their parameter tables."""
     from prune_core.methods import get_method, list_methods
 
     rows = []
@@ -79,6 +83,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_measure(args) -> int:
+    """`prune-study measure`: params, MACs, ops and bytes of one model."""
     from prune_core import measure, models
 
     try:
@@ -102,6 +107,7 @@ def cmd_measure(args) -> int:
 
 
 def cmd_trial(args) -> int:
+    """`prune-study trial`: one trial in this process, without Ray."""
     import torch
 
     from prune_core.trial import run_trial
@@ -134,6 +140,7 @@ def _progress(m: dict) -> str:
 
 
 def cmd_validate(args) -> int:
+    """`prune-study validate`: every mistake in a spec, or what it would run."""
     from studies.spec import SpecError, load_spec
 
     try:
@@ -175,12 +182,14 @@ def _load_run_spec(args):
 
 
 def cmd_run(args) -> int:
+    """`prune-study run`: start a study from a spec."""
     from studies.runner import run_study
 
     return _drive(args, run_study, _load_run_spec(args))
 
 
 def cmd_resume(args) -> int:
+    """`prune-study resume`: continue a study until its trials have ended."""
     from studies.runner import resume_study
 
     return _drive(args, resume_study, _study_dir(args.study_dir))
@@ -202,6 +211,7 @@ def _drive(args, fn, target) -> int:
 
 
 def cmd_status(args) -> int:
+    """`prune-study status`: progress, front and failures of a study directory."""
     from analysis.results import summary
     from analysis.studydir import skipped_files
 
@@ -229,6 +239,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
+    """`prune-study report`: figures, tables and report.html of one or several studies."""
     dirs = [_study_dir(d) for d in args.study_dirs]
     try:
         from analysis.report import ReportError, write_report
@@ -269,6 +280,7 @@ def _study_dir(path: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
     p = argparse.ArgumentParser(
         prog="prune-study",
         description="Hyperparameter studies over neural-network compression methods, "
@@ -372,6 +384,8 @@ def is_bad_input(e: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (0 ok, 1 error, 2 bad input, 3 trials left, 130
+    Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -175,6 +175,8 @@ def _resources_text() -> str:
 
 
 def check_resources(spec: StudySpec, address: str | None, log: Log) -> None:
+    """Refuse a study on a local Ray whose one trial needs more CPUs or GPUs than Ray has;
+    on a cluster, warn (an autoscaling cluster may grow)."""
     have = ray.cluster_resources()
     for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
         need = spec.resources[key]

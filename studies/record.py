@@ -54,6 +54,7 @@ def _plain(v):
 
 
 def git_commit() -> str | None:
+    """The commit of the checkout prune-study runs from, if it runs from one."""
     root = Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,

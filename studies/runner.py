@@ -162,6 +162,7 @@ def _tune_environment() -> None:
 
 
 def tune_storage(spec: StudySpec, study_dir: Path) -> str:
+    """Where Tune keeps the experiment: the study directory, or the remote storage URL."""
     return f"{spec.storage.rstrip('/')}/{spec.name}" if spec.is_remote_storage else str(study_dir)
 
 

@@ -260,6 +260,8 @@ def _fits(p, value) -> bool:
 
 
 def make_searcher(spec: StudySpec, study_dir: Path):
+    """The study's searcher: StudySearch on its seeded sampler and storage, limited to
+    ``max_concurrent`` trials."""
     metrics, modes = objective_lists(spec)
     single = len(metrics) == 1
     storage = optuna_storage(spec, study_dir)

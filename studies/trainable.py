@@ -30,12 +30,14 @@ def _stderr(msg: str) -> None:
 
 
 def train_base_task(study: dict, threads: int) -> BaseModel:
+    """Ray task: train the base model where trials run."""
     torch.set_num_threads(threads)
     spec = TrialSpec.from_dict(study)
     return train_base(spec.base_spec(), load_data(spec), log=_stderr)
 
 
 def base_latency_task(study: dict, base: BaseModel, threads: int) -> dict:
+    """Ray task: time the base model as a trial times its final model."""
     torch.set_num_threads(threads)
     spec = TrialSpec.from_dict(study)
     options = {**LATENCY_DEFAULTS, **(spec.latency if isinstance(spec.latency, dict) else {})}
@@ -121,6 +123,7 @@ def train_trial(config: dict, *, base: BaseModel, study: dict, threads: int = 1,
 
 
 def make_trainable(spec: StudySpec, base: BaseModel, done: dict | None = None):
+    """The study's trainable with the base model and trial spec bound, and a trial's resources."""
     threads = max(1, int(spec.resources["cpu"]))
     fn = tune.with_parameters(train_trial, base=base, study=spec.trial_spec().to_dict(),
                               threads=threads, done=done or {})
