@@ -196,11 +196,14 @@ def cmd_resume(args) -> int:
 
 
 def _drive(args, fn, target) -> int:
-    """Run or resume; 0 only when the study is complete (every trial ended)."""
+    """Run or resume; 0 only when the study is complete (every trial ended). Damaged files
+    the study's reader skips are reported as one ``warning:`` line each."""
+    from analysis.studydir import skipped_files
     from studies.runner import StudyInterrupted
 
     try:
-        summary = fn(target, address=args.address, log=log)
+        with skipped_files(lambda m: log(f"warning: {m}")):
+            summary = fn(target, address=args.address, log=log)
     except StudyInterrupted as e:
         if args.json:
             emit_json(e.summary)

@@ -13,6 +13,7 @@ import subprocess
 from contextlib import contextmanager, nullcontext, redirect_stderr, redirect_stdout
 
 import pytest
+import yaml
 
 from analysis import report, results
 from benchmarks.reliability_dirs import DAMAGES, make_valid
@@ -234,3 +235,18 @@ def test_the_reliability_run_records_exit_traceback_and_first_message(tmp_path, 
     assert bad["report"]["message"].startswith("error: <study>/study.json: it holds a JSON null")
     table = reliability_dirs.markdown([good, bad]).splitlines()
     assert len(table) == 4 and all(row.endswith("| yes |") for row in table[2:])
+
+
+def test_resume_reports_a_skipped_file_as_one_warning_line(tmp_path, capsys):
+    d = make_study(tmp_path, running=0, pending=0)
+    (d / "spec.yaml").write_text(yaml.safe_dump({
+        "name": d.name, "data": "digits", "model": {"name": "vgg11", "width": 0.25},
+        "methods": "magnitude", "objectives": {"accuracy": "max", "macs": "min"},
+        "trials": 13, "storage": str(tmp_path)}))
+    damaged = sorted((d / "trials").iterdir())[0]
+    damaged.write_text("{not json")
+    main(["resume", str(d)])  # refused further on: this study has no Tune state
+    err = capsys.readouterr().err.splitlines()
+    warned = [line for line in err if damaged.name in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: {damaged}")
+    assert not any("StudyDirWarning" in line or "warnings.warn" in line for line in err)
