@@ -1,8 +1,10 @@
 """What every benchmark stores beside its numbers, and how it writes them.
 
-``write_results(name, result, markdown, out_dir)`` writes ``<name>.json`` (the
-result plus ``environment()`` and ``command()``) and ``<name>.md`` (the given
-Markdown plus the same facts), so each number sits next to what produced it.
+Each benchmark is a module run from the repository root, ``python -m benchmarks.<name>``,
+whose ``main(argv=None)`` returns the JSON document it wrote (the last one, for a run
+that writes several). ``write_results(name, result, markdown, out_dir, cmd=...)`` writes
+``<name>.json`` (the result plus ``environment()`` and the command) and ``<name>.md``
+(the given Markdown plus the same facts), so each number sits next to what produced it.
 """
 
 from __future__ import annotations
@@ -20,18 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks"
 
 
-def command(script: str | Path | None = None, argv: list[str] | None = None) -> str:
-    """The command line that reproduces this run, from the repository root.
-
-    Defaults to the running script and its arguments; a benchmark called as a function
-    passes its own file and argument list.
-    """
-    path = Path(script if script is not None else sys.argv[0]).resolve()
-    try:
-        path = path.relative_to(ROOT)
-    except ValueError:
-        pass
-    return shlex.join(["python", str(path), *(sys.argv[1:] if argv is None else argv)])
+def command(script: str | Path, argv: list[str] | None = None) -> str:
+    """``python -m benchmarks.<name> ARGS``: the command that reproduces this run from the
+    repository root. ``script`` is the benchmark's ``__file__``; ``argv`` defaults to this
+    process's arguments (a benchmark called as a function passes its own)."""
+    module = f"benchmarks.{Path(script).stem}"
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def _git(*args: str) -> str:
@@ -69,12 +65,13 @@ def environment() -> dict:
     }
 
 
-def write_results(
-    name: str, result: dict, markdown: str, out_dir: Path = DOCS, cmd: str | None = None
-) -> dict:
-    """Write ``<name>.json`` and ``<name>.md`` into ``out_dir``; return the JSON document."""
+def write_results(name: str, result: dict, markdown: str, out_dir: Path = DOCS, *,
+                  cmd: str) -> dict:
+    """Write ``<name>.json`` and ``<name>.md`` into ``out_dir``; return the JSON document
+    (what every benchmark's ``main`` returns). ``cmd`` is :func:`command`'s line."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {**result, "command": cmd or command(), "environment": environment()}
+    doc = {**result, "command": cmd, "environment": environment()}
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     env = doc["environment"]
     facts = "\n".join(f"- {k}: {v}" for k, v in env.items())

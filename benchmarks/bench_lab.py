@@ -10,25 +10,21 @@ latency of fp32 against int8 (the base, and one structured-pruned model) at batc
 and 32 on one thread, eager and compiled (``torch.compile`` with freezing, which is
 what runs torchao's int8 graph on int8 kernels).
 
-    python benchmarks/bench_lab.py                                  # the full table
-    python benchmarks/bench_lab.py --ratios 0.5,0.8,0.95            # fewer unstructured ratios
-    python benchmarks/bench_lab.py --tiny                           # seconds: the test runs this
+    python -m benchmarks.bench_lab                                  # the full table
+    python -m benchmarks.bench_lab --ratios 0.5,0.8,0.95            # fewer unstructured ratios
+    python -m benchmarks.bench_lab --tiny                           # seconds: the test runs this
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import DOCS, add_cache_option, cache_dir, write_results  # noqa: E402
-from benchmarks.bench_trials import BULKY, SPEC, _cell, _flags, _key  # noqa: E402
+from benchmarks._common import DOCS, add_cache_option, cache_dir, command, write_results
+from benchmarks.bench_trials import BULKY, SPEC, _cell, _flags, _key
 
 MAG = {"pipeline": "magnitude"}
 FACT = {"pipeline": "factorize"}
@@ -201,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "row": results[_key(params)]} for s, label, params in lab_rows],
            "latency": latency, "load_average_during_latency": load_during,
            "wall_seconds": wall, "trials_seconds": trials_seconds}
-    return write_results("lab-tiny" if args.tiny else "lab", doc, "\n".join(lines), args.out)
+    return write_results("lab-tiny" if args.tiny else "lab", doc, "\n".join(lines), args.out,
+                         cmd=command(__file__, argv))
 
 
 if __name__ == "__main__":

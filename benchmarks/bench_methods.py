@@ -7,8 +7,8 @@ the base model first, then each study's knee point (analysis.pareto.knee) with
 params, non-zero params, bytes, ops, MACs, accuracy, and the wall time of the
 study. The full report of all studies is written beside it.
 
-    python benchmarks/bench_methods.py              # 8 studies x 6 trials
-    python benchmarks/bench_methods.py --tiny       # the test runs this
+    python -m benchmarks.bench_methods              # 8 studies x 6 trials
+    python -m benchmarks.bench_methods --tiny       # the test runs this
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import DOCS, write_results  # noqa: E402
+from benchmarks._common import DOCS, command, write_results
 
 OBJECTIVES = {"accuracy": "max", "nonzero_macs": "min", "size_bytes": "min"}
 BASE = {"data": "digits", "model": {"name": "vgg11", "width": 0.25},
@@ -188,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = "methods-tiny" if args.tiny else "methods"
     return write_results(name, {"base": base, "methods": rows, "trials": args.trials,
                                 "within": args.within, "closest": close},
-                         "\n".join(lines), args.out)
+                         "\n".join(lines), args.out, cmd=command(__file__, argv))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,10 @@ that space is a trap: re-initialised survivors need more fine-tuning than the
 benchmark allows, so a sampler that learns pays fewer trials there. Fine-tuning is
 capped at 2 epochs so 12 studies of 30 trials fit in minutes on 2 cores.
 
-    python benchmarks/bench_search.py                 # 4 samplers x 3 seeds x 30 trials
-    python benchmarks/bench_search.py --spec studies/specs/quickstart.yaml --trials 12 \
+    python -m benchmarks.bench_search                 # 4 samplers x 3 seeds x 30 trials
+    python -m benchmarks.bench_search --spec studies/specs/quickstart.yaml --trials 12 \
         --space slimming.sparsity_epochs=2 --space slimming.finetune_epochs=2
-    python benchmarks/bench_search.py --tiny          # seconds: the test runs this
+    python -m benchmarks.bench_search --tiny          # seconds: the test runs this
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import DOCS, add_cache_option, cache_dir, write_results  # noqa: E402
+from benchmarks._common import DOCS, add_cache_option, cache_dir, command, write_results
 
 SPEC = Path(__file__).resolve().parent.parent / "studies" / "specs" / "magnitude.yaml"
 SAMPLERS = ("random", "tpe", "nsga2", "gp")
@@ -220,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     return write_results(name, {"spec": args.spec.name, "space_overrides": changed,
                                 "samplers": table, "runs": runs,
                                 "trials": spec.trials, "seeds": args.seeds},
-                         "\n".join(lines), args.out)
+                         "\n".join(lines), args.out, cmd=command(__file__, argv))
 
 
 if __name__ == "__main__":

@@ -153,9 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"specs": specs, "fuzz": fuzzed, "dirs": dirs}
     md = markdown(specs, fuzzed, dirs)
     print(md)
-    write_results("reliability", result, md, out_dir=args.out,
-                  cmd=f"python -m benchmarks.reliability --fuzz {args.fuzz}")
-    return result
+    return write_results("reliability", result, md, out_dir=args.out,
+                         cmd=f"python -m benchmarks.reliability --fuzz {args.fuzz}")
 
 
 if __name__ == "__main__":

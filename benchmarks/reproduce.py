@@ -235,10 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
                  storage=args.storage, log=lambda m: print(m, file=sys.stderr, flush=True))
     md = markdown(result)
     print(md)
-    write_results(f"reproduce-{args.seed}", result, md, out_dir=args.out,
-                  cmd=f"python -m benchmarks.reproduce {args.seed} --root <data root>"
-                  + (" --tiny" if args.tiny else ""))
-    return result
+    # The data root is this machine's path: the command names its place instead.
+    return write_results(f"reproduce-{args.seed}", result, md, out_dir=args.out,
+                         cmd=f"python -m benchmarks.reproduce {args.seed} --root <data root>"
+                         + (" --tiny" if args.tiny else ""))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_gpu, bench_search
+from benchmarks import _common, bench_gpu, bench_search
+
+BENCHMARKS = sorted(Path(_common.__file__).parent.glob("*.py"))
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +20,30 @@ def _own_ray():
     import ray
 
     ray.shutdown()
+
+
+def test_command_reproduces_the_module_form():
+    from benchmarks import bench_lab
+
+    assert _common.command(bench_lab.__file__, ["--tiny", "--out", "a b"]) == \
+        "python -m benchmarks.bench_lab --tiny --out 'a b'"
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.stem)
+def test_every_benchmark_is_a_module_of_the_package(path):
+    """Run as ``python -m benchmarks.<name>``: no script puts the repository on sys.path,
+    and every ``main`` takes ``argv=None`` and is what ``python -m`` calls."""
+    tree = ast.parse(path.read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "path"
+                and isinstance(n.value, ast.Name) and n.value.id == "sys"]
+    main = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"),
+                None)
+    if main is None:
+        return
+    assert [a.arg for a in main.args.args] == ["argv"]
+    assert isinstance(main.args.defaults[0], ast.Constant) and main.args.defaults[0].value is None
+    guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    assert len(guard) == 1 and "main()" in ast.unparse(guard[0])
 
 
 @pytest.mark.slow
@@ -105,7 +133,8 @@ def test_bench_methods_tiny_tabulates_knees(tmp_path):
 def test_bench_trials_tiny_runs_each_setting_once(tmp_path):
     from benchmarks import bench_trials
 
-    doc = bench_trials.main(["--tiny", "--group", "summary", "--out", str(tmp_path)])["summary"]
+    doc = bench_trials.main(["--tiny", "--group", "summary", "--out", str(tmp_path)])
+    assert doc["group"] == "summary"  # the document written last: the only group
     rows = doc["rows"]
     assert [r["label"] for r in rows] == [label for label, _ in
                                           bench_trials.GROUPS["summary"][:3]]
