@@ -10,13 +10,12 @@ that writes several). ``write_results(name, result, markdown, out_dir, cmd=...)`
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from prune_core.environment import environment
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks"
@@ -28,41 +27,6 @@ def command(script: str | Path, argv: list[str] | None = None) -> str:
     process's arguments (a benchmark called as a function passes its own)."""
     module = f"benchmarks.{Path(script).stem}"
     return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
-
-
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment() -> dict:
-    """Commit, machine, library versions and current load: enough to judge a number."""
-    import torch
-
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "commit": _git("rev-parse", "HEAD") + ("+dirty" if dirty and dirty != "unknown" else ""),
-        "machine": f"{_cpu_model()}, {os.cpu_count()} logical CPUs",
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        # Other processes on the machine skew timings; a load above the core count says so.
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
 
 
 def write_results(name: str, result: dict, markdown: str, out_dir: Path = DOCS, *,
