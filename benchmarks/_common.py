@@ -2,20 +2,23 @@
 
 Each benchmark is a module run from the repository root, ``python -m benchmarks.<name>``,
 whose ``main(argv=None)`` returns the JSON document it wrote (the last one, for a run
-that writes several). ``write_results(name, result, markdown, out_dir, cmd=...)`` writes
-``<name>.json`` (the result plus ``environment()`` and the command) and ``<name>.md``
-(the given Markdown plus the same facts), so each number sits next to what produced it.
+that writes several). ``main`` starts with ``started = Run(__file__, argv)`` and ends with
+``started.write(name, result, markdown, out_dir)``, which writes ``<name>.json`` (the
+result plus the command, ``environment()``, the load before and after the run and a
+``busy`` flag) and ``<name>.md`` (the given Markdown plus the same facts), so each number
+sits next to what produced it and a timing taken on a loaded machine says so.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import statistics
 import sys
 from pathlib import Path
 
-from prune_core.environment import environment
+from prune_core.environment import environment, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks"
@@ -29,19 +32,73 @@ def command(script: str | Path, argv: list[str] | None = None) -> str:
     return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
+def load_1min() -> float | None:
+    """The 1-minute load average: runnable processes, averaged (None where there is none)."""
+    load = load_average()
+    return load[0] if load else None
+
+
+def machine_load(before: float | None, after: float | None, cpus: int | None = None) -> dict:
+    """``load_before``, ``load_after`` and ``busy``: true when either load exceeds one
+    runnable process per core (``cpus``, default ``os.cpu_count()``), that is when other
+    work competed for the cores a benchmark timed."""
+    cpus = cpus or os.cpu_count() or 1
+    return {"load_before": before, "load_after": after,
+            "busy": any(v is not None and v > cpus for v in (before, after))}
+
+
+def busy_note(load: dict, cpus: int | None = None) -> str | None:
+    """The sentence a busy run's Markdown carries (None for a quiet run)."""
+    if not load["busy"]:
+        return None
+    worst = max(v for v in (load["load_before"], load["load_after"]) if v is not None)
+    return (f"Taken on a busy machine (load {worst:.1f} on {cpus or os.cpu_count() or 1} "
+            "cores): timings are indicative only.")
+
+
+class Run:
+    """One benchmark run from its start: the command line that reproduces it and the load
+    when it started. Create it first thing in ``main``; ``write`` stores both with the
+    results, and the load when they were written."""
+
+    def __init__(self, script: str | Path, argv: list[str] | None = None):
+        self.command = command(script, argv)
+        self.load_before = load_1min()
+
+    def write(self, name: str, result: dict, markdown: str, out_dir: Path = DOCS, *,
+              cmd: str | None = None) -> dict:
+        """:func:`write_results` with this run's command (or ``cmd``) and starting load."""
+        return write_results(name, result, markdown, out_dir, cmd=cmd or self.command,
+                             load_before=self.load_before)
+
+
 def write_results(name: str, result: dict, markdown: str, out_dir: Path = DOCS, *,
-                  cmd: str) -> dict:
+                  cmd: str, load_before: float | None) -> dict:
     """Write ``<name>.json`` and ``<name>.md`` into ``out_dir``; return the JSON document
-    (what every benchmark's ``main`` returns). ``cmd`` is :func:`command`'s line."""
+    (what every benchmark's ``main`` returns). ``cmd`` is :func:`command`'s line,
+    ``load_before`` the 1-minute load when the run started (:class:`Run` keeps both)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {**result, "command": cmd, "environment": environment()}
+    load = machine_load(load_before, load_1min())
+    doc = {**result, **load, "command": cmd, "environment": environment()}
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     env = doc["environment"]
     facts = "\n".join(f"- {k}: {v}" for k, v in env.items())
-    md = f"{markdown.rstrip()}\n\nReproduce with:\n\n```\n{doc['command']}\n```\n\n{facts}\n"
+    facts += f"\n- load before and after the run: {load['load_before']}, {load['load_after']}"
+    md = _with_note(markdown.rstrip(), busy_note(load))
+    md = f"{md}\n\nReproduce with:\n\n```\n{doc['command']}\n```\n\n{facts}\n"
     (out_dir / f"{name}.md").write_text(md)
     return doc
+
+
+def _with_note(markdown: str, note: str | None) -> str:
+    """``markdown`` with ``note`` as a bold paragraph under its title (first, with none)."""
+    if note is None:
+        return markdown
+    title, _, rest = markdown.partition("\n")
+    if not title.startswith("# "):
+        title, rest = "", markdown
+    return "\n\n".join(p for p in (title, f"**{note}**", rest.strip("\n")) if p)
 
 
 def spread(values: list[float]) -> dict:

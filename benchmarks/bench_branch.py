@@ -27,13 +27,12 @@ import torch
 
 from benchmarks._common import (
     DOCS,
+    Run,
     add_cache_option,
     base_vgg,
     cache_dir,
-    command,
     digits,
     spread,
-    write_results,
 )
 from prune_core.measure import measure
 from prune_core.methods import Context, get_method
@@ -162,6 +161,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     doc = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     doc["total_seconds"] = time.perf_counter() - t0
-    saved = write_results("branch", doc, markdown(doc), out, cmd=command(__file__, argv))
+    saved = started.write("branch", doc, markdown(doc), out)
     print(json.dumps(doc["summary"], indent=2))
     return saved
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import CIFAR10
 
-from benchmarks._common import DOCS, command, write_results
+from benchmarks._common import DOCS, Run
 from prune_core.data import CIFAR_MEAN, CIFAR_STD, Data, Split
 
 
@@ -89,6 +89,7 @@ def timed(epoch) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=5, help="timed epochs (after one warm-up)")
@@ -145,7 +146,7 @@ The machine was shared: load average {load:.1f} on {cores} cores at the end of t
 Both loaders were slowed, so these are not idle-machine times; compare ratios only
 between runs at a similar load.
 """
-    doc = write_results("data", result, md, a.out, cmd=command(__file__, argv))
+    doc = started.write("data", result, md, a.out)
     print(f"tensor {med_ours:.4f} s/epoch, torchvision {med_theirs:.4f} s/epoch, "
           f"speedup {med_theirs / med_ours:.1f}x (load {doc['environment']['load_average']})")
     return doc

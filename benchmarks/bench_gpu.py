@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks._common import DOCS, command, write_results
+from benchmarks._common import DOCS, Run
 from prune_core import models
 from prune_core.data import CIFAR_MEAN, CIFAR_STD, Data, Split
 
@@ -176,6 +176,7 @@ def study_throughput(tiny: bool, gpu: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=None,
                    help="synthetic training images (default 10,000 on a GPU, 2,000 on a CPU)")
@@ -230,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if study is not None:
         md += ["", "## Study throughput on one device", "", study["markdown"]]
-    return write_results("gpu" if not args.tiny else "gpu-tiny", result, "\n".join(md),
-                         args.out, cmd=command(__file__, argv))
+    return started.write("gpu" if not args.tiny else "gpu-tiny", result, "\n".join(md),
+                         args.out)
 
 
 if __name__ == "__main__":

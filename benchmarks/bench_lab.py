@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks._common import DOCS, add_cache_option, cache_dir, command, write_results
+from benchmarks._common import DOCS, Run, add_cache_option, cache_dir
 from benchmarks.bench_trials import BULKY, SPEC, _cell, _flags, _key
 
 MAG = {"pipeline": "magnitude"}
@@ -86,6 +86,7 @@ def latency_table(latency: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", type=_floats, default=RATIOS,
                    help="unstructured ratios, comma-separated (default: %(default)s)")
@@ -197,8 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "row": results[_key(params)]} for s, label, params in lab_rows],
            "latency": latency, "load_average_during_latency": load_during,
            "wall_seconds": wall, "trials_seconds": trials_seconds}
-    return write_results("lab-tiny" if args.tiny else "lab", doc, "\n".join(lines), args.out,
-                         cmd=command(__file__, argv))
+    return started.write("lab-tiny" if args.tiny else "lab", doc, "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

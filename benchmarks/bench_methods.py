@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import DOCS, command, write_results
+from benchmarks._common import DOCS, Run
 
 OBJECTIVES = {"accuracy": "max", "nonzero_macs": "min", "size_bytes": "min"}
 BASE = {"data": "digits", "model": {"name": "vgg11", "width": 0.25},
@@ -105,6 +105,7 @@ def smallest_close_row(study_dir: Path, base_accuracy: float, within: float) -> 
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=6, help="trials per method study")
     p.add_argument("--only", default="", help="comma-separated labels (default: all)")
@@ -184,9 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({report_dir.name}/report.md)"]
     print("\n".join(lines), file=sys.stderr)
     name = "methods-tiny" if args.tiny else "methods"
-    return write_results(name, {"base": base, "methods": rows, "trials": args.trials,
+    return started.write(name, {"base": base, "methods": rows, "trials": args.trials,
                                 "within": args.within, "closest": close},
-                         "\n".join(lines), args.out, cmd=command(__file__, argv))
+                         "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

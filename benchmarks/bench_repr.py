@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks._common import DOCS, command, first_images, spread, write_results
+from benchmarks._common import DOCS, Run, first_images, spread
 from prune_core import data as datasets
 from prune_core import models
 from prune_core.methods import Context, get_method
@@ -164,6 +164,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     doc = run(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     doc["total_seconds"] = time.perf_counter() - t0
-    saved = write_results("repr", doc, markdown(doc), Path(args.out), cmd=command(__file__, argv))
+    saved = started.write("repr", doc, markdown(doc), Path(args.out))
     print(json.dumps(doc["summary"], indent=2))
     return saved
 

@@ -41,12 +41,11 @@ from torch import nn
 
 from benchmarks._common import (
     DOCS,
+    Run,
     add_cache_option,
     cache_dir,
-    command,
     digits,
     spread,
-    write_results,
 )
 from prune_core.baseline import BaseSpec, get_base
 from prune_core.data import Data
@@ -409,6 +408,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
@@ -428,8 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["total_seconds"] = time.perf_counter() - t0
     name = "resnet-tiny" if args.tiny else "resnet"
-    doc = write_results(name, result, markdown(result), args.out,
-                        cmd=command(__file__, argv))
+    doc = started.write(name, result, markdown(result), args.out)
     print(json.dumps({d: v["summary"] for d, v in doc["depths"].items()}, indent=2))
     return doc
 

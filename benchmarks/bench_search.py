@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import DOCS, add_cache_option, cache_dir, command, write_results
+from benchmarks._common import DOCS, Run, add_cache_option, cache_dir
 
 SPEC = Path(__file__).resolve().parent.parent / "studies" / "specs" / "magnitude.yaml"
 SAMPLERS = ("random", "tpe", "nsga2", "gp")
@@ -128,6 +128,7 @@ def draw(runs: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spec", type=Path, default=SPEC,
                    help="study spec to search (default: studies/specs/magnitude.yaml)")
@@ -215,10 +216,10 @@ def main(argv: list[str] | None = None) -> dict:
     for s, v in table.items():
         print(f"{s:>7}: {v['mean']:.4f} +- {v['std']:.4f}  x{v['ratio_to_random'] or 0:.2f} "
               f"of random, {v['collapsed_mean']:.1f} collapsed", file=sys.stderr)
-    return write_results(name, {"spec": args.spec.name, "space_overrides": changed,
+    return started.write(name, {"spec": args.spec.name, "space_overrides": changed,
                                 "samplers": table, "runs": runs,
                                 "trials": spec.trials, "seeds": args.seeds},
-                         "\n".join(lines), args.out, cmd=command(__file__, argv))
+                         "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

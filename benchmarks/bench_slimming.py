@@ -23,12 +23,11 @@ import torch
 
 from benchmarks._common import (
     DOCS,
+    Run,
     add_cache_option,
     base_vgg,
     cache_dir,
-    command,
     digits,
-    write_results,
 )
 from prune_core.measure import measure
 from prune_core.methods import Context
@@ -182,6 +181,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--lambdas", type=float, nargs="+", help="L1 weights to sweep")
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     doc = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     out.mkdir(parents=True, exist_ok=True)
     figure(doc, out / "slimming.png")
-    return write_results("slimming", doc, markdown(doc), out, cmd=command(__file__, argv))
+    return started.write("slimming", doc, markdown(doc), out)
 
 
 if __name__ == "__main__":

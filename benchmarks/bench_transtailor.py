@@ -31,12 +31,11 @@ from torch import nn
 
 from benchmarks._common import (
     DOCS,
+    Run,
     add_cache_option,
     cache_dir,
-    command,
     first_images,
     spread,
-    write_results,
 )
 from prune_core import data as datasets
 from prune_core.baseline import BaseSpec, get_base
@@ -342,6 +341,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
@@ -360,8 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     result = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["total_seconds"] = time.perf_counter() - t0
-    doc = write_results("transtailor", result, markdown(result), args.out,
-                        cmd=command(__file__, argv))
+    doc = started.write("transtailor", result, markdown(result), args.out)
     print(json.dumps(doc["summary"], indent=2))
     return doc
 

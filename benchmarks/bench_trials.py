@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from benchmarks._common import DOCS, ROOT, add_cache_option, cache_dir, command, write_results
+from benchmarks._common import DOCS, ROOT, Run, add_cache_option, cache_dir
 
 SPEC = ROOT / "studies" / "specs" / "none.yaml"
 SLIM = {"pipeline": "slimming", "slimming.lambda": 0.03}
@@ -161,6 +161,7 @@ def table(rows: list[tuple[str, dict]], results: dict[str, dict], base: dict) ->
 
 def main(argv: list[str] | None = None) -> dict:
     """Measure the group(s); returns the last group's document (each has its own file)."""
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--group", default="summary", choices=[*GROUPS, "all"],
                    help="which table to measure (default: summary, the one in docs/results.md)")
@@ -203,8 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                "rows": [{"label": label, "params": params, "row": results[_key(params)]}
                         for label, params in rows]}
         name = f"trials-{g}-tiny" if args.tiny else f"trials-{g}"
-        saved = write_results(name, doc, "\n".join(lines), args.out,
-                              cmd=command(__file__, argv))
+        saved = started.write(name, doc, "\n".join(lines), args.out)
     return saved
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks._common import DOCS, ROOT, command, write_results
+from benchmarks._common import DOCS, ROOT, Run
 
 PRUNE_STUDY = str(Path(sys.executable).with_name("prune-study"))
 
@@ -90,6 +90,7 @@ def tune_run(path: Path, study_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="2 trials of a few seconds")
     p.add_argument("--trials", type=int, default=None)
@@ -169,7 +170,7 @@ in the end-to-end wall time). With more runnable processes than cores, two concu
 trials only take a larger share of a saturated machine, so the 2-against-1 throughput
 means something only on an otherwise idle machine.
 """
-    return write_results("tune", result, md, a.out, cmd=command(__file__, argv))
+    return started.write("tune", result, md, a.out)
 
 
 if __name__ == "__main__":

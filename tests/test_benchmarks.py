@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,39 @@ def test_every_benchmark_is_a_module_of_the_package(path):
     assert isinstance(main.args.defaults[0], ast.Constant) and main.args.defaults[0].value is None
     guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
     assert len(guard) == 1 and "main()" in ast.unparse(guard[0])
+    if ".write(" in ast.unparse(main):  # a benchmark that writes results notes its start first
+        body = [n for n in main.body if not (isinstance(n, ast.Expr)
+                                             and isinstance(n.value, ast.Constant))]
+        assert ast.unparse(body[0]) == "started = Run(__file__, argv)"
+
+
+def test_the_load_before_and_after_flags_a_busy_machine():
+    quiet = _common.machine_load(0.5, 1.9, cpus=2)
+    assert quiet == {"load_before": 0.5, "load_after": 1.9, "busy": False}
+    assert _common.busy_note(quiet, cpus=2) is None
+    busy = _common.machine_load(0.5, 3.3, cpus=2)
+    assert busy["busy"] and _common.machine_load(2.1, None, cpus=2)["busy"]
+    assert not _common.machine_load(None, None, cpus=2)["busy"]
+    assert _common.busy_note(busy, cpus=2) == \
+        "Taken on a busy machine (load 3.3 on 2 cores): timings are indicative only."
+
+
+@pytest.mark.parametrize("after", [0.0, 1000.0])
+def test_write_results_stores_the_load_and_says_when_it_was_busy(tmp_path, monkeypatch, after):
+    monkeypatch.setattr(_common, "load_1min", lambda: after)
+    doc = _common.write_results("x", {"value": 1}, "# Title\n\nText.", tmp_path,
+                                cmd="python -m benchmarks.x", load_before=0.0)
+    saved = json.loads((tmp_path / "x.json").read_text())
+    assert saved == json.loads(json.dumps(doc))
+    assert (saved["load_before"], saved["load_after"], saved["busy"]) == (0.0, after, after > 0)
+    md = (tmp_path / "x.md").read_text()
+    note = f"**Taken on a busy machine (load 1000.0 on {os.cpu_count()} cores): timings are " \
+        "indicative only.**"
+    if after:
+        assert md.startswith(f"# Title\n\n{note}\n\nText.")
+    else:
+        assert "busy" not in md and md.startswith("# Title\n\nText.")
+    assert "- load before and after the run: 0.0, " in md and "python -m benchmarks.x" in md
 
 
 @pytest.mark.slow
