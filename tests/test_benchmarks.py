@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import os
 from pathlib import Path
@@ -285,3 +286,41 @@ def test_bench_lab_tiny_writes_the_seed_table_and_int8_latency(tmp_path):
     assert doc["load_average_during_latency"] and doc["environment"]["load_average"]
     md = (tmp_path / "lab-tiny.md").read_text()
     assert "| 1 | base |" in md and "## int8 latency" in md and "Reproduce with" in md
+
+
+@pytest.mark.slow
+def test_bench_latency_tiny_times_pruned_and_int8_models(tmp_path):
+    from benchmarks import bench_latency
+
+    doc = bench_latency.main(["--tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "latency-tiny.json").read_text())
+    assert saved == json.loads(json.dumps(doc))
+    models, settings = saved["models"], saved["settings"]
+    assert settings["threads"] == saved["environment"]["torch_threads"] == 1
+    fp32 = [m for m in models.values() if m["precision"] == "fp32"]
+    # MACs and params fall with every share of filters removed
+    assert [m["filters_removed"] for m in fp32] == [0.0, *settings["ratios"]]
+    assert all(a["macs"] > b["macs"] and a["params"] > b["params"]
+               for a, b in itertools.pairwise(fp32))
+    # int8 at equal architecture: the same MACs and params, fewer bytes, the same answers
+    for name in ("fp32 base", bench_latency.pruned_name(settings["int8_ratio"])):
+        f, q = models[name], models[bench_latency.int8_name(name)]
+        assert (q["macs"], q["params"]) == (f["macs"], f["params"])
+        assert q["size_bytes"] < f["size_bytes"] / 3
+        assert q["agreement_with_fp32"] >= 0.9
+    rows = saved["rows"]
+    assert {(r["model"], r["mode"], r["batch"]) for r in rows} == {
+        (m, mode, b) for m in models for mode in settings["modes"] for b in settings["batches"]}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["iqr_ms"] >= 0 and r["speedup"] > 0
+        assert len(r["repeat_medians_ms"]) == settings["repeats"] == 2
+        assert all(t > 0 for t in r["repeat_medians_ms"])
+        assert r["speedup_range"][0] <= r["speedup"] <= r["speedup_range"][1]
+        assert r["macs_over_latency_reduction"] == pytest.approx(
+            r["macs_reduction"] / r["speedup"])
+        if r["model"] == "fp32 base":
+            assert r["speedup"] == 1.0
+    assert isinstance(saved["busy"], bool) and saved["load_before"] is not None
+    md = (tmp_path / "latency-tiny.md").read_text()
+    assert "| int8 base |" in md and "## eager" in md and "--tiny" in saved["command"]
+    assert ("Taken on a busy machine" in md) == saved["busy"]
