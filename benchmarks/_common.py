@@ -1,86 +1,104 @@
 """What every benchmark stores beside its numbers, and how it writes them.
 
-``write_results(name, result, markdown, out_dir)`` writes ``<name>.json`` (the
-result plus ``environment()`` and ``command()``) and ``<name>.md`` (the given
-Markdown plus the same facts), so each number sits next to what produced it.
+Each benchmark is a module run from the repository root, ``python -m benchmarks.<name>``,
+whose ``main(argv=None)`` returns the JSON document it wrote (the last one, for a run
+that writes several). ``main`` starts with ``started = Run(__file__, argv)`` and ends with
+``started.write(name, result, markdown, out_dir)``, which writes ``<name>.json`` (the
+result plus the command, ``environment()``, the load before and after the run and a
+``busy`` flag) and ``<name>.md`` (the given Markdown plus the same facts), so each number
+sits next to what produced it and a timing taken on a loaded machine says so.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from prune_core.environment import environment, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks"
 
 
-def command(script: str | Path | None = None, argv: list[str] | None = None) -> str:
-    """The command line that reproduces this run, from the repository root.
-
-    Defaults to the running script and its arguments; a benchmark called as a function
-    passes its own file and argument list.
-    """
-    path = Path(script if script is not None else sys.argv[0]).resolve()
-    try:
-        path = path.relative_to(ROOT)
-    except ValueError:
-        pass
-    return shlex.join(["python", str(path), *(sys.argv[1:] if argv is None else argv)])
+def command(script: str | Path, argv: list[str] | None = None) -> str:
+    """``python -m benchmarks.<name> ARGS``: the command that reproduces this run from the
+    repository root. ``script`` is the benchmark's ``__file__``; ``argv`` defaults to this
+    process's arguments (a benchmark called as a function passes its own)."""
+    module = f"benchmarks.{Path(script).stem}"
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
+def load_1min() -> float | None:
+    """The 1-minute load average: runnable processes, averaged (None where there is none)."""
+    load = load_average()
+    return load[0] if load else None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+def machine_load(before: float | None, after: float | None, cpus: int | None = None) -> dict:
+    """``load_before``, ``load_after`` and ``busy``: true when either load exceeds one
+    runnable process per core (``cpus``, default ``os.cpu_count()``), that is when other
+    work competed for the cores a benchmark timed."""
+    cpus = cpus or os.cpu_count() or 1
+    return {"load_before": before, "load_after": after,
+            "busy": any(v is not None and v > cpus for v in (before, after))}
 
 
-def environment() -> dict:
-    """Commit, machine, library versions and current load: enough to judge a number."""
-    import torch
-
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "commit": _git("rev-parse", "HEAD") + ("+dirty" if dirty and dirty != "unknown" else ""),
-        "machine": f"{_cpu_model()}, {os.cpu_count()} logical CPUs",
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        # Other processes on the machine skew timings; a load above the core count says so.
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
+def busy_note(load: dict, cpus: int | None = None) -> str | None:
+    """The sentence a busy run's Markdown carries (None for a quiet run)."""
+    if not load["busy"]:
+        return None
+    worst = max(v for v in (load["load_before"], load["load_after"]) if v is not None)
+    return (f"Taken on a busy machine (load {worst:.1f} on {cpus or os.cpu_count() or 1} "
+            "cores): timings are indicative only.")
 
 
-def write_results(
-    name: str, result: dict, markdown: str, out_dir: Path = DOCS, cmd: str | None = None
-) -> dict:
-    """Write ``<name>.json`` and ``<name>.md`` into ``out_dir``; return the JSON document."""
+class Run:
+    """One benchmark run from its start: the command line that reproduces it and the load
+    when it started. Create it first thing in ``main``; ``write`` stores both with the
+    results, and the load when they were written."""
+
+    def __init__(self, script: str | Path, argv: list[str] | None = None):
+        self.command = command(script, argv)
+        self.load_before = load_1min()
+
+    def write(self, name: str, result: dict, markdown: str, out_dir: Path = DOCS, *,
+              cmd: str | None = None) -> dict:
+        """:func:`write_results` with this run's command (or ``cmd``) and starting load."""
+        return write_results(name, result, markdown, out_dir, cmd=cmd or self.command,
+                             load_before=self.load_before)
+
+
+def write_results(name: str, result: dict, markdown: str, out_dir: Path = DOCS, *,
+                  cmd: str, load_before: float | None) -> dict:
+    """Write ``<name>.json`` and ``<name>.md`` into ``out_dir``; return the JSON document
+    (what every benchmark's ``main`` returns). ``cmd`` is :func:`command`'s line,
+    ``load_before`` the 1-minute load when the run started (:class:`Run` keeps both)."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {**result, "command": cmd or command(), "environment": environment()}
+    load = machine_load(load_before, load_1min())
+    doc = {**result, **load, "command": cmd, "environment": environment()}
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     env = doc["environment"]
     facts = "\n".join(f"- {k}: {v}" for k, v in env.items())
-    md = f"{markdown.rstrip()}\n\nReproduce with:\n\n```\n{doc['command']}\n```\n\n{facts}\n"
+    facts += f"\n- load before and after the run: {load['load_before']}, {load['load_after']}"
+    md = _with_note(markdown.rstrip(), busy_note(load))
+    md = f"{md}\n\nReproduce with:\n\n```\n{doc['command']}\n```\n\n{facts}\n"
     (out_dir / f"{name}.md").write_text(md)
     return doc
+
+
+def _with_note(markdown: str, note: str | None) -> str:
+    """``markdown`` with ``note`` as a bold paragraph under its title (first, with none)."""
+    if note is None:
+        return markdown
+    title, _, rest = markdown.partition("\n")
+    if not title.startswith("# "):
+        title, rest = "", markdown
+    return "\n\n".join(p for p in (title, f"**{note}**", rest.strip("\n")) if p)
 
 
 def spread(values: list[float]) -> dict:

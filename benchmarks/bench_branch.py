@@ -10,9 +10,9 @@ and seed the benchmark records the validation accuracy after each alpha stage (w
 seed 004 saw the collapse below alpha = 0.4), and the merged model's test accuracy and
 MACs. Writes ``branch.json`` and ``branch.md``.
 
-    python benchmarks/bench_branch.py          # defaults: digits, vgg11 width 0.25
-    python benchmarks/bench_branch.py --arms linear cosine exponential
-    python benchmarks/bench_branch.py --tiny   # seconds: a smoke run for the tests
+    python -m benchmarks.bench_branch          # defaults: digits, vgg11 width 0.25
+    python -m benchmarks.bench_branch --arms linear cosine exponential
+    python -m benchmarks.bench_branch --tiny   # seconds: a smoke run for the tests
 """
 
 from __future__ import annotations
@@ -23,25 +23,21 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     DOCS,
+    Run,
     add_cache_option,
     base_vgg,
     cache_dir,
-    command,
     digits,
     spread,
-    write_results,
 )
-from prune_core.measure import measure  # noqa: E402
-from prune_core.methods import Context, get_method  # noqa: E402
-from prune_core.methods.branch import alpha_values  # noqa: E402
-from prune_core.train import TrainConfig, evaluate  # noqa: E402
+from prune_core.measure import measure
+from prune_core.methods import Context, get_method
+from prune_core.methods.branch import alpha_values
+from prune_core.train import TrainConfig, evaluate
 
 # arm: the branch parameters it sets (the rest come from the settings)
 ARMS = {"linear": {"alpha_schedule": "linear", "order": "all"},
@@ -164,7 +160,8 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+")
@@ -185,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     doc = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     doc["total_seconds"] = time.perf_counter() - t0
-    write_results("branch", doc, markdown(doc), out, cmd=command(__file__, argv))
+    saved = started.write("branch", doc, markdown(doc), out)
     print(json.dumps(doc["summary"], indent=2))
-    return 0
+    return saved
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -4,8 +4,8 @@ Both pipelines serve the same CIFAR-shaped data (random 32x32 uint8 images, no
 download) with the same augmentation: random crop with 4 pixels of zero padding,
 horizontal flip, normalisation. Only the data pipeline runs, no model.
 
-    python benchmarks/bench_data.py            # 10,000 images, 5 timed epochs
-    python benchmarks/bench_data.py --tiny     # seconds; used by the tests
+    python -m benchmarks.bench_data            # 10,000 images, 5 timed epochs
+    python -m benchmarks.bench_data --tiny     # seconds; used by the tests
 """
 
 from __future__ import annotations
@@ -14,21 +14,18 @@ import argparse
 import os
 import pickle
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import CIFAR10
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torchvision import transforms  # noqa: E402
-from torchvision.datasets import CIFAR10  # noqa: E402
-
-from benchmarks._common import DOCS, command, write_results  # noqa: E402
-from prune_core.data import CIFAR_MEAN, CIFAR_STD, Data, Split  # noqa: E402
+from benchmarks._common import DOCS, Run
+from prune_core.data import CIFAR_MEAN, CIFAR_STD, Data, Split
 
 
 class SyntheticCIFAR(CIFAR10):
@@ -92,6 +89,7 @@ def timed(epoch) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=5, help="timed epochs (after one warm-up)")
@@ -148,8 +146,7 @@ The machine was shared: load average {load:.1f} on {cores} cores at the end of t
 Both loaders were slowed, so these are not idle-machine times; compare ratios only
 between runs at a similar load.
 """
-    cmd = command(__file__, sys.argv[1:] if argv is None else argv)
-    doc = write_results("data", result, md, a.out, cmd)
+    doc = started.write("data", result, md, a.out)
     print(f"tensor {med_ours:.4f} s/epoch, torchvision {med_theirs:.4f} s/epoch, "
           f"speedup {med_theirs / med_ours:.1f}x (load {doc['environment']['load_average']})")
     return doc

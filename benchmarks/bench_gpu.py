@@ -11,8 +11,8 @@ Part 2: trials per hour of a small study when 4 trials share one GPU
 Runs on the CPU with ``--tiny`` (the test does that); the figures in
 docs/benchmarks/gpu.md come from a GPU machine when one was available.
 
-    python benchmarks/bench_gpu.py            # 10,000 images, 3 epochs (CPU: 2,000, width 0.25)
-    python benchmarks/bench_gpu.py --tiny     # seconds, on any machine
+    python -m benchmarks.bench_gpu            # 10,000 images, 3 epochs (CPU: 2,000, width 0.25)
+    python -m benchmarks.bench_gpu --tiny     # seconds, on any machine
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import DOCS, write_results  # noqa: E402
-from prune_core import models  # noqa: E402
-from prune_core.data import CIFAR_MEAN, CIFAR_STD, Data, Split  # noqa: E402
+from benchmarks._common import DOCS, Run
+from prune_core import models
+from prune_core.data import CIFAR_MEAN, CIFAR_STD, Data, Split
 
 
 def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +176,7 @@ def study_throughput(tiny: bool, gpu: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=None,
                    help="synthetic training images (default 10,000 on a GPU, 2,000 on a CPU)")
@@ -232,8 +231,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if study is not None:
         md += ["", "## Study throughput on one device", "", study["markdown"]]
-    write_results("gpu" if not args.tiny else "gpu-tiny", result, "\n".join(md), args.out)
-    return result
+    return started.write("gpu" if not args.tiny else "gpu-tiny", result, "\n".join(md),
+                         args.out)
 
 
 if __name__ == "__main__":

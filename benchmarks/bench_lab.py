@@ -10,25 +10,21 @@ latency of fp32 against int8 (the base, and one structured-pruned model) at batc
 and 32 on one thread, eager and compiled (``torch.compile`` with freezing, which is
 what runs torchao's int8 graph on int8 kernels).
 
-    python benchmarks/bench_lab.py                                  # the full table
-    python benchmarks/bench_lab.py --ratios 0.5,0.8,0.95            # fewer unstructured ratios
-    python benchmarks/bench_lab.py --tiny                           # seconds: the test runs this
+    python -m benchmarks.bench_lab                                  # the full table
+    python -m benchmarks.bench_lab --ratios 0.5,0.8,0.95            # fewer unstructured ratios
+    python -m benchmarks.bench_lab --tiny                           # seconds: the test runs this
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import DOCS, add_cache_option, cache_dir, write_results  # noqa: E402
-from benchmarks.bench_trials import BULKY, SPEC, _cell, _flags, _key  # noqa: E402
+from benchmarks._common import DOCS, Run, add_cache_option, cache_dir
+from benchmarks.bench_trials import BULKY, SPEC, _cell, _flags, _key
 
 MAG = {"pipeline": "magnitude"}
 FACT = {"pipeline": "factorize"}
@@ -40,7 +36,9 @@ PRUNED = {**MAG, "magnitude.mode": "structured", "magnitude.n": 2, "magnitude.ra
 INT8 = {"pipeline": "quantize"}
 PRUNED_INT8 = {**PRUNED, "pipeline": "magnitude+quantize"}
 COLUMNS = ("params", "nonzero_params", "size_bytes", "ops", "macs", "nonzero_macs", "accuracy")
-TINY = {"baseline": {"epochs": 1},
+# --tiny: every row of every section, on a model and images small enough for seconds a row
+# (VGG-11 at width 0.125 on 16x16 digits: about 1/16 of the default's MACs).
+TINY = {"baseline": {"epochs": 1}, "model": {"width": 0.125}, "data": {"image_size": 16},
         "params": {"magnitude.finetune_epochs": 1, "factorize.finetune_epochs": 1}}
 
 
@@ -90,6 +88,7 @@ def latency_table(latency: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ratios", type=_floats, default=RATIOS,
                    help="unstructured ratios, comma-separated (default: %(default)s)")
@@ -99,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
                    default=ORTHOGONAL_LAYERS, help="layer counts (default: %(default)s)")
     p.add_argument("--runs", type=int, default=30, help="timed forward passes per batch size")
     p.add_argument("--tiny", action="store_true",
-                   help="a 1-epoch base, 1-epoch stages, one ratio, eager latency only")
+                   help="a 1-epoch base at width 0.125 on 16x16 digits, 1-epoch stages, one "
+                        "ratio, eager latency only")
     p.add_argument("--out", type=Path, default=DOCS, help="where lab.* go")
     add_cache_option(p)
     args = p.parse_args(argv)
@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     ratios, structured, orthogonal = args.ratios, args.structured_ratios, args.orthogonal_layers
     compiled_modes = [False, True]
     if args.tiny:
-        spec = spec.with_overrides(baseline={**spec.source["baseline"], **TINY["baseline"]})
+        spec = spec.with_overrides(baseline={**spec.source["baseline"], **TINY["baseline"]},
+                                   model={**spec.source["model"], **TINY["model"]},
+                                   data={"name": spec.data, **spec.data_kw, **TINY["data"]})
         ratios, structured, orthogonal = (0.5,), (0.5,), (1,)
         compiled_modes = [False]  # compiling takes 15-40 s a model
         args.runs = min(args.runs, 3)
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     wall = time.perf_counter() - t_start
 
     intro = (f"Each row is one trial of `studies/specs/none.yaml` ({ts.model} at width "
-             f"{ts.model_kw.get('width', 1)} on {ts.data}, a {ts.baseline['epochs']}-epoch "
+             f"{ts.model_kw.get('width', 1)} on {ts.data} at "
+             f"{'x'.join(map(str, data.input_shape))}, a {ts.baseline['epochs']}-epoch "
              f"base, seed {ts.seed}) with the row's parameters set and the rest at their "
              "defaults (`prune-study methods`), on 1 thread. `seed` is the lab's section. "
              "Ratios are to the base. `nonzero_params` and `nonzero_macs` count only weights "
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "row": results[_key(params)]} for s, label, params in lab_rows],
            "latency": latency, "load_average_during_latency": load_during,
            "wall_seconds": wall, "trials_seconds": trials_seconds}
-    return write_results("lab-tiny" if args.tiny else "lab", doc, "\n".join(lines), args.out)
+    return started.write("lab-tiny" if args.tiny else "lab", doc, "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ the base model first, then each study's knee point (analysis.pareto.knee) with
 params, non-zero params, bytes, ops, MACs, accuracy, and the wall time of the
 study. The full report of all studies is written beside it.
 
-    python benchmarks/bench_methods.py              # 8 studies x 6 trials
-    python benchmarks/bench_methods.py --tiny       # the test runs this
+    python -m benchmarks.bench_methods              # 8 studies x 6 trials
+    python -m benchmarks.bench_methods --tiny       # the test runs this
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import DOCS, write_results  # noqa: E402
+from benchmarks._common import DOCS, Run
 
 OBJECTIVES = {"accuracy": "max", "nonzero_macs": "min", "size_bytes": "min"}
 BASE = {"data": "digits", "model": {"name": "vgg11", "width": 0.25},
@@ -107,6 +105,7 @@ def smallest_close_row(study_dir: Path, base_accuracy: float, within: float) -> 
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=6, help="trials per method study")
     p.add_argument("--only", default="", help="comma-separated labels (default: all)")
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({report_dir.name}/report.md)"]
     print("\n".join(lines), file=sys.stderr)
     name = "methods-tiny" if args.tiny else "methods"
-    return write_results(name, {"base": base, "methods": rows, "trials": args.trials,
+    return started.write(name, {"base": base, "methods": rows, "trials": args.trials,
                                 "within": args.within, "closest": close},
                          "\n".join(lines), args.out)
 

@@ -10,9 +10,9 @@ runs on the same data. Arms that train on the same data share one plain control 
 seed (it is the same computation: same initialisation, data, rate and batch order).
 Writes ``repr.json`` and ``repr.md``.
 
-    python benchmarks/bench_repr.py            # defaults: digits, c3 k=32, 3 seeds, 4 arms
-    python benchmarks/bench_repr.py --arms repr no-augment
-    python benchmarks/bench_repr.py --tiny     # seconds: a smoke run for the tests
+    python -m benchmarks.bench_repr            # defaults: digits, c3 k=32, 3 seeds, 4 arms
+    python -m benchmarks.bench_repr --arms repr no-augment
+    python -m benchmarks.bench_repr --tiny     # seconds: a smoke run for the tests
 """
 
 from __future__ import annotations
@@ -25,16 +25,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks._common import DOCS, command, first_images, spread, write_results  # noqa: E402
-from prune_core import data as datasets  # noqa: E402
-from prune_core import models  # noqa: E402
-from prune_core.methods import Context, get_method  # noqa: E402
-from prune_core.train import TrainConfig  # noqa: E402
+from benchmarks._common import DOCS, Run, first_images, spread
+from prune_core import data as datasets
+from prune_core import models
+from prune_core.methods import Context, get_method
+from prune_core.train import TrainConfig
 
 # arm: (RePr parameters changed from the settings, train with the dataset's crop jitter)
 ARMS = {"repr": ({}, True),
@@ -166,7 +163,8 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
@@ -184,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     doc = run(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     doc["total_seconds"] = time.perf_counter() - t0
-    write_results("repr", doc, markdown(doc), Path(args.out), cmd=command(__file__, argv))
+    saved = started.write("repr", doc, markdown(doc), Path(args.out))
     print(json.dumps(doc["summary"], indent=2))
-    return 0
+    return saved
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -19,8 +19,8 @@ the largest ratio leaves more MACs, the target is marked unreachable and the sma
 model the approach reaches stands in for it. Every pruned model is fine-tuned for the
 same epochs and measured on the test split. Writes ``resnet.json`` and ``resnet.md``.
 
-    python benchmarks/bench_resnet.py          # defaults: width 0.25, 3 seeds, about 13 min
-    python benchmarks/bench_resnet.py --tiny   # seconds: a smoke run for the tests
+    python -m benchmarks.bench_resnet          # defaults: width 0.25, 3 seeds, about 13 min
+    python -m benchmarks.bench_resnet --tiny   # seconds: a smoke run for the tests
 """
 
 from __future__ import annotations
@@ -35,28 +35,24 @@ from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+import torch_pruning as tp
+from torch import nn
 
-import torch  # noqa: E402
-import torch_pruning as tp  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     DOCS,
+    Run,
     add_cache_option,
     cache_dir,
-    command,
     digits,
     spread,
-    write_results,
 )
-from prune_core.baseline import BaseSpec, get_base  # noqa: E402
-from prune_core.data import Data  # noqa: E402
-from prune_core.groups import ChannelGroup  # noqa: E402
-from prune_core.measure import count_macs, count_params  # noqa: E402
-from prune_core.methods import Context  # noqa: E402
-from prune_core.methods.slimming import (  # noqa: E402
+from prune_core.baseline import BaseSpec, get_base
+from prune_core.data import Data
+from prune_core.groups import ChannelGroup
+from prune_core.measure import count_macs, count_params
+from prune_core.methods import Context
+from prune_core.methods.slimming import (
     SPARSE_REL,
     bn_names,
     gammas,
@@ -66,9 +62,9 @@ from prune_core.methods.slimming import (  # noqa: E402
     slimmable,
     sparsity_of,
 )
-from prune_core.models import classifier_name  # noqa: E402
-from prune_core.surgery import example_input  # noqa: E402
-from prune_core.train import Hooks, TrainConfig, evaluate  # noqa: E402
+from prune_core.models import classifier_name
+from prune_core.surgery import example_input
+from prune_core.train import Hooks, TrainConfig, evaluate
 
 # The distribution's version: torch_pruning.__version__ of 1.6.1 still says 1.6.0.
 TP_VERSION = version("torch-pruning")
@@ -412,6 +408,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
@@ -431,8 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["total_seconds"] = time.perf_counter() - t0
     name = "resnet-tiny" if args.tiny else "resnet"
-    cmd = command(Path(__file__), sys.argv[1:] if argv is None else argv)
-    doc = write_results(name, result, markdown(result), args.out, cmd=cmd)
+    doc = started.write(name, result, markdown(result), args.out)
     print(json.dumps({d: v["summary"] for d, v in doc["depths"].items()}, indent=2))
     return doc
 

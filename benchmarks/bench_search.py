@@ -13,10 +13,10 @@ that space is a trap: re-initialised survivors need more fine-tuning than the
 benchmark allows, so a sampler that learns pays fewer trials there. Fine-tuning is
 capped at 2 epochs so 12 studies of 30 trials fit in minutes on 2 cores.
 
-    python benchmarks/bench_search.py                 # 4 samplers x 3 seeds x 30 trials
-    python benchmarks/bench_search.py --spec studies/specs/quickstart.yaml --trials 12 \
+    python -m benchmarks.bench_search                 # 4 samplers x 3 seeds x 30 trials
+    python -m benchmarks.bench_search --spec studies/specs/quickstart.yaml --trials 12 \
         --space slimming.sparsity_epochs=2 --space slimming.finetune_epochs=2
-    python benchmarks/bench_search.py --tiny          # seconds: the test runs this
+    python -m benchmarks.bench_search --tiny          # seconds: the test runs this
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import DOCS, add_cache_option, cache_dir, write_results  # noqa: E402
+from benchmarks._common import DOCS, Run, add_cache_option, cache_dir
 
 SPEC = Path(__file__).resolve().parent.parent / "studies" / "specs" / "magnitude.yaml"
 SAMPLERS = ("random", "tpe", "nsga2", "gp")
@@ -130,6 +128,7 @@ def draw(runs: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spec", type=Path, default=SPEC,
                    help="study spec to search (default: studies/specs/magnitude.yaml)")
@@ -217,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
     for s, v in table.items():
         print(f"{s:>7}: {v['mean']:.4f} +- {v['std']:.4f}  x{v['ratio_to_random'] or 0:.2f} "
               f"of random, {v['collapsed_mean']:.1f} collapsed", file=sys.stderr)
-    return write_results(name, {"spec": args.spec.name, "space_overrides": changed,
+    return started.write(name, {"spec": args.spec.name, "space_overrides": changed,
                                 "samplers": table, "runs": runs,
                                 "trials": spec.trials, "seeds": args.seeds},
                          "\n".join(lines), args.out)

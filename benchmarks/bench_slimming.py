@@ -7,8 +7,8 @@ every |gamma|, then removes 50 % and 90 % of the channels (global threshold, bia
 folding) and measures test accuracy right after removal and after fine-tuning.
 Writes ``slimming.json``, ``slimming.md`` and the figure ``slimming.png``.
 
-    python benchmarks/bench_slimming.py          # defaults: 6 lambdas, 10 + 10 epochs
-    python benchmarks/bench_slimming.py --tiny   # seconds: a smoke run for the tests
+    python -m benchmarks.bench_slimming          # defaults: 6 lambdas, 10 + 10 epochs
+    python -m benchmarks.bench_slimming --tiny   # seconds: a smoke run for the tests
 """
 
 from __future__ import annotations
@@ -19,23 +19,19 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     DOCS,
+    Run,
     add_cache_option,
     base_vgg,
     cache_dir,
-    command,
     digits,
-    write_results,
 )
-from prune_core.measure import measure  # noqa: E402
-from prune_core.methods import Context  # noqa: E402
-from prune_core.methods.slimming import (  # noqa: E402
+from prune_core.measure import measure
+from prune_core.methods import Context
+from prune_core.methods.slimming import (
     SPARSE_REL,
     bn_names,
     gammas,
@@ -45,7 +41,7 @@ from prune_core.methods.slimming import (  # noqa: E402
     slimmable,
     sparsity_of,
 )
-from prune_core.train import Hooks, TrainConfig, evaluate  # noqa: E402
+from prune_core.train import Hooks, TrainConfig, evaluate
 
 # Seed 001 swept 0, 1e-4 and 1e-2 on CIFAR-10; digits gives about 12 steps per epoch,
 # so the sweep reaches further up to show where sparsity appears.
@@ -184,7 +180,8 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--lambdas", type=float, nargs="+", help="L1 weights to sweep")
@@ -202,9 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     out.mkdir(parents=True, exist_ok=True)
     figure(doc, out / "slimming.png")
-    write_results("slimming", doc, markdown(doc), out, cmd=command(__file__, argv))
-    return 0
+    return started.write("slimming", doc, markdown(doc), out)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

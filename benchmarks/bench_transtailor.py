@@ -12,9 +12,9 @@ trained in all (alpha and fine-tuning epochs), with TransTailor's learning rates
 early-stopping patience. Both are measured on the test split. Writes
 ``transtailor.json`` and ``transtailor.md``.
 
-    python benchmarks/bench_transtailor.py          # defaults: vgg11 width 0.25, 3 seeds
-    python benchmarks/bench_transtailor.py --arms start last   # some arms only
-    python benchmarks/bench_transtailor.py --tiny   # seconds: a smoke run for the tests
+    python -m benchmarks.bench_transtailor          # defaults: vgg11 width 0.25, 3 seeds
+    python -m benchmarks.bench_transtailor --arms start last   # some arms only
+    python -m benchmarks.bench_transtailor --tiny   # seconds: a smoke run for the tests
 """
 
 from __future__ import annotations
@@ -26,29 +26,25 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     DOCS,
+    Run,
     add_cache_option,
     cache_dir,
-    command,
     first_images,
     spread,
-    write_results,
 )
-from prune_core import data as datasets  # noqa: E402
-from prune_core.baseline import BaseSpec, get_base  # noqa: E402
-from prune_core.data import Data  # noqa: E402
-from prune_core.measure import count_macs, count_params  # noqa: E402
-from prune_core.methods import Context, filter_counts, get_method, total_filters  # noqa: E402
-from prune_core.methods.magnitude import filter_plan  # noqa: E402
-from prune_core.surgery import remove_channels  # noqa: E402
-from prune_core.train import TrainConfig  # noqa: E402
+from prune_core import data as datasets
+from prune_core.baseline import BaseSpec, get_base
+from prune_core.data import Data
+from prune_core.measure import count_macs, count_params
+from prune_core.methods import Context, filter_counts, get_method, total_filters
+from prune_core.methods.magnitude import filter_plan
+from prune_core.surgery import remove_channels
+from prune_core.train import TrainConfig
 
 MACS_TOLERANCE = 0.02  # the plain arm's MACs within 2 % of TransTailor's
 TRAIN_PHASES = ("alpha", "finetune")  # report rows that are one training epoch each
@@ -344,6 +340,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     ap.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
@@ -362,8 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     result = run(settings, cache, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     result["total_seconds"] = time.perf_counter() - t0
-    cmd = command(Path(__file__), sys.argv[1:] if argv is None else argv)
-    doc = write_results("transtailor", result, markdown(result), args.out, cmd=cmd)
+    doc = started.write("transtailor", result, markdown(result), args.out)
     print(json.dumps(doc["summary"], indent=2))
     return doc
 

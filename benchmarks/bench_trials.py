@@ -7,25 +7,21 @@ the spec's resources.cpu threads, as a study's trial); unset parameters keep the
 defaults. Each group writes trials-<group>.json and .md; rows shared by several
 groups run once.
 
-    python benchmarks/bench_trials.py                       # the summary (~6.5 min)
-    python benchmarks/bench_trials.py --group magnitude     # one method's table
-    python benchmarks/bench_trials.py --group all           # every group (~17 min)
-    python benchmarks/bench_trials.py --tiny                # seconds: the test runs this
+    python -m benchmarks.bench_trials                       # the summary (~6.5 min)
+    python -m benchmarks.bench_trials --group magnitude     # one method's table
+    python -m benchmarks.bench_trials --group all           # every group (~17 min)
+    python -m benchmarks.bench_trials --tiny                # seconds: the test runs this
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks._common import DOCS, add_cache_option, cache_dir, write_results  # noqa: E402
+from benchmarks._common import DOCS, ROOT, Run, add_cache_option, cache_dir
 
 SPEC = ROOT / "studies" / "specs" / "none.yaml"
 SLIM = {"pipeline": "slimming", "slimming.lambda": 0.03}
@@ -164,6 +160,8 @@ def table(rows: list[tuple[str, dict]], results: dict[str, dict], base: dict) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Measure the group(s); returns the last group's document (each has its own file)."""
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--group", default="summary", choices=[*GROUPS, "all"],
                    help="which table to measure (default: summary, the one in docs/results.md)")
@@ -198,7 +196,6 @@ def main(argv: list[str] | None = None) -> dict:
              f"(`prune-study methods`), seed {ts.seed}, on "
              f"{torch.get_num_threads()} thread(s) as a study's trial. Ratios are to the "
              "base model; `seconds` is the trial's training time.")
-    docs = {}
     for g, rows in chosen.items():
         lines = [f"# Single trials: {g}", "", intro, "", *table(rows, results, base.row), "",
                  "`prune-study trial studies/specs/none.yaml` options per row:", ""]
@@ -207,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
                "rows": [{"label": label, "params": params, "row": results[_key(params)]}
                         for label, params in rows]}
         name = f"trials-{g}-tiny" if args.tiny else f"trials-{g}"
-        docs[g] = write_results(name, doc, "\n".join(lines), args.out)
-    return docs
+        saved = started.write(name, doc, "\n".join(lines), args.out)
+    return saved
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ Two overhead ratios:
 - against the loop: Tune's span over the loop's, and end to end (process start to exit,
   Ray's start included). On a shared machine these move with the load.
 
-    python benchmarks/bench_tune.py            # 4 trials of about 30 s
-    python benchmarks/bench_tune.py --tiny     # 2 trials of a few seconds; used by the tests
+    python -m benchmarks.bench_tune            # 4 trials of about 30 s
+    python -m benchmarks.bench_tune --tiny     # 2 trials of a few seconds; used by the tests
 """
 
 from __future__ import annotations
@@ -31,11 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import yaml
 
-import yaml  # noqa: E402
-
-from benchmarks._common import DOCS, ROOT, command, write_results  # noqa: E402
+from benchmarks._common import DOCS, ROOT, Run
 
 PRUNE_STUDY = str(Path(sys.executable).with_name("prune-study"))
 
@@ -92,16 +90,13 @@ def tune_run(path: Path, study_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="2 trials of a few seconds")
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs per trial")
     p.add_argument("--out", type=Path, default=DOCS)
-    p.add_argument("--loop-worker", nargs=2, metavar=("SPEC", "TRIALS"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.loop_worker:
-        loop_worker(a.loop_worker[0], int(a.loop_worker[1]))
-        return {}
     trials = a.trials or (2 if a.tiny else 4)
     epochs = a.epochs if a.epochs is not None else (1 if a.tiny else 12)
     base_epochs = 1 if a.tiny else 15
@@ -120,8 +115,10 @@ def main(argv: list[str] | None = None) -> dict:
                "get_base; s = load_spec(sys.argv[1]).trial_spec(); "
                "get_base(s.base_spec(), load_data(s), s.cache_dir, log=lambda m: None)",
                str(paths["loop"])])
-        wall, stdout = timed([sys.executable, __file__, "--loop-worker", str(paths["loop"]),
-                              str(trials)])
+        wall, stdout = timed([sys.executable, "-c",
+                              "import sys; from benchmarks.bench_tune import loop_worker; "
+                              "loop_worker(sys.argv[1], int(sys.argv[2]))",
+                              str(paths["loop"]), str(trials)])
         loop = {"wall_seconds": wall, **json.loads(stdout)}
         loop["compute_seconds"] = sum(loop.pop("train_seconds"))
         tune1 = tune_run(paths["tune1"], storage / "tune1")
@@ -173,11 +170,9 @@ in the end-to-end wall time). With more runnable processes than cores, two concu
 trials only take a larger share of a saturated machine, so the 2-against-1 throughput
 means something only on an otherwise idle machine.
 """
-    cmd = command(__file__, sys.argv[1:] if argv is None else argv)
-    return write_results("tune", result, md, a.out, cmd)
+    return started.write("tune", result, md, a.out)
 
 
 if __name__ == "__main__":
     doc = main()
-    if doc:
-        print(json.dumps({k: v for k, v in doc.items() if not isinstance(v, dict)}, indent=2))
+    print(json.dumps({k: v for k, v in doc.items() if not isinstance(v, dict)}, indent=2))

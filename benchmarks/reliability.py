@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks._common import ROOT, write_results
+from benchmarks._common import ROOT, Run
 from benchmarks.reliability_specs import BAD_SPECS, fuzz_specs, spec_text
 
 
@@ -136,6 +136,7 @@ def markdown(specs: list[dict], fuzzed: dict, dirs: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fuzz", type=int, default=500, help="mutated specs to try (default 500)")
     p.add_argument("--jobs", type=int, default=2, help="damaged directories run at a time")
@@ -153,9 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"specs": specs, "fuzz": fuzzed, "dirs": dirs}
     md = markdown(specs, fuzzed, dirs)
     print(md)
-    write_results("reliability", result, md, out_dir=args.out,
-                  cmd=f"python -m benchmarks.reliability --fuzz {args.fuzz}")
-    return result
+    return started.write("reliability", result, md, args.out,
+                         cmd=f"python -m benchmarks.reliability --fuzz {args.fuzz}")
 
 
 if __name__ == "__main__":

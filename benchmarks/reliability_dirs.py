@@ -6,7 +6,7 @@ directory in place (one made by :func:`make_valid`), with what ``prune-study sta
 runs ``status``, ``status --json`` and ``report -o`` as subprocesses; ``main()`` prints the
 results as a Markdown table::
 
-    python benchmarks/reliability_dirs.py [--kinds trial-empty,base-json-list] [--jobs 4]
+    python -m benchmarks.reliability_dirs [--kinds trial-empty,base-json-list] [--jobs 4]
 
 Each command is a fresh process that imports torch (about 5 s), so all kinds take
 79 x 3 such starts: some 20 minutes on 4 free cores with ``--jobs 4``.
@@ -28,10 +28,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: the repository's packages are importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._damage import (  # noqa: E402
+from benchmarks._damage import (
     ROOT,
     Damage,
     dir_is_file,

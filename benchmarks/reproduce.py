@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks._common import DOCS, ROOT, write_results
+from benchmarks._common import DOCS, ROOT, Run
 
 SPECS = ROOT / "studies" / "specs"
 
@@ -218,6 +218,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="seeds: " + "; ".join(f"{k} {s.title}"
@@ -235,10 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
                  storage=args.storage, log=lambda m: print(m, file=sys.stderr, flush=True))
     md = markdown(result)
     print(md)
-    write_results(f"reproduce-{args.seed}", result, md, out_dir=args.out,
-                  cmd=f"python -m benchmarks.reproduce {args.seed} --root <data root>"
-                  + (" --tiny" if args.tiny else ""))
-    return result
+    # The data root is this machine's path: the command names its place instead.
+    return started.write(f"reproduce-{args.seed}", result, md, args.out,
+                         cmd=f"python -m benchmarks.reproduce {args.seed} --root <data root>"
+                         + (" --tiny" if args.tiny else ""))
 
 
 if __name__ == "__main__":

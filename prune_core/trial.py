@@ -12,7 +12,6 @@ tensors and data), and once at the end with the full result row.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from torch import nn
 from prune_core import data as datasets
 from prune_core import models
 from prune_core.baseline import BaseModel, BaseSpec, get_base
+from prune_core.environment import environment  # noqa: F401 (the trial's name for it)
 from prune_core.measure import channel_counts, measure
 from prune_core.methods import Context, chain_name, parse_chain, split_params
 from prune_core.surgery import load_resized
@@ -107,19 +107,6 @@ def resolve_chain(spec: TrialSpec, params: dict):
     fixed = {k: v for k, v in spec.fixed.items() if k.partition(".")[0] in names}
     values = {**fixed, **params}
     return stages, split_params(stages, values)
-
-
-def environment() -> dict:
-    """Versions and device, stored beside every result."""
-    from prune_core import __version__
-
-    env = {
-        "prune_study": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
-        else platform.processor() or platform.machine(),
-    }
-    return env
 
 
 def fresh_model(base: BaseModel, seed: int, device: torch.device | str = "cpu") -> nn.Module:

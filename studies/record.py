@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -53,26 +52,15 @@ def _plain(v):
     return str(v)
 
 
-def git_commit() -> str | None:
-    """The commit of the checkout prune-study runs from, if it runs from one."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def environment() -> dict:
-    """Versions, commit and device, stored beside every study."""
+    """Versions, machine, commit and load (:func:`prune_core.environment.environment`),
+    with Ray's and Optuna's versions: stored beside every study."""
     import optuna
     import ray
 
-    from prune_core.trial import environment as trial_environment
+    from prune_core.environment import environment as core_environment
 
-    return {**trial_environment(), "git_commit": git_commit(), "ray": ray.__version__,
-            "optuna": optuna.__version__}
+    return {**core_environment(), "ray": ray.__version__, "optuna": optuna.__version__}
 
 
 def write_study_files(spec: StudySpec, study_dir: Path, base_row: dict, base_info: dict) -> None:

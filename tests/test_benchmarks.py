@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+import itertools
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_gpu, bench_search
+from benchmarks import _common, bench_gpu, bench_search
+
+BENCHMARKS = sorted(Path(_common.__file__).parent.glob("*.py"))
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +22,63 @@ def _own_ray():
     import ray
 
     ray.shutdown()
+
+
+def test_command_reproduces_the_module_form():
+    from benchmarks import bench_lab
+
+    assert _common.command(bench_lab.__file__, ["--tiny", "--out", "a b"]) == \
+        "python -m benchmarks.bench_lab --tiny --out 'a b'"
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.stem)
+def test_every_benchmark_is_a_module_of_the_package(path):
+    """Run as ``python -m benchmarks.<name>``: no script puts the repository on sys.path,
+    and every ``main`` takes ``argv=None`` and is what ``python -m`` calls."""
+    tree = ast.parse(path.read_text())
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "path"
+                and isinstance(n.value, ast.Name) and n.value.id == "sys"]
+    main = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"),
+                None)
+    if main is None:
+        return
+    assert [a.arg for a in main.args.args] == ["argv"]
+    assert isinstance(main.args.defaults[0], ast.Constant) and main.args.defaults[0].value is None
+    guard = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
+    assert len(guard) == 1 and "main()" in ast.unparse(guard[0])
+    if ".write(" in ast.unparse(main):  # a benchmark that writes results notes its start first
+        body = [n for n in main.body if not (isinstance(n, ast.Expr)
+                                             and isinstance(n.value, ast.Constant))]
+        assert ast.unparse(body[0]) == "started = Run(__file__, argv)"
+
+
+def test_the_load_before_and_after_flags_a_busy_machine():
+    quiet = _common.machine_load(0.5, 1.9, cpus=2)
+    assert quiet == {"load_before": 0.5, "load_after": 1.9, "busy": False}
+    assert _common.busy_note(quiet, cpus=2) is None
+    busy = _common.machine_load(0.5, 3.3, cpus=2)
+    assert busy["busy"] and _common.machine_load(2.1, None, cpus=2)["busy"]
+    assert not _common.machine_load(None, None, cpus=2)["busy"]
+    assert _common.busy_note(busy, cpus=2) == \
+        "Taken on a busy machine (load 3.3 on 2 cores): timings are indicative only."
+
+
+@pytest.mark.parametrize("after", [0.0, 1000.0])
+def test_write_results_stores_the_load_and_says_when_it_was_busy(tmp_path, monkeypatch, after):
+    monkeypatch.setattr(_common, "load_1min", lambda: after)
+    doc = _common.write_results("x", {"value": 1}, "# Title\n\nText.", tmp_path,
+                                cmd="python -m benchmarks.x", load_before=0.0)
+    saved = json.loads((tmp_path / "x.json").read_text())
+    assert saved == json.loads(json.dumps(doc))
+    assert (saved["load_before"], saved["load_after"], saved["busy"]) == (0.0, after, after > 0)
+    md = (tmp_path / "x.md").read_text()
+    note = f"**Taken on a busy machine (load 1000.0 on {os.cpu_count()} cores): timings are " \
+        "indicative only.**"
+    if after:
+        assert md.startswith(f"# Title\n\n{note}\n\nText.")
+    else:
+        assert "busy" not in md and md.startswith("# Title\n\nText.")
+    assert "- load before and after the run: 0.0, " in md and "python -m benchmarks.x" in md
 
 
 @pytest.mark.slow
@@ -105,7 +168,8 @@ def test_bench_methods_tiny_tabulates_knees(tmp_path):
 def test_bench_trials_tiny_runs_each_setting_once(tmp_path):
     from benchmarks import bench_trials
 
-    doc = bench_trials.main(["--tiny", "--group", "summary", "--out", str(tmp_path)])["summary"]
+    doc = bench_trials.main(["--tiny", "--group", "summary", "--out", str(tmp_path)])
+    assert doc["group"] == "summary"  # the document written last: the only group
     rows = doc["rows"]
     assert [r["label"] for r in rows] == [label for label, _ in
                                           bench_trials.GROUPS["summary"][:3]]
@@ -222,3 +286,41 @@ def test_bench_lab_tiny_writes_the_seed_table_and_int8_latency(tmp_path):
     assert doc["load_average_during_latency"] and doc["environment"]["load_average"]
     md = (tmp_path / "lab-tiny.md").read_text()
     assert "| 1 | base |" in md and "## int8 latency" in md and "Reproduce with" in md
+
+
+@pytest.mark.slow
+def test_bench_latency_tiny_times_pruned_and_int8_models(tmp_path):
+    from benchmarks import bench_latency
+
+    doc = bench_latency.main(["--tiny", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "latency-tiny.json").read_text())
+    assert saved == json.loads(json.dumps(doc))
+    models, settings = saved["models"], saved["settings"]
+    assert settings["threads"] == saved["environment"]["torch_threads"] == 1
+    fp32 = [m for m in models.values() if m["precision"] == "fp32"]
+    # MACs and params fall with every share of filters removed
+    assert [m["filters_removed"] for m in fp32] == [0.0, *settings["ratios"]]
+    assert all(a["macs"] > b["macs"] and a["params"] > b["params"]
+               for a, b in itertools.pairwise(fp32))
+    # int8 at equal architecture: the same MACs and params, fewer bytes, the same answers
+    for name in ("fp32 base", bench_latency.pruned_name(settings["int8_ratio"])):
+        f, q = models[name], models[bench_latency.int8_name(name)]
+        assert (q["macs"], q["params"]) == (f["macs"], f["params"])
+        assert q["size_bytes"] < f["size_bytes"] / 3
+        assert q["agreement_with_fp32"] >= 0.9
+    rows = saved["rows"]
+    assert {(r["model"], r["mode"], r["batch"]) for r in rows} == {
+        (m, mode, b) for m in models for mode in settings["modes"] for b in settings["batches"]}
+    for r in rows:
+        assert r["median_ms"] > 0 and r["iqr_ms"] >= 0 and r["speedup"] > 0
+        assert len(r["repeat_medians_ms"]) == settings["repeats"] == 2
+        assert all(t > 0 for t in r["repeat_medians_ms"])
+        assert r["speedup_range"][0] <= r["speedup"] <= r["speedup_range"][1]
+        assert r["macs_over_latency_reduction"] == pytest.approx(
+            r["macs_reduction"] / r["speedup"])
+        if r["model"] == "fp32 base":
+            assert r["speedup"] == 1.0
+    assert isinstance(saved["busy"], bool) and saved["load_before"] is not None
+    md = (tmp_path / "latency-tiny.md").read_text()
+    assert "| int8 base |" in md and "## eager" in md and "--tiny" in saved["command"]
+    assert ("Taken on a busy machine" in md) == saved["busy"]

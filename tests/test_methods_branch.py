@@ -177,7 +177,7 @@ def test_bad_parameters_name_the_domain(name, value):
 
 
 def test_bench_branch_tiny(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/bench_branch.py", "--tiny",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_branch", "--tiny",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -240,7 +240,7 @@ def test_default_search_ranges_always_fit_the_epoch_budget():
 
 
 def test_bench_repr_tiny(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/bench_repr.py", "--tiny",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_repr", "--tiny",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr

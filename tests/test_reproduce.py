@@ -1,4 +1,4 @@
-"""benchmarks/reproduce.py at tiny scale on data fabricated in the real on-disk formats:
+"""`python -m benchmarks.reproduce` at tiny scale on data fabricated in the real on-disk formats:
 every seed's points run through its shipped spec and land in one table."""
 
 from __future__ import annotations

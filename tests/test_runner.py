@@ -286,7 +286,7 @@ def test_bench_tune_tiny_compares_tune_with_a_plain_loop(tmp_path):
         saved["tune_1_concurrent"]["trials_seconds"] / saved["tune_2_concurrent"]
         ["trials_seconds"])
     md = (tmp_path / "tune.md").read_text()
-    assert "plain loop" in md and "bench_tune.py --tiny" in md
+    assert "plain loop" in md and "-m benchmarks.bench_tune --tiny" in md
 
 
 def test_tune_does_not_warn_that_the_samplers_own_work_is_training():
