@@ -157,12 +157,17 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *,
     if not compiled:
         return _time_batches(model, input_shape, batch, threads, runs, warmup)
     import torch._inductor.config as inductor_config
+    from torch import _dynamo
 
     # Freezing constant-folds the int8 weights into the kernels; compiling happens at the
     # first (warm-up) call, inside the patch, which leaves the process's settings alone.
+    # One static graph per batch size, as a deployment at a fixed batch compiles. Models of
+    # one class share their forward's compile cache, whose limit (8 graphs) would silently
+    # leave a worker that measured many trials timing eager code: start each model afresh.
+    _dynamo.reset()
     with inductor_config.patch(freezing=True):
-        return _time_batches(torch.compile(model, backend="inductor"), input_shape, batch,
-                             threads, runs, warmup)
+        return _time_batches(torch.compile(model, backend="inductor", dynamic=False),
+                             input_shape, batch, threads, runs, warmup)
 
 
 def _time_batches(model, input_shape, batch, threads: int, runs: int, warmup: int) -> dict:
