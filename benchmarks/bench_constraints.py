@@ -167,8 +167,8 @@ def markdown(spec, doc: dict, changed: dict) -> str:
             f"{r['curve'][i - 1]:.4f}" for i in _marks(trials)) + " |")
     if changed == space_overrides(list(DEFAULT_SPACE)):
         lines += ["", "Fine-tuning is capped as in bench_search (the spec itself allows 0 to 8 "
-                      "epochs) so that both arms x 3 seeds x 30 trials fit in 15 minutes on 2 "
-                      "cores; fewer epochs make the constraint harder to meet in both arms."]
+                      "epochs) to keep six studies of 30 trials short on 2 cores; fewer epochs "
+                      "make the constraint harder to meet, in both arms."]
     lines += [
         "",
         f"Wall time of the whole run {doc['seconds'] / 60:.1f} min (base model training "
