@@ -174,8 +174,12 @@ def markdown(spec, doc: dict, changed: dict) -> str:
         f"Wall time of the whole run {doc['seconds'] / 60:.1f} min (base model training "
         "excluded from the per-study minutes); the machine is shared, so minutes depend on "
         f"its load: load average (1, 5, 15 min) {before} before, {after} after, on "
-        f"{os.cpu_count()} logical CPUs. Hypervolumes and feasible counts do not depend on "
-        "load; the arms alternate per seed, so load drift hits both alike.",
+        f"{os.cpu_count()} logical CPUs; the arms alternate per seed, so load drift hits "
+        "both alike. A seed fixes TPE's random start-up trials, which both arms share; "
+        "after them, with two trials running at once, TPE's next suggestion depends on "
+        "which trials have finished, so the finishing order (and with it the load) changes "
+        "the later trials: a rerun of the same command gives other hypervolumes and "
+        "feasible counts.",
     ]
     return "\n".join(lines)
 
