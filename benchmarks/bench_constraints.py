@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import DOCS, add_cache_option, cache_dir, spread, write_results
+from benchmarks._common import DOCS, Run, add_cache_option, cache_dir, spread
 from benchmarks.bench_search import DEFAULT_SPACE, SPEC, run_one, space_overrides
 
 CONSTRAINTS = {"accuracy_drop": {"max": 0.02}}
@@ -192,7 +191,7 @@ def _marks(trials: int) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3, help="sampler seeds per arm")
     p.add_argument("--trials", type=int, default=30, help="trials per study")
@@ -260,8 +259,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{arm:>13}: {h['mean']:.4f} +- {h['std']:.4f}, "
               f"{v['feasible']['mean']:.1f} feasible", file=sys.stderr)
     print(f"ratio constrained/unconstrained: {summary['ratio']}", file=sys.stderr)
-    cmd = shlex.join(["python", "-m", "benchmarks.bench_constraints", *argv])
-    return write_results(name, doc, markdown(spec, doc, changed), args.out, cmd=cmd)
+    return started.write(name, doc, markdown(spec, doc, changed), args.out)
 
 
 if __name__ == "__main__":
