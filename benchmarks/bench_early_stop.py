@@ -6,7 +6,7 @@ with TPE and several sampler seeds, once with Tune's default FIFO scheduler (eve
 fine-tunes to the end) and once with ``scheduler: mo_asha`` at its defaults (grace period
 1, reduction factor 3, one dominator). Fine-tuning is fixed at ``--finetune-epochs``
 (4), so that a trial stopped at a rung (epochs 1 and 3) saves something while the six
-studies fit in about 15 minutes on 2 cores (6 epochs would take about 20). Each run
+studies fit in about 14 minutes on 2 idle cores (6 epochs would take about 18). Each run
 records the epochs its trials trained (from history.jsonl), their summed epoch seconds,
 the study's wall time, the trials stopped, the hypervolume of its finished trials against
 the base model and the hypervolume after each trial. All runs share one base model,
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from benchmarks._common import DOCS, add_cache_option, cache_dir, spread, write_results
-from benchmarks.bench_search import SPEC, run_one
+from benchmarks.bench_search import CHANCE_MARGIN, SPEC, run_one
 
 ARMS = ("fifo", "mo_asha")  # fifo: no scheduler, Tune's default; every trial runs to its end
 MO_ASHA = {"name": "mo_asha", "grace_period": 1, "reduction_factor": 3, "min_dominators": 1}
@@ -46,22 +46,33 @@ def link_cache(storage: Path, shared: Path) -> None:
 
 def trial_compute(study_dir: Path) -> list[dict]:
     """Per trial, in trial order: ``number``, ``trial_id``, ``status``, ``epochs`` (its rows
-    in history.jsonl, a resumed step counted once) and ``seconds`` (their epoch_seconds)."""
+    in history.jsonl, a resumed step counted once), ``seconds`` (their epoch_seconds),
+    ``first_val_accuracy`` (after its first epoch) and ``accuracy`` (final; None unless ok)."""
     from analysis import results
 
     trials = results.load(study_dir)
     hist = results.history(study_dir)
-    epochs = hist.groupby("trial_id").size() if len(hist) else {}
-    seconds = hist.groupby("trial_id")["epoch_seconds"].sum() if len(hist) else {}
-    return [{"number": int(t.number), "trial_id": t.trial_id, "status": t.status,
-             "epochs": int(epochs.get(t.trial_id, 0)),
-             "seconds": float(seconds.get(t.trial_id, 0.0))}
-            for t in trials.itertuples()]
+    by_trial = {k: g for k, g in hist.groupby("trial_id")} if len(hist) else {}
+    out = []
+    for t in trials.itertuples():
+        rows = by_trial.get(t.trial_id)
+        out.append({"number": int(t.number), "trial_id": t.trial_id, "status": t.status,
+                    "epochs": 0 if rows is None else len(rows),
+                    "seconds": 0.0 if rows is None else float(rows["epoch_seconds"].sum()),
+                    "first_val_accuracy": None if rows is None
+                    else float(rows["val_accuracy"].iloc[0]),
+                    "accuracy": float(t.accuracy) if t.status == "ok" else None})
+    return out
 
 
-def measure(study_dir: Path, run: dict) -> dict:
-    """``run`` (from bench_search.run_one) with the study's compute and its trials stopped."""
+def measure(study_dir: Path, run: dict, classes: int) -> dict:
+    """``run`` (from bench_search.run_one) with the study's compute, its trials stopped, and
+    its trials at chance after their first epoch (within CHANCE_MARGIN of 1 / classes) and
+    how many of those finished above it."""
     per_trial = trial_compute(study_dir)
+    chance = 1.0 / classes + CHANCE_MARGIN
+    first_at_chance = [t for t in per_trial if t["first_val_accuracy"] is not None
+                       and t["first_val_accuracy"] <= chance]
     cumulative, total = [], 0
     for t in per_trial:
         total += t["epochs"]
@@ -76,7 +87,9 @@ def measure(study_dir: Path, run: dict) -> dict:
             "stopped_at_epochs": {str(k): at[k] for k in sorted(at)},
             "ok": sum(t["status"] == "ok" for t in per_trial), "failed": run["failed"],
             "final_hypervolume": run["final_hypervolume"], "curve": run["curve"],
-            "cumulative_epochs": cumulative}
+            "cumulative_epochs": cumulative, "first_epoch_at_chance": len(first_at_chance),
+            "recovered": sum(t["accuracy"] is not None and t["accuracy"] > chance
+                             for t in first_at_chance)}
 
 
 def hypervolume_within(run: dict, epochs: float) -> float:
@@ -177,7 +190,8 @@ def markdown(doc: dict, spec, name: str) -> str:
         "",
         f"Study `{SPEC.name}` ({spec.methods_label} on {spec.data}, {spec.model}), objectives "
         f"{', '.join(f'{k} {v}' for k, v in spec.objectives.items())}, the {SAMPLER} sampler, "
-        f"{doc['trials']} trials per run, {doc['seeds']} sampler seeds per arm, trials "
+        f"{doc['trials']} trials per run, {doc['seeds']} sampler "
+        f"seed{'s' if doc['seeds'] != 1 else ''} per arm, trials "
         f"{spec.resources['cpu']:g} CPU each on a local Ray. Fine-tuning is fixed at "
         f"`magnitude.finetune_epochs: {doc['finetune_epochs']}` (the spec searches "
         f"{_yaml(doc['searched_finetune_epochs'])}), "
@@ -211,16 +225,25 @@ def markdown(doc: dict, spec, name: str) -> str:
         f"({arms['mo_asha']['epochs']['mean']:.0f} epochs) was {at['mean']:.4f} ± "
         f"{at['std']:.4f}.",
         "",
+        "Per sampler seed. At chance after epoch 1: trials whose validation accuracy after "
+        f"their first epoch was within {CHANCE_MARGIN:g} of chance, the rung-1 point "
+        "mo_asha judges them by; recovered: of those, the trials that finished above it.",
+        "",
         "| seed | fifo epochs | mo_asha epochs | stopped (at epoch: count) | fifo hypervolume "
-        "| mo_asha hypervolume |",
-        "|---|---|---|---|---|---|",
+        "| mo_asha hypervolume | fifo: at chance after epoch 1, recovered "
+        "| mo_asha: the same |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for f, m in zip(doc["runs"]["fifo"], doc["runs"]["mo_asha"], strict=True):
         at_epochs = ", ".join(f"{k}: {v}" for k, v in m["stopped_at_epochs"].items()) or "-"
         lines.append(f"| {f['seed']} | {f['epochs']} | {m['epochs']} | {m['stopped']} "
                      f"({at_epochs}) | {f['final_hypervolume']:.4f} | "
-                     f"{m['final_hypervolume']:.4f} |")
+                     f"{m['final_hypervolume']:.4f} | {f['first_epoch_at_chance']}, "
+                     f"{f['recovered']} | {m['first_epoch_at_chance']}, {m['recovered']} |")
     lines += [
+        "",
+        f"The {2 * doc['seeds']} studies took {doc['seconds'] / 60:.0f} minutes at the load "
+        "below.",
         "",
         f"Load average (1, 5, 15 min) before the runs: {_load(doc['load_average_before'])}; "
         f"after: {_load(doc['load_average_after'])}, on {os.cpu_count()} logical CPUs. "
@@ -287,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
             link_cache(storage / arm, shared)
             print(f"{arm} seed {seed}: {spec.trials} trials", file=sys.stderr, flush=True)
             run = run_one(arm_spec, SAMPLER, seed, storage / arm, classes, log)
-            runs[arm].append(measure(storage / arm / f"{SAMPLER}-{seed}", run))
+            runs[arm].append(measure(storage / arm / f"{SAMPLER}-{seed}", run, classes))
             r = runs[arm][-1]
             print(f"  {r['epochs']} epochs, {r['stopped']} stopped, final hypervolume "
                   f"{r['final_hypervolume']:.4f}, {r['wall_seconds']:.0f} s",

@@ -11,6 +11,7 @@ import yaml
 
 from analysis import pareto, results
 from benchmarks import bench_early_stop
+from prune_core.data import load as load_data
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +62,20 @@ def test_tiny_writes_both_arms_its_figure_and_the_load(tiny):
 def test_compute_is_the_epoch_rows_of_every_trial(tiny):
     doc, _ = tiny
     full = doc["finetune_epochs"]
+    classes = load_data("digits").num_classes
     for _arm, run, study_dir in runs(doc):
+        assert yaml.safe_load((study_dir / "spec.yaml").read_text())["data"] == "digits"
         rows, trials = epoch_rows(study_dir), trial_files(study_dir)
         assert len(trials) == len(run["curve"]) == len(run["cumulative_epochs"])
         assert run["epochs"] == sum(len(r) for r in rows.values()) == run["cumulative_epochs"][-1]
         assert run["trial_seconds"] == pytest.approx(
             sum(r["epoch_seconds"] for per in rows.values() for r in per.values()))
+        # the trials at chance after their first epoch, and those that finished above it
+        chance = 1 / classes + bench_early_stop.CHANCE_MARGIN
+        low = [t for t, per in rows.items() if per[min(per)]["val_accuracy"] <= chance]
+        assert run["first_epoch_at_chance"] == len(low)
+        assert run["recovered"] == sum(trials[t]["status"] == "ok"
+                                       and trials[t]["row"]["accuracy"] > chance for t in low)
         for trial_id, rec in trials.items():
             trained = len(rows.get(trial_id, {}))
             assert rec["last"]["step"] == trained  # the step counts every epoch it trained
