@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
-from benchmarks._common import DOCS, add_cache_option, cache_dir, spread, write_results
+from benchmarks._common import DOCS, Run, add_cache_option, cache_dir, spread
 from benchmarks.bench_search import CHANCE_MARGIN, SPEC, run_one
 
 ARMS = ("fifo", "mo_asha")  # fifo: no scheduler, Tune's default; every trial runs to its end
@@ -259,6 +258,7 @@ def markdown(doc: dict, spec, name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=30, help="trials per study")
     p.add_argument("--seeds", type=int, default=3, help="sampler seeds per arm")
@@ -334,8 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{arm:>8}: {v['epochs']['mean']:.1f} epochs, hypervolume "
               f"{v['final_hypervolume']['mean']:.4f} +- {v['final_hypervolume']['std']:.4f}",
               file=sys.stderr)
-    return write_results(name, doc, markdown(doc, spec, name), args.out,
-                         cmd=shlex.join(["python", "-m", "benchmarks.bench_early_stop", *argv]))
+    return started.write(name, doc, markdown(doc, spec, name), args.out)
 
 
 if __name__ == "__main__":
