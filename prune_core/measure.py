@@ -216,6 +216,14 @@ def count_cost(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
             "nonzero_macs": nonzero_macs}
 
 
+def latency_columns(model: nn.Module, input_shape: tuple[int, ...],
+                    latency: bool | dict = True) -> dict:
+    """:func:`measure_latency` with a spec's ``latency`` (true, or options over
+    ``LATENCY_DEFAULTS``)."""
+    options = {**LATENCY_DEFAULTS, **(latency if isinstance(latency, dict) else {})}
+    return measure_latency(model, input_shape, **options)
+
+
 def measure(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -235,8 +243,7 @@ def measure(
     row["ops"] = row["macs"] + count_activations(counted, input_shape)
     row["size_bytes"] = size_bytes(model)
     if with_latency:
-        options = {**LATENCY_DEFAULTS, **(with_latency if isinstance(with_latency, dict) else {})}
-        row.update(measure_latency(model, input_shape, **options))
+        row.update(latency_columns(model, input_shape, with_latency))
     return row
 
 
@@ -247,7 +254,7 @@ def channel_counts(model: nn.Module) -> dict[str, int]:
 
 
 __all__ = [
-    "ACTIVATIONS", "LATENCY_DEFAULTS", "channel_counts", "count_activations", "count_macs",
-    "count_params", "deployable", "latency_ms", "measure", "measure_latency", "parse_shape",
-    "size_bytes",
+    "ACTIVATIONS", "LATENCY_DEFAULTS", "channel_counts", "count_activations", "count_cost",
+    "count_macs", "count_params", "deployable", "latency_columns", "latency_ms", "measure",
+    "measure_latency", "parse_shape", "size_bytes",
 ]

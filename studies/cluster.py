@@ -16,12 +16,13 @@ from prune_core.errors import PruneStudyError
 from studies.spec import StudySpec
 
 __all__ = ["ClusterError", "RayVersionMismatch", "check_ray_versions", "check_resources",
-           "connect", "node_versions"]
+           "connect", "log_stderr", "node_versions"]
 
 Log = Callable[[str], None]
 
 
-def _stderr(msg: str) -> None:
+def log_stderr(msg: str) -> None:
+    """The default ``log`` of the study functions: one line to stderr, flushed."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -33,7 +34,7 @@ class RayVersionMismatch(ClusterError):
     """The cluster runs another Ray than this driver."""
 
 
-def connect(address: str | None = None, log: Log = _stderr) -> None:
+def connect(address: str | None = None, log: Log = log_stderr) -> None:
     """Start a local Ray, or join the cluster at ``address``; reuse one already started."""
     if ray.is_initialized():
         if not address:
@@ -73,7 +74,7 @@ def connect(address: str | None = None, log: Log = _stderr) -> None:
     log(f"started a local Ray: {_resources_text()}")
 
 
-def node_versions(timeout_s: float = 60, log: Log = _stderr) -> dict[str, str]:
+def node_versions(timeout_s: float = 60, log: Log = log_stderr) -> dict[str, str]:
     """The Ray version each alive node runs, from a tiny task on each: node -> version."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -21,11 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -40,7 +38,7 @@ from prune_core.baseline import (
     load_cached,
 )
 from prune_core.measure import channel_counts
-from studies.cluster import check_resources, connect
+from studies.cluster import Log, check_resources, connect, log_stderr
 from studies.lock import DriverLock
 from studies.loggers import check_loggers, make_loggers
 from studies.record import (
@@ -60,7 +58,6 @@ __all__ = ["base_row", "check_base", "ensure_base", "finish_study", "progress",
            "resume_study", "run_study", "study_summary", "StudyInterrupted", "tune_storage"]
 
 logger = logging.getLogger(__name__)
-Log = Callable[[str], None]
 
 
 class StudyInterrupted(KeyboardInterrupt):
@@ -72,14 +69,10 @@ class StudyInterrupted(KeyboardInterrupt):
         self.study_dir = study_dir
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- base model
 
 
-def ensure_base(spec: StudySpec, log: Log = _stderr) -> tuple[BaseModel, dict]:
+def ensure_base(spec: StudySpec, log: Log = log_stderr) -> tuple[BaseModel, dict]:
     """The study's base model from the cache, or trained once as a Ray task and cached."""
     ts = spec.trial_spec()
     bspec = ts.base_spec()
@@ -118,7 +111,7 @@ def check_base(study_dir: Path, base: BaseModel, path: Path) -> None:
             f"`prune-study run {study_dir / 'spec.yaml'} --name NEW_NAME`.")
 
 
-def base_row(base: BaseModel, spec: StudySpec | None = None, log: Log = _stderr) -> dict:
+def base_row(base: BaseModel, spec: StudySpec | None = None, log: Log = log_stderr) -> dict:
     """The base model's row for study.json; with the spec's ``latency``, timed as trials are
     (a Ray task with a trial's resources), so trials compare with it."""
     row = {**base.row, "channels": channel_counts(base.build("cpu"))}
@@ -166,7 +159,7 @@ def tune_storage(spec: StudySpec, study_dir: Path) -> str:
     return f"{spec.storage.rstrip('/')}/{spec.name}" if spec.is_remote_storage else str(study_dir)
 
 
-def run_study(spec: StudySpec, *, address: str | None = None, log: Log = _stderr) -> dict:
+def run_study(spec: StudySpec, *, address: str | None = None, log: Log = log_stderr) -> dict:
     """Run a new study; returns its summary, whose ``complete`` says whether every trial
     ended. Raises :class:`StudyInterrupted` on Ctrl-C, ``LockHeld`` if another driver
     holds the study, :class:`StudyError` if the directory already holds one."""
@@ -222,7 +215,7 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> d
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None,
-                 log: Log = _stderr) -> dict:
+                 log: Log = log_stderr) -> dict:
     """Continue a study whose driver stopped, until its ``trials`` have ended: unfinished
     trials resume from checkpoints, ended ones are kept, and the sampler continues from its
     saved state. A complete study is left alone: no Ray, no training."""
@@ -320,7 +313,7 @@ def _trial_ids(grid) -> set[str]:
     return {Path(r.path).name for r in grid}
 
 
-def finish_study(study_dir: Path, known: set[str], requested: int, log: Log = _stderr,
+def finish_study(study_dir: Path, known: set[str], requested: int, log: Log = log_stderr,
                  *, interrupted: bool = False) -> dict:
     """Reconcile trial files with the experiment Tune ran, and summarise."""
     for rec in trial_records(study_dir):

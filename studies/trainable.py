@@ -4,7 +4,6 @@ the Ray tasks that train and time the base model where trials run."""
 from __future__ import annotations
 
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -15,8 +14,9 @@ import torch
 from ray import tune
 
 from prune_core.baseline import BaseModel, safe_load, train_base
-from prune_core.measure import LATENCY_DEFAULTS, measure_latency
+from prune_core.measure import latency_columns
 from prune_core.trial import TrialSpec, load_data, run_trial, save_json_safe
+from studies.cluster import log_stderr
 from studies.spec import StudySpec
 
 __all__ = ["CHECKPOINT_FILE", "base_latency_task", "make_trainable", "train_base_task",
@@ -25,23 +25,18 @@ __all__ = ["CHECKPOINT_FILE", "base_latency_task", "make_trainable", "train_base
 CHECKPOINT_FILE = "trial.pt"
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def train_base_task(study: dict, threads: int) -> BaseModel:
     """Ray task: train the base model where trials run."""
     torch.set_num_threads(threads)
     spec = TrialSpec.from_dict(study)
-    return train_base(spec.base_spec(), load_data(spec), log=_stderr)
+    return train_base(spec.base_spec(), load_data(spec), log=log_stderr)
 
 
 def base_latency_task(study: dict, base: BaseModel, threads: int) -> dict:
     """Ray task: time the base model as a trial times its final model."""
     torch.set_num_threads(threads)
     spec = TrialSpec.from_dict(study)
-    options = {**LATENCY_DEFAULTS, **(spec.latency if isinstance(spec.latency, dict) else {})}
-    return measure_latency(base.build("cpu"), load_data(spec).input_shape, **options)
+    return latency_columns(base.build("cpu"), load_data(spec).input_shape, spec.latency)
 
 
 class _TuneReport:
@@ -111,7 +106,7 @@ def train_trial(config: dict, *, base: BaseModel, study: dict, threads: int = 1,
     report = _TuneReport(extra)
     try:
         run_trial({"study": study, "params": params}, report, base=base, resume=resume,
-                  log=_stderr)
+                  log=log_stderr)
     except Exception as e:
         if type(e).__module__.split(".")[0] == "ray":
             raise  # Tune's own signals (stop, lost session) are not trial failures
