@@ -25,8 +25,11 @@ demo: $(STAMP)
 	$(BIN)/prune-study report $(STORAGE)/quickstart -o $(STORAGE)/quickstart/report
 	@echo "report: $(STORAGE)/quickstart/report/report.html"
 
+# Test files run in TEST_WORKERS processes (pytest-xdist), a whole file to one worker, so a
+# module's fixtures (a local Ray, a study run once for several tests) are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # deptry: every imported package is declared, every declared one imported (pyproject.toml).
 lint: $(STAMP)

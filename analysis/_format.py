@@ -33,7 +33,8 @@ LABELS = {
     "val_accuracy": "validation accuracy", "accuracy_drop": "accuracy drop vs. base",
     "macs": "MACs per sample", "nonzero_macs": "non-zero MACs per sample",
     "ops": "operations per sample", "params": "parameters", "nonzero_params":
-    "non-zero parameters", "size_bytes": "model size", "latency_ms": "latency (ms, batch 1)",
+    "non-zero parameters", "size_bytes": "model size",
+    "latency_ms": "latency (ms, first batch size)",
     "compression": "compression (x)", "speedup": "MAC reduction (x)",
 }
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")

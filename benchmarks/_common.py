@@ -16,6 +16,7 @@ import os
 import shlex
 import statistics
 import sys
+import threading
 from pathlib import Path
 
 from prune_core.environment import environment, load_average
@@ -38,53 +39,147 @@ def load_1min() -> float | None:
     return load[0] if load else None
 
 
-def machine_load(before: float | None, after: float | None, cpus: int | None = None) -> dict:
-    """``load_before``, ``load_after`` and ``busy``: true when either load exceeds one
-    runnable process per core (``cpus``, default ``os.cpu_count()``), that is when other
-    work competed for the cores a benchmark timed."""
+def machine_load(before: float | None, after: float | None, others: float | None = None,
+                 cpus: int | None = None) -> dict:
+    """``load_before``, ``load_after``, ``others_running`` and ``busy``.
+
+    ``busy`` is true when other work competed for the cores a benchmark timed: the load
+    before the run exceeded one runnable process per core (``cpus``, default
+    ``os.cpu_count()``), or other processes kept more than OTHERS_LIMIT threads runnable on
+    average during it (``others``, from :class:`OtherWork`). The load after the run is
+    kept for the record but does not decide: it counts the benchmark's own trials, and one
+    that fills every core ends near the core count on an idle machine. Where ``others``
+    was not sampled (not Linux), the load after decides as the load before does."""
     cpus = cpus or os.cpu_count() or 1
-    return {"load_before": before, "load_after": after,
-            "busy": any(v is not None and v > cpus for v in (before, after))}
+    late = others > OTHERS_LIMIT if others is not None else after is not None and after > cpus
+    return {"load_before": before, "load_after": after, "others_running": others,
+            "busy": (before is not None and before > cpus) or late}
 
 
 def busy_note(load: dict, cpus: int | None = None) -> str | None:
     """The sentence a busy run's Markdown carries (None for a quiet run)."""
     if not load["busy"]:
         return None
-    worst = max(v for v in (load["load_before"], load["load_after"]) if v is not None)
-    return (f"Taken on a busy machine (load {worst:.1f} on {cpus or os.cpu_count() or 1} "
-            "cores): timings are indicative only.")
+    cpus = cpus or os.cpu_count() or 1
+    what = [f"load {v:.1f} {when}" for when, v in (("before the run", load["load_before"]),
+                                                    ("after it", load["load_after"]))
+            if v is not None and v > cpus]
+    if load.get("others_running") is not None and load["others_running"] > OTHERS_LIMIT:
+        what.append(f"{load['others_running']:.1f} runnable threads of other processes on "
+                    "average during it")
+    return (f"Taken on a busy machine ({', '.join(what)}; {cpus} cores): timings are "
+            "indicative only.")
+
+
+# Other processes' runnable threads, averaged over a run, above which it counts as busy:
+# half a core taken from the benchmark.
+OTHERS_LIMIT = 0.5
+
+
+def _state_and_parent(stat: str) -> tuple[str, int]:
+    """A /proc stat line's state letter and parent pid (the name before them may hold
+    spaces and parentheses, so the fields are read after its last ``)``)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def process_table() -> dict[int, tuple[int, int]]:
+    """Every process on the machine: pid -> (parent pid, its threads in state R, running or
+    waiting for a core). Empty where /proc cannot be read."""
+    table: dict[int, tuple[int, int]] = {}
+    for d in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not d.name.isdigit():
+            continue
+        try:
+            _, parent = _state_and_parent((d / "stat").read_text())
+            running = sum(_state_and_parent(t.read_text())[0] == "R"
+                          for t in d.glob("task/*/stat"))
+        except (OSError, IndexError, ValueError):
+            continue  # ended while the table was read
+        table[int(d.name)] = (parent, running)
+    return table
+
+
+def running_outside(table: dict[int, tuple[int, int]], system: int, root: int) -> int:
+    """``system`` runnable threads less those of ``root`` and its descendants in ``table``."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    own, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        own += table.get(pid, (0, 0))[1]
+    return max(0, system - own)
+
+
+def others_running(root: int | None = None) -> int | None:
+    """Runnable threads on the machine that are not in ``root``'s process tree (default:
+    this process; a local Ray's workers are its descendants): ``procs_running`` of
+    /proc/stat less the tree's threads in state R. None where /proc cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            system = int(next(line for line in f if line.startswith("procs_running")).split()[1])
+    except (OSError, StopIteration, ValueError):
+        return None
+    return running_outside(process_table(), system, os.getpid() if root is None else root)
+
+
+class OtherWork:
+    """:func:`others_running`, sampled every ``interval`` seconds by a daemon thread from
+    its creation until :meth:`stop`, which returns the mean (None without samples)."""
+
+    def __init__(self, interval: float = 2.0):
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, args=(interval,), daemon=True).start()
+
+    def _sample(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            n = others_running()
+            if n is None:
+                return
+            self.samples.append(n)
+
+    def stop(self) -> float | None:
+        self._stop.set()
+        return round(statistics.fmean(self.samples), 2) if self.samples else None
 
 
 class Run:
-    """One benchmark run from its start: the command line that reproduces it and the load
-    when it started. Create it first thing in ``main``; ``write`` stores both with the
-    results, and the load when they were written."""
+    """One benchmark run from its start: the command line that reproduces it, the load when
+    it started and the other work during it (:class:`OtherWork`). Create it first thing in
+    ``main``; ``write`` stores them with the results, and the load when they were written."""
 
     def __init__(self, script: str | Path, argv: list[str] | None = None):
         self.command = command(script, argv)
         self.load_before = load_1min()
+        self.others = OtherWork()
 
     def write(self, name: str, result: dict, markdown: str, out_dir: Path = DOCS, *,
               cmd: str | None = None) -> dict:
-        """:func:`write_results` with this run's command (or ``cmd``) and starting load."""
+        """:func:`write_results` with this run's command (or ``cmd``), starting load and
+        the other processes' mean runnable threads since it started."""
         return write_results(name, result, markdown, out_dir, cmd=cmd or self.command,
-                             load_before=self.load_before)
+                             load_before=self.load_before, others=self.others.stop())
 
 
 def write_results(name: str, result: dict, markdown: str, out_dir: Path = DOCS, *,
-                  cmd: str, load_before: float | None) -> dict:
+                  cmd: str, load_before: float | None, others: float | None = None) -> dict:
     """Write ``<name>.json`` and ``<name>.md`` into ``out_dir``; return the JSON document
     (what every benchmark's ``main`` returns). ``cmd`` is :func:`command`'s line,
-    ``load_before`` the 1-minute load when the run started (:class:`Run` keeps both)."""
+    ``load_before`` the 1-minute load when the run started and ``others`` the other
+    processes' mean runnable threads during it (:class:`Run` keeps them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    load = machine_load(load_before, load_1min())
+    load = machine_load(load_before, load_1min(), others)
     doc = {**result, **load, "command": cmd, "environment": environment()}
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     env = doc["environment"]
     facts = "\n".join(f"- {k}: {v}" for k, v in env.items())
     facts += f"\n- load before and after the run: {load['load_before']}, {load['load_after']}"
+    if others is not None:
+        facts += f"\n- runnable threads of other processes during the run, mean: {others}"
     md = _with_note(markdown.rstrip(), busy_note(load))
     md = f"{md}\n\nReproduce with:\n\n```\n{doc['command']}\n```\n\n{facts}\n"
     (out_dir / f"{name}.md").write_text(md)

@@ -7,6 +7,7 @@ read with ``torch.load(weights_only=True)``: a foreign file never runs code.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
@@ -169,14 +170,27 @@ def train_base(spec: BaseSpec, data: Data, log=print) -> BaseModel:
 
 def get_base(spec: BaseSpec, data: Data, cache_dir: str | Path,
              log=print) -> tuple[BaseModel, bool]:
-    """The cached base model, or a freshly trained one (then cached). Returns (base, trained)."""
+    """The cached base model, or a freshly trained one (then cached). Returns (base, trained).
+
+    Processes that share a cache train each base once: the first holds a lock on
+    ``<file>.lock`` while it trains, and the others wait for it, then load its file."""
+    path = cache_path(cache_dir, spec)
     cached = load_cached(cache_dir, spec)
-    if cached is not None:
-        log(f"base model {spec.model} loaded from cache {cache_path(cache_dir, spec)}")
-        return cached, False
-    base = train_base(spec, data, log)
-    atomic_save(base.to_payload(), cache_path(cache_dir, spec))
-    return base, True
+    if cached is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another process training base {spec.model} into {path}")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            cached = load_cached(cache_dir, spec)
+            if cached is None:
+                base = train_base(spec, data, log)
+                atomic_save(base.to_payload(), path)
+                return base, True
+    log(f"base model {spec.model} loaded from cache {path}")
+    return cached, False
 
 
 __all__ = [

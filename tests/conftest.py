@@ -19,8 +19,10 @@ from prune_core.train import TrainConfig
 ROOT = Path(__file__).resolve().parent.parent
 TEST_CACHE = ROOT / ".test-cache"
 
-# Two cores on CI: keep each test process at the machine's width, never oversubscribed.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores on CI: keep the test processes at the machine's width, never oversubscribed.
+# `make test` runs pytest-xdist workers, which share the cores between them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
 
 # The base model most method tests start from: VGG-11 at width 0.25 on digits.
 BASE_VGG = BaseSpec(model="vgg11", model_kw={"width": 0.25}, data="digits",

@@ -108,3 +108,30 @@ def test_the_same_spec_trains_the_same_weights_whatever_ran_before(digits):
                        small, log=lambda _m: None)
     assert not torch.equal(other.state_dict["features.conv0.weight"],
                            first.state_dict["features.conv0.weight"])
+
+
+_TRAIN_ONCE = """
+import sys
+from prune_core import data
+from prune_core.baseline import BaseSpec, get_base
+from prune_core.train import TrainConfig
+spec = BaseSpec(model="c3", model_kw={"k": 4}, train=TrainConfig(epochs=2))
+_, trained = get_base(spec, data.load("digits"), sys.argv[1], log=lambda m: print(m, flush=True))
+print("TRAINED" if trained else "LOADED")
+"""
+
+
+def test_processes_sharing_a_cache_train_a_base_once(tmp_path):
+    # Two studies (or test workers) started together that need the same base: one trains
+    # it, the other waits for the file instead of training it a second time.
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    procs = [subprocess.Popen([sys.executable, "-c", _TRAIN_ONCE, str(tmp_path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(o.splitlines()[-1] for o in outs) == ["LOADED", "TRAINED"], outs
+    assert len(list(tmp_path.glob("base-*.pt"))) == 1

@@ -55,7 +55,7 @@ def test_tiny_writes_both_arms_its_figure_and_the_load(tiny):
     for arm, _run, study_dir in runs(doc):
         spec = yaml.safe_load((study_dir / "spec.yaml").read_text())
         assert spec["space"]["magnitude.finetune_epochs"] == doc["finetune_epochs"]
-        assert spec.get("scheduler") == (bench_early_stop.MO_ASHA if arm == "mo_asha" else None)
+        assert spec.get("scheduler") == (doc["scheduler"] if arm == "mo_asha" else None)
 
 
 @pytest.mark.slow
@@ -135,3 +135,34 @@ def test_curve_data_starts_every_run_at_zero_and_steps_at_each_trial():
     assert data.arm == ["fifo"] * 3 + ["mo_asha"] * 3
     assert data.epochs == [0, 4, 8, 0, 1, 5]
     assert data.hypervolume == [0.0, 0.2, 0.5, 0.0, 0.0, 0.5]
+
+
+@pytest.mark.slow
+def test_replayed_settings_train_and_find_no_more_than_the_fifo_runs(tiny):
+    doc, out = tiny
+    fifo = doc["runs"]["fifo"]
+    assert [{k: r[k] for k in ("grace_period", "reduction_factor", "min_dominators")}
+            for r in doc["replay"]] == bench_early_stop.REPLAYED
+    for r in doc["replay"]:
+        assert r["epochs"] == pytest.approx(sum(m["epochs"] for m in r["runs"])
+                                            / sum(f["epochs"] for f in fifo))
+        for m, f in zip(r["runs"], fifo, strict=True):
+            assert m["epochs"] <= f["epochs"] and m["hypervolume"] <= f["final_hypervolume"] + 1e-12
+            if m["stopped"] == 0:  # stops nothing: the fifo run itself
+                assert (m["epochs"], m["hypervolume"]) == (f["epochs"],
+                                                           pytest.approx(f["final_hypervolume"]))
+            else:  # a stopped trial trains at least to the first rung, never to the end
+                assert f["epochs"] - m["epochs"] <= m["stopped"] * (
+                    doc["finetune_epochs"] - r["grace_period"])
+    md = (out / "early_stop-tiny.md").read_text()
+    assert "## Other settings, replayed" in md
+    assert md.count("x |") >= len(bench_early_stop.REPLAYED)
+
+
+def test_the_scheduler_options_are_checked_before_any_study(tmp_path):
+    for argv, says in ((["--reduction-factor", "1"], "--reduction-factor: 1 is not valid"),
+                       (["--min-dominators", "0"], "--min-dominators: 0 is not valid"),
+                       (["--grace-period", "0"], "--grace-period: 0 is not valid")):
+        with pytest.raises(SystemExit, match=says):
+            bench_early_stop.main([*argv, "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())

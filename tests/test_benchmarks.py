@@ -52,28 +52,77 @@ def test_every_benchmark_is_a_module_of_the_package(path):
         assert ast.unparse(body[0]) == "started = Run(__file__, argv)"
 
 
-def test_the_load_before_and_after_flags_a_busy_machine():
-    quiet = _common.machine_load(0.5, 1.9, cpus=2)
-    assert quiet == {"load_before": 0.5, "load_after": 1.9, "busy": False}
+def test_the_load_before_and_the_other_work_flag_a_busy_machine():
+    # A benchmark that fills both cores ends near load 2 on an idle machine: quiet.
+    quiet = _common.machine_load(0.5, 2.3, 0.1, cpus=2)
+    assert quiet == {"load_before": 0.5, "load_after": 2.3, "others_running": 0.1,
+                     "busy": False}
     assert _common.busy_note(quiet, cpus=2) is None
-    busy = _common.machine_load(0.5, 3.3, cpus=2)
-    assert busy["busy"] and _common.machine_load(2.1, None, cpus=2)["busy"]
-    assert not _common.machine_load(None, None, cpus=2)["busy"]
-    assert _common.busy_note(busy, cpus=2) == \
-        "Taken on a busy machine (load 3.3 on 2 cores): timings are indicative only."
+    others = _common.machine_load(0.5, 2.3, 1.4, cpus=2)
+    assert others["busy"] and _common.busy_note(others, cpus=2) == (
+        "Taken on a busy machine (load 2.3 after it, 1.4 runnable threads of other "
+        "processes on average during it; 2 cores): timings are indicative only.")
+    before = _common.machine_load(2.1, 0.3, 0.0, cpus=2)
+    assert before["busy"] and _common.busy_note(before, cpus=2) == (
+        "Taken on a busy machine (load 2.1 before the run; 2 cores): timings are indicative "
+        "only.")
+    # Not sampled (no /proc): the load after decides.
+    assert _common.machine_load(0.5, 3.3, None, cpus=2)["busy"]
+    assert not _common.machine_load(0.5, 1.9, None, cpus=2)["busy"]
+    assert not _common.machine_load(None, None, None, cpus=2)["busy"]
+
+
+def test_running_outside_leaves_out_the_whole_tree_of_the_root():
+    # pid: (parent, runnable threads); 10 is the benchmark, 11 its Ray, 12 a worker of it
+    table = {1: (0, 0), 10: (1, 1), 11: (10, 0), 12: (11, 2), 20: (1, 1), 21: (20, 3)}
+    assert _common.running_outside(table, 7, root=10) == 4  # 20 and 21
+    assert _common.running_outside(table, 7, root=20) == 3  # 10, 12
+    assert _common.running_outside(table, 7, root=99) == 7  # a root that ended
+    assert _common.running_outside(table, 2, root=20) == 0  # never below zero
+
+
+def test_other_work_counts_other_processes_and_not_this_ones_children():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spin = [sys.executable, "-c", "while True: pass"]
+    child = subprocess.Popen(spin)
+    # The same loop started by a process that exits at once: it leaves this process tree.
+    launcher = ("import subprocess; print(subprocess.Popen("
+                f"{spin!r}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).pid)")
+    stranger = int(subprocess.run([sys.executable, "-c", launcher], capture_output=True,
+                                  text=True, check=True).stdout)
+    try:
+        time.sleep(0.5)
+        table = _common.process_table()
+        assert table[child.pid][0] == os.getpid() and table[stranger][0] != os.getpid()
+        assert max(_common.process_table()[child.pid][1] for _ in range(5)) == 1
+        sampled = _common.OtherWork(interval=0.05)
+        time.sleep(1.0)
+        assert sampled.stop() >= 0.5  # the stranger, and whatever else runs now
+        os.kill(stranger, signal.SIGSTOP)  # a stopped process is not runnable
+        time.sleep(0.2)
+        assert _common.process_table()[stranger][1] == 0
+    finally:
+        child.kill()
+        os.kill(stranger, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("after", [0.0, 1000.0])
 def test_write_results_stores_the_load_and_says_when_it_was_busy(tmp_path, monkeypatch, after):
     monkeypatch.setattr(_common, "load_1min", lambda: after)
     doc = _common.write_results("x", {"value": 1}, "# Title\n\nText.", tmp_path,
-                                cmd="python -m benchmarks.x", load_before=0.0)
+                                cmd="python -m benchmarks.x", load_before=0.0, others=after)
     saved = json.loads((tmp_path / "x.json").read_text())
     assert saved == json.loads(json.dumps(doc))
-    assert (saved["load_before"], saved["load_after"], saved["busy"]) == (0.0, after, after > 0)
+    assert (saved["load_before"], saved["load_after"], saved["others_running"],
+            saved["busy"]) == (0.0, after, after, after > 0)
     md = (tmp_path / "x.md").read_text()
-    note = f"**Taken on a busy machine (load 1000.0 on {os.cpu_count()} cores): timings are " \
-        "indicative only.**"
+    note = ("**Taken on a busy machine (load 1000.0 after it, 1000.0 runnable threads of "
+            f"other processes on average during it; {os.cpu_count()} cores): timings are "
+            "indicative only.**")
     if after:
         assert md.startswith(f"# Title\n\n{note}\n\nText.")
     else:
