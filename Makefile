@@ -26,10 +26,12 @@ demo: $(STAMP)
 	@echo "report: $(STORAGE)/quickstart/report/report.html"
 
 # Test files run in TEST_WORKERS processes (pytest-xdist), a whole file to one worker, so a
-# module's fixtures (a local Ray, a study run once for several tests) are built once.
+# module's fixtures (a local Ray, a study run once for several tests) are built once; the
+# files go out in the order tests/conftest.py gives them, the longest first.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  --durations=25
 
 # deptry: every imported package is declared, every declared one imported (pyproject.toml).
 lint: $(STAMP)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,9 +71,12 @@ def two_nodes(tmp: Path) -> Iterator[tuple[str, dict, list[subprocess.Popen]]]:
     """
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     port = free_port()
+    # Ray's session directory, short: its socket paths must fit in 107 bytes, which a
+    # pytest-xdist worker's tmp_path (.../pytest-N/popen-gw0/...) does not leave room for.
+    ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", f"--port={port}", "--include-dashboard=false",
-         f"--temp-dir={tmp}", *_node_args()], env=env, start_new_session=True,
+         f"--temp-dir={ray_tmp}", *_node_args()], env=env, start_new_session=True,
         stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT)
     nodes = [head]
     try:
@@ -96,3 +101,4 @@ def two_nodes(tmp: Path) -> Iterator[tuple[str, dict, list[subprocess.Popen]]]:
     finally:
         for p in nodes:
             end_group(p)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
