@@ -142,11 +142,11 @@ def replay(study_dir: Path, settings: dict, columns: dict[str, str]) -> dict:
 def replay_all(fifo_runs: list[dict], columns: dict[str, str]) -> list[dict]:
     """Every REPLAYED setting on every fifo run: epochs and final hypervolume as ratios of
     the fifo runs' (summed epochs over summed epochs, mean over mean), per setting."""
+    epochs = sum(r["epochs"] for r in fifo_runs)
+    hv = statistics.fmean(r["final_hypervolume"] for r in fifo_runs)
     out = []
     for settings in REPLAYED:
         mine = [replay(Path(r["study"]), settings, columns) for r in fifo_runs]
-        epochs = sum(r["epochs"] for r in fifo_runs)
-        hv = statistics.fmean(r["final_hypervolume"] for r in fifo_runs)
         out.append({**settings, "runs": mine,
                     "epochs": sum(m["epochs"] for m in mine) / epochs if epochs else None,
                     "hypervolume": statistics.fmean(m["hypervolume"] for m in mine) / hv

@@ -72,6 +72,16 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def ray_of_the_module():
+    """For modules whose code starts a local Ray in this process (``studies.runner.connect``
+    reuses a running one): shut down after the module, so later modules never inherit it."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
 # The test files that take longest, heaviest first (seconds on 2 busy cores, from
 # `make test --durations=0`). `make test` hands whole files to its workers in collection
 # order; starting with these keeps one worker from picking up a long file at the end while

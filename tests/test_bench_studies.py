@@ -8,15 +8,8 @@ import pytest
 
 from benchmarks import bench_search
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _own_ray():
-    """The benchmarks share the local Ray the first of them starts in this process; later
-    modules must not inherit it."""
-    yield
-    import ray
-
-    ray.shutdown()
+# The benchmarks share the local Ray the first of them starts; it ends with the module.
+pytestmark = pytest.mark.usefixtures("ray_of_the_module")
 
 
 @pytest.mark.slow

@@ -15,14 +15,8 @@ from benchmarks import _common, bench_gpu
 BENCHMARKS = sorted(Path(_common.__file__).parent.glob("*.py"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _own_ray():
-    """The benchmarks share the local Ray the first of them starts in this process (it
-    reuses one that is running); later modules must not inherit it."""
-    yield
-    import ray
-
-    ray.shutdown()
+# The benchmarks share the local Ray the first of them starts; it ends with the module.
+pytestmark = pytest.mark.usefixtures("ray_of_the_module")
 
 
 def test_command_reproduces_the_module_form():
