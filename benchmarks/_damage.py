@@ -126,6 +126,7 @@ def json_file(name: str, change: Callable[[dict], None]) -> Callable[[Path], Non
 def write_file(name: str, data: bytes | Callable[[bytes], bytes]) -> Callable[[Path], None]:
     def damage(study: Path) -> None:
         file = study / name
+        file.parent.mkdir(parents=True, exist_ok=True)
         file.write_bytes(data(file.read_bytes()) if callable(data) else data)
     return damage
 
@@ -172,6 +173,14 @@ def remove(name: str) -> Callable[[Path], None]:
     def damage(study: Path) -> None:
         path = study / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return damage
+
+
+def remove_if_there(name: str) -> Callable[[Path], None]:
+    def damage(study: Path) -> None:
+        path = study / name
+        if path.exists():
+            remove(name)(study)
     return damage
 
 

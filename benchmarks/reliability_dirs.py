@@ -42,6 +42,7 @@ from benchmarks._damage import (
     make_valid,
     param_as_text,
     remove,
+    remove_if_there,
     replace_with_dir,
     replace_with_loop,
     set_key,
@@ -154,6 +155,13 @@ DAMAGES: dict[str, Damage] = {
     "trials-unreadable": Damage(unreadable("trials"), "trials/ mode 000", names="trials",
                                 lost=None, permissions=True),
     "base-json-missing": Damage(remove("base.json"), "no base.json", names="base.json"),
+    # ---- Ray Tune's state (read by `resume` only; tests/test_sampler_studies.py resumes
+    # these: afresh without trials, refused with exit 2 with them): status and report read on
+    "tune-state-empty": Damage(write_file("tune/tuner.pkl", b""),
+                               "tune/tuner.pkl empty, as a failed start leaves it"),
+    "tune-state-garbage": Damage(write_file("tune/tuner.pkl", b"\x80\x05garbage"),
+                                 "tune/tuner.pkl not a pickle"),
+    "tune-state-missing": Damage(remove_if_there("tune"), "no tune/ folder"),
     # ---- study.json and base.json: one error naming the file, exit 2
     "study-json-missing": _study(remove("study.json"), "missing"),
     "study-json-empty": _study(write_file("study.json", b""), "empty"),

@@ -200,7 +200,11 @@ def _drive(args, fn, target) -> int:
     the study's reader skips are reported as one ``warning:`` line each."""
     from analysis.studydir import skipped_files
     from studies.runner import StudyInterrupted
+    from studies.versions import version_warning
 
+    warning = version_warning()
+    if warning:
+        log(warning)
     try:
         with skipped_files(lambda m: log(f"warning: {m}")):
             summary = fn(target, address=args.address, log=log)

@@ -55,7 +55,8 @@ from studies.spec import StudyError, StudySpec, load_spec
 from studies.trainable import base_latency_task, make_trainable, train_base_task
 
 __all__ = ["base_row", "check_base", "ensure_base", "finish_study", "progress",
-           "resume_study", "run_study", "study_summary", "StudyInterrupted", "tune_storage"]
+           "resume_study", "run_study", "study_summary", "StudyInterrupted", "tune_state_problem",
+           "tune_storage"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,14 +173,16 @@ def run_study(spec: StudySpec, *, address: str | None = None, log: Log = log_std
         return _start(spec, study_dir, address, log)
 
 
-def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log) -> dict:
-    """Train or find the base model, write the study's files and run every trial."""
+def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
+           restart: bool = False) -> dict:
+    """Train or find the base model, write the study's files and run every trial.
+    ``restart``: the study's Optuna storage may already hold it (see :func:`_restart`)."""
     try:
         check_loggers(spec)
         _tune_environment()
         connect(address, log)
         check_resources(spec, address, log)
-        searcher = make_searcher(spec, study_dir)
+        searcher = make_searcher(spec, study_dir, restart=restart)
         base, info = ensure_base(spec, log)
         write_study_files(spec, study_dir, base_row(base, spec, log), info)
     except KeyboardInterrupt:
@@ -236,12 +239,9 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
     check_storage_secret(spec)
     with DriverLock(study_dir, command="resume", log=log):
         tune_dir = study_dir / "tune"
-        if not spec.is_remote_storage and not tune.Tuner.can_restore(str(tune_dir)):
-            if trial_records(study_dir):
-                raise StudyError(f"{study_dir} has trials but no Ray Tune state to resume "
-                                 "(tune/ is missing or was never saved)")
-            log(f"[{spec.name}] was stopped before its first trial; starting it")
-            return _start(spec, study_dir, address, log)
+        problem = None if spec.is_remote_storage else tune_state_problem(tune_dir)
+        if problem is not None:
+            return _restart(spec, study_dir, problem, address, log)
         # The base model is checked before Ray starts when the cache holds it.
         base_path = cache_path(spec.cache_dir, spec.trial_spec().base_spec())
         base = load_cached(spec.cache_dir, spec.trial_spec().base_spec())
@@ -260,14 +260,63 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
                 done[rec["trial_id"]] = {**rec["row"], "status": "ok"}
             elif rec.get("status") == "failed":
                 done[rec["trial_id"]] = {"status": "failed", "error": rec.get("error")}
+        try:
+            tuner = tune.Tuner.restore(
+                tune_storage(spec, study_dir) + "/tune",
+                trainable=make_trainable(spec, base, done),
+                resume_unfinished=True, resume_errored=True,
+            )
+        except Exception as e:  # unpickling raises many types; all mean "unreadable"
+            if spec.is_remote_storage:
+                raise
+            detail = str(e).splitlines()[0] if str(e) else ""
+            return _restart(spec, study_dir, f"Ray Tune's state in {tune_dir} cannot be read "
+                            f"({type(e).__name__}: {detail})", address, log)
         log(f"[{spec.name}] resuming: {s['ended']} of {spec.trials} trials ended "
             f"({s['finished']} ok, {s['failed']} failed, {s['timeout']} timed out), "
             f"{s['running']} to continue")
-        tuner = tune.Tuner.restore(
-            tune_storage(spec, study_dir) + "/tune", trainable=make_trainable(spec, base, done),
-            resume_unfinished=True, resume_errored=True,
-        )
         return _drive(tuner, study_dir, spec.trials, log)
+
+
+def tune_state_problem(tune_dir: Path) -> str | None:
+    """What is wrong with the Ray Tune state a resume restores, as far as the files show
+    without unpickling them: None when ``tuner.pkl`` is there and not empty."""
+    pkl = tune_dir / "tuner.pkl"
+    if not tune_dir.is_dir():
+        return f"Ray Tune's state {tune_dir} is missing"
+    if not pkl.is_file():
+        return f"Ray Tune's state file {pkl} is missing"
+    if pkl.stat().st_size == 0:
+        return (f"Ray Tune's state file {pkl} is empty (the study's start failed while Tune "
+                "saved it)")
+    return None
+
+
+def _restart(spec: StudySpec, study_dir: Path, problem: str, address: str | None,
+             log: Log) -> dict:
+    """Resume a study whose Tune state is missing, empty or unreadable: start it afresh from
+    its spec copy when no trial had started, keeping its Optuna storage and moving the
+    damaged state aside; otherwise refuse (the trials' checkpoints and the sampler's
+    memory went with the state)."""
+    records = trial_records(study_dir)
+    if records:
+        ok = sum(r.get("status") == "ok" for r in records)
+        raise StudyError(
+            f"{study_dir} cannot be resumed: {problem}, and {len(records)} trial(s) had started "
+            f"({ok} finished ok): their checkpoints and the sampler's history went with that "
+            f"state. The finished trials stay readable (`prune-study status {study_dir}`, "
+            f"`prune-study report {study_dir}`); to continue the search, start a new study "
+            f"from its spec: `prune-study run {study_dir / 'spec.yaml'} --name NEW_NAME`")
+    tune_dir = study_dir / "tune"
+    if tune_dir.exists() or tune_dir.is_symlink():
+        aside = study_dir / f"tune.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(tune_dir, aside)
+        log(f"[{spec.name}] {problem}; no trial had started, so the study starts afresh "
+            f"from its spec copy (the damaged state is kept as {aside.name})")
+    else:
+        log(f"[{spec.name}] {problem}; no trial had started, so the study starts afresh "
+            "from its spec copy")
+    return _start(spec, study_dir, address, log, restart=True)
 
 
 def _drive(tuner, study_dir: Path, requested: int, log: Log) -> dict:

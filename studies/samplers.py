@@ -7,12 +7,14 @@ sampler itself), so the two cannot disagree.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from typing import TYPE_CHECKING
 
 import optuna
 
-__all__ = ["Constraints", "make_sampler", "sampler_class", "SAMPLERS"]
+__all__ = ["Constraints", "PicklableLock", "make_sampler", "picklable", "sampler_class",
+           "SAMPLERS"]
 
 if TYPE_CHECKING:
     from studies.spec import StudySpec
@@ -72,6 +74,62 @@ class Constraints:
             trial.set_constraint(name, value)
 
 
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+class PicklableLock:
+    """A lock that pickles as a new, released lock of its kind.
+
+    Ray Tune pickles the searcher, and with it the sampler, when a study starts and at every
+    experiment checkpoint. A lock guards a sampler's caches within one process and has
+    nothing to carry over, so its copy starts released."""
+
+    def __init__(self, reentrant: bool = False):
+        self.reentrant = reentrant
+        self._lock = threading.RLock() if reentrant else threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"reentrant": self.reentrant}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["reentrant"])
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+
+def picklable(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+    """The sampler with every lock it holds, and its inner samplers hold, made picklable.
+
+    Optuna 5.1's genetic-algorithm samplers (NSGA-II, NSGA-III) keep a ``threading.Lock``,
+    which would make Tune fail at the start of a study with "cannot pickle
+    '_thread.lock' object". The sampler's class stays Optuna's own: the generation keys the
+    GA samplers store in the study are named after it."""
+    seen: set[int] = set()
+
+    def visit(obj) -> None:
+        if id(obj) in seen or not hasattr(obj, "__dict__"):
+            return
+        seen.add(id(obj))
+        for name, value in vars(obj).items():
+            if isinstance(value, _LOCK_TYPES):
+                setattr(obj, name, PicklableLock(isinstance(value, _LOCK_TYPES[1])))
+            elif isinstance(value, optuna.samplers.BaseSampler):
+                visit(value)
+
+    visit(sampler)
+    return sampler
+
+
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     """The spec's sampler, seeded, with defaults scaled to the trial budget.
 
@@ -90,4 +148,4 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
         options.setdefault("n_startup_trials", max(3, min(10, spec.trials // 4)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return sampler_class(spec.sampler)(seed=spec.sampler_seed, **options)
+        return picklable(sampler_class(spec.sampler)(seed=spec.sampler_seed, **options))

@@ -259,15 +259,21 @@ def _fits(p, value) -> bool:
                                                              float(value).is_integer())
 
 
-def make_searcher(spec: StudySpec, study_dir: Path):
+def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False):
     """The study's searcher: StudySearch on its seeded sampler and storage, limited to
-    ``max_concurrent`` trials."""
+    ``max_concurrent`` trials. ``restart``: a study whose Tune state was lost before any
+    trial started continues in the Optuna study it had; trials asked then never ran, and
+    are told FAIL."""
     metrics, modes = objective_lists(spec)
     single = len(metrics) == 1
     storage = optuna_storage(spec, study_dir)
     if spec.name in optuna.get_all_study_names(storage):
-        n = len(optuna.load_study(study_name=spec.name, storage=storage).trials)
-        if n:
+        old = optuna.load_study(study_name=spec.name, storage=storage)
+        n = len(old.trials)
+        if restart:
+            for t in old.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                old.tell(t.number, state=TrialState.FAIL)
+        elif n:
             raise StudyError(f"the Optuna storage already holds a study {spec.name!r} with {n} "
                              "trials; resume that study or choose another --name")
     points = warm_start_points(spec)

@@ -88,6 +88,7 @@ def ray_of_the_module():
 # the other has nothing left to do. Files not named keep their order, after these.
 HEAVY_FIRST = (
     "test_runner.py",  # 430 s
+    "test_sampler_studies.py",  # 190
     "test_any_network.py",  # 420
     "test_benchmarks.py",  # 300
     "test_bench_studies.py",  # 240

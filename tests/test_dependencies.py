@@ -64,3 +64,71 @@ def test_optuna_search_still_has_the_private_state_study_search_reads(tmp_path):
     trials = optuna.load_study(study_name=spec.name, storage=storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[0].values == [0.9, 1000]
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def _lock_pins() -> dict[str, str]:
+    from tools.lock_diff import pins
+
+    return pins(ROOT / "requirements.lock")
+
+
+def test_the_lock_satisfies_every_declared_range_and_pins_the_tested_torch():
+    from importlib import metadata
+
+    pins = _lock_pins()
+    for group in (None, "test", "onnx"):
+        for name, req in _requirements(group).items():
+            key = name.lower().replace("_", "-")
+            assert key in pins, f"{name} is declared but requirements.lock has no pin for it"
+            assert req.specifier.contains(pins[key], prereleases=True), (name, pins[key])
+    # make demo and make test install the lock: this venv is what it pins.
+    for name in ("torch", "ray", "optuna", "torch-pruning", "torchao", "onnxruntime"):
+        assert metadata.version(name).split("+")[0] == pins[name], name
+
+
+def test_lock_diff_names_added_removed_and_moved_packages(tmp_path):
+    from tools.lock_diff import diff, main, pins
+
+    old = tmp_path / "old.lock"
+    new = tmp_path / "new.lock"
+    old.write_text("optuna==5.0.0\n    # via prune-study\nray==2.60.0\nsix==1.16.0\n")
+    new.write_text("Optuna==5.1.0\nray==2.60.0\nTyping_Extensions==4.15.0  # via x\n")
+    assert pins(new) == {"optuna": "5.1.0", "ray": "2.60.0", "typing-extensions": "4.15.0"}
+    assert diff(pins(old), pins(new)) == [
+        "  optuna 5.0.0 -> 5.1.0  <- minor", "- six 1.16.0", "+ typing-extensions 4.15.0"]
+    assert main([str(old), str(old)]) == 0
+
+
+def test_an_untested_version_is_named_on_one_line_with_the_install_that_fixes_it():
+    from studies.versions import untested_versions, version_warning
+
+    assert untested_versions() == []  # this venv is the lock's
+    assert version_warning() is None
+    line = version_warning({"optuna": "5.2.0", "torchao": "0.17.1"})
+    assert line is not None and "\n" not in line and line.startswith("warning:")
+    assert "optuna 5.2.0" in line and "torchao 0.17.1" in line and "ray" not in line
+    assert "pip install 'optuna<5.2,>=5.0'" in line
+    assert untested_versions(installed={"ray": "not-a-version"})[0][0] == "ray"
+
+
+def test_run_warns_of_an_untested_version_before_anything_starts(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from studies import versions
+    from studies.cli import main
+
+    real = versions.metadata.version
+    monkeypatch.setattr(versions.metadata, "version",
+                        lambda name: "5.2.0" if name == "optuna" else real(name))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"name": "v", "methods": "none", "trials": 1,
+                                    "objectives": {"accuracy": "max", "params": "min"},
+                                    "storage": str(tmp_path)}))
+    # A cluster address nothing listens on: the run ends at its connect, after the check.
+    assert main(["run", str(spec), "--address", "127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("warning: untested versions installed: optuna 5.2.0"), err
+    assert sum("untested versions" in line for line in err) == 1

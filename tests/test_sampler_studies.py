@@ -1,0 +1,179 @@
+"""Every sampler a spec may name starts, runs, is interrupted and resumes on a real local Ray;
+a study whose Ray Tune state is missing, empty or unreadable resumes from its own files where
+they allow it, and is refused (exit 2, no traceback) where they do not.
+
+Ray Tune pickles the searcher, and the sampler in it, when a study starts and at every
+experiment checkpoint; Optuna 5.1's NSGA-II holds a ``threading.Lock``, which made every
+NSGA-II study fail before its first trial.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from studies.cli import EXIT_BAD_INPUT, main
+from studies.record import trial_records
+from studies.runner import StudyInterrupted, resume_study, run_study
+from studies.samplers import SAMPLERS, PicklableLock, make_sampler, picklable
+from studies.spec import parse_spec
+from tests.test_runner import tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("sampler-runs")
+
+
+def _spec(name: str, storage: Path, sampler: str, trials: int = 2):
+    return parse_spec(tiny_spec(name, storage, trials=trials, finetune={}, max_concurrent=1,
+                                sampler={"name": sampler, "seed": 3},
+                                space={"none.finetune_epochs": 1,
+                                       "none.lr": {"low": 1e-4, "high": 1e-2, "log": True}}))
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_pickles_and_samples_after_a_round_trip(name):
+    spec = _spec(f"pickle-{name}", Path("/nonexistent"), name)
+    sampler = make_sampler(spec)
+    assert type(sampler) is SAMPLERS[name]  # Optuna's own class: GA keys are named after it
+    copy = pickle.loads(cloudpickle.dumps(sampler))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=copy)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)),
+                   n_trials=6)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
+    # The copy carries the seeded state: it samples as the original does.
+    again = optuna.create_study(directions=["maximize", "minimize"],
+                                sampler=make_sampler(spec))
+    again.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)),
+                   n_trials=6)
+    assert [t.params for t in study.trials] == [t.params for t in again.trials]
+
+
+def test_a_sampler_lock_survives_pickling_released_and_still_locks():
+    class Holder(optuna.samplers.RandomSampler):
+        def __init__(self):
+            super().__init__(seed=0)
+            self.lock = threading.Lock()
+            self.rlock = threading.RLock()
+            self.inner = optuna.samplers.RandomSampler(seed=1)
+            self.inner.lock = threading.Lock()
+
+    held = picklable(Holder())
+    assert isinstance(held.lock, PicklableLock) and isinstance(held.inner.lock, PicklableLock)
+    assert held.rlock.reentrant and not held.lock.reentrant
+    held.lock.acquire()  # pickled while held: the copy starts released
+    copy = pickle.loads(pickle.dumps(held.lock))
+    assert copy.acquire(blocking=False)
+    assert not copy.acquire(blocking=False)  # and it still excludes
+    copy.release()
+    held.lock.release()
+    with held.rlock, held.rlock:  # re-entrant stays re-entrant
+        pass
+
+
+def _interrupt_after_first_trial(study_dir: Path) -> threading.Thread:
+    """Ctrl-C this process once a trial has ended ok, as a user would at the terminal."""
+    def watch():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if (study_dir / "trials").exists() and any(
+                    r["status"] == "ok" for r in trial_records(study_dir)):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_a_study_with_each_sampler_runs_is_interrupted_and_resumes(local_ray, storage, name):
+    spec = _spec(f"study-{name}", storage, name)
+    watcher = _interrupt_after_first_trial(spec.study_dir)
+    with pytest.raises(StudyInterrupted):
+        run_study(spec, log=lambda _m: None)
+    watcher.join(timeout=5)
+    before = {r["trial_id"]: r for r in trial_records(spec.study_dir) if r["status"] == "ok"}
+    assert len(before) == 1
+
+    summary = resume_study(spec.study_dir, log=lambda _m: None)
+    assert summary["complete"] and summary["finished"] == 2, summary
+    ok = [r for r in trial_records(spec.study_dir) if r["status"] == "ok"]
+    for tid, rec in before.items():  # kept, not run again
+        assert next(r for r in ok if r["trial_id"] == tid)["row"] == rec["row"]
+    study = optuna.load_study(study_name=spec.name,
+                              storage=f"sqlite:///{spec.study_dir / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.number for t in complete) == sorted(r["number"] for r in ok)
+    assert len({t.params["none.lr"] for t in complete}) == 2
+    # The searcher Tune saved holds the spec's sampler, Optuna's class, and unpickles.
+    state = max((spec.study_dir / "tune").glob("searcher-state-*.pkl"),
+                key=lambda p: p.stat().st_mtime)
+    assert type(pickle.loads(state.read_bytes())["_sampler"]) is SAMPLERS[name]
+
+
+class _Unpicklable(optuna.samplers.RandomSampler):
+    """A sampler holding a plain lock, as Optuna 5.1's NSGA-II does, not made picklable."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.lock = threading.Lock()
+
+
+@pytest.mark.parametrize("damage", ["empty", "missing", "garbage"])
+def test_resume_starts_afresh_a_study_whose_start_failed_before_any_trial(
+        local_ray, storage, monkeypatch, damage):
+    spec = _spec(f"lost-{damage}", storage, "random", trials=1)
+    # The start fails as NSGA-II's did on Optuna 5.1: Tune cannot pickle the searcher and
+    # leaves tune/tuner.pkl empty, after the study's files and Optuna study were written.
+    with monkeypatch.context() as m:
+        m.setattr("studies.search.make_sampler", lambda spec: _Unpicklable(seed=0))
+        with pytest.raises(TypeError, match="pickle"):
+            run_study(spec, log=lambda _m: None)
+    pkl = spec.study_dir / "tune" / "tuner.pkl"
+    assert pkl.stat().st_size == 0 and not trial_records(spec.study_dir)
+    {"empty": lambda: None, "missing": pkl.unlink,
+     "garbage": lambda: pkl.write_bytes(b"\x80\x05not a pickle")}[damage]()
+    db = f"sqlite:///{spec.study_dir / 'optuna.db'}"
+    optuna.load_study(study_name=spec.name, storage=db).ask()  # asked, never run
+
+    logs: list[str] = []
+    summary = resume_study(spec.study_dir, log=logs.append)
+    assert summary["complete"] and summary["finished"] == 1, summary
+    assert any("no trial had started, so the study starts afresh" in m for m in logs), logs
+    assert list(spec.study_dir.glob("tune.damaged-*"))  # kept, not deleted
+    # The trial asked before the loss never ran: told FAIL; the new one completed.
+    study = optuna.load_study(study_name=spec.name, storage=db)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_resume_refuses_a_study_with_trials_whose_tune_state_is_empty(local_ray, storage,
+                                                                      capsys):
+    spec = _spec("lost-with-trials", storage, "tpe", trials=2)
+    run_study(spec, log=lambda _m: None)
+    recs = trial_records(spec.study_dir)
+    # One trial still running when the state was lost: the study is not complete.
+    recs[0]["status"] = "running"
+    from studies.record import write_json
+    write_json(spec.study_dir / "trials" / f"{recs[0]['trial_id']}.json", recs[0])
+    (spec.study_dir / "tune" / "tuner.pkl").write_bytes(b"")
+
+    assert main(["resume", str(spec.study_dir)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "tuner.pkl is empty" in err and "2 trial(s) had started" in err
+    assert "prune-study run" in err and "--name NEW_NAME" in err
+    assert (spec.study_dir / "tune" / "tuner.pkl").exists()  # nothing moved or removed
