@@ -32,6 +32,7 @@ from analysis import pareto
 from analysis.figures import Drawn, figures, human_bytes, human_count, to_png
 from analysis.results import (
     Study,
+    export_command,
     objective_values,
     open_studies,
     study_reference,
@@ -202,7 +203,8 @@ def fmt(column: str, v) -> str:
 HEADERS = {"params": "params", "size_bytes": "size", "ops": "ops", "macs": "MACs",
            "accuracy": "accuracy", "accuracy_drop": "vs. base",
            "compression": "compression", "speedup": "MAC reduction", "trial_id": "trial",
-           "number": "#", "on_front": "on front", "model": "model"}
+           "number": "#", "on_front": "on front", "model": "model",
+           "export": "take it away"}
 
 
 def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -296,6 +298,10 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
     summary = summary_table(studies)
     comparison = comparison_table(studies)
     front = trials_table(studies, front_only=True)
+    if len(front):
+        paths = {s.label: s.info.path for s in studies}
+        front["export"] = [export_command(paths[label], tid) for label, tid
+                           in zip(front["study"], front["trial_id"], strict=True)]
     trials = trials_table(studies)
     trials = trials.sort_values(["study", "status", "number"], key=lambda c: c.map(
         STATUS_ORDER) if c.name == "status" else c, kind="stable")

@@ -10,6 +10,7 @@ without torch or Ray.
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,7 +316,20 @@ def summary(study_dir: str | Path) -> dict:
         "reference": ref.to_dict(),
         "knee": knee,
         "within_one_point": within_one_point(df, info),
+        "kept_models": kept_models(info.path),
     }
+
+
+def export_command(study_dir: str | Path, trial_id: str) -> str:
+    """The ``prune-study export`` command that takes a trial's model away."""
+    return f"prune-study export {shlex.quote(str(study_dir))} --trial {trial_id} " \
+           f"-o {trial_id}-export"
+
+
+def kept_models(study_dir: str | Path) -> dict:
+    """How many compressed models the study keeps in ``models/`` and the bytes they take."""
+    files = [p for p in (Path(study_dir) / "models").glob("*.pt") if p.is_file()]
+    return {"count": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
 def within_one_point(df: pd.DataFrame, info: StudyInfo, points: float = 0.01) -> dict | None:

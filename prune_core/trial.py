@@ -23,6 +23,7 @@ from torch import nn
 from prune_core import data as datasets
 from prune_core import models
 from prune_core.baseline import BaseModel, BaseSpec, get_base
+from prune_core.compressed import STAGE_SEED, architecture
 from prune_core.environment import environment  # noqa: F401 (the trial's name for it)
 from prune_core.measure import channel_counts, measure
 from prune_core.methods import Context, chain_name, parse_chain, split_params
@@ -132,7 +133,8 @@ def run_trial(
 ) -> dict:
     """Run one trial and return its result row (see DESIGN.md, Measurement).
 
-    ``model_out``, where given, receives the final model under ``"model"``.
+    ``model_out``, where given, receives the final model under ``"model"`` and its
+    description (:func:`prune_core.compressed.architecture`) under ``"architecture"``.
     """
     t0 = time.perf_counter()
     spec = config["study"] if isinstance(config["study"], TrialSpec) else \
@@ -187,7 +189,7 @@ def run_trial(
         log(f"stage {stage.name}: {values[stage.name]}")
         # Layers a method creates before its first fit draw from the global RNG: seed it per
         # stage, so a trial (and a trial resumed inside this stage) is reproducible.
-        seed_everything(spec.seed + 7919 * i)
+        seed_everything(spec.seed + STAGE_SEED * i)
         model = stage.method(model, values[stage.name], ctx)
         if not stage.method.terminal and i < len(stages) - 1:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -198,6 +200,10 @@ def run_trial(
     row = finish(model, data, base, spec, stages, values, results)
     if model_out is not None:
         model_out["model"] = model
+        model_out["architecture"] = architecture(
+            model=base.model, model_kw=base.model_kw, num_classes=base.num_classes,
+            stages=stages, values=values, input_shape=data.input_shape, mean=data.mean,
+            std=data.std, seed=spec.seed, finetune=spec.finetune_config().to_dict())
     row["train_seconds"] = time.perf_counter() - t0
     emit({"final": True, "step": step + 1, **row})
     return row

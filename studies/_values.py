@@ -45,9 +45,11 @@ TOP_KEYS = (
     "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
     "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
     "optuna_storage", "max_failures", "seed", "device", "latency", "constraints", "loggers",
-    "warm_start",
+    "warm_start", "keep_models",
 )
 LOGGERS = ("csv", "json", "tensorboard", "mlflow")
+# Which finished trials keep their compressed model in <study>/models (prune-study export).
+KEEP_MODELS = ("front", "all", "none")
 
 
 class SpecError(InputError):

@@ -240,6 +240,10 @@ def cmd_status(args) -> int:
                                                    else ""))
     for k, v in (s.get("best") or {}).items():
         print(f"  best {k} ({s['objectives'][k]}): {v:.6g}")
+    kept = s.get("kept_models") or {}
+    if kept.get("count"):
+        print(f"  kept models: {kept['count']} in {s['path']}/models, "
+              f"{kept['bytes'] / 2**20:.1f} MiB (prune-study export takes one away)")
     if skipped:
         print(f"  {len(skipped)} damaged file(s) or line(s) skipped (warnings on stderr)")
     return EXIT_OK
@@ -267,6 +271,43 @@ def cmd_report(args) -> int:
                                  if args.output else "")) from e
     log(f"report: {path}")
     print(path)
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    """`prune-study export`: one trial's model, written and checked in its formats."""
+    from studies.export import export_trial, select_trial
+
+    bounds = {c: getattr(args, f"max_{c}") for c in ("macs", "params", "latency_ms")
+              if getattr(args, f"max_{c}") is not None}
+    if args.pick == "cheapest" and args.max_drop is None:
+        raise BadInput("--pick cheapest needs --max-drop (the accuracy the model may lose "
+                       "against the base, e.g. 0.01 for one point)")
+    if args.pick == "best" and not bounds:
+        raise BadInput("--pick best needs a bound: --max-macs N, --max-params N or "
+                       "--max-latency-ms MS")
+    if args.max_drop is not None and args.pick != "cheapest":
+        raise BadInput("--max-drop goes with --pick cheapest")
+    if bounds and args.pick != "best":
+        raise BadInput(f"--max-{next(iter(bounds)).replace('_', '-')} goes with --pick best")
+    if args.max_drop is not None and not 0 <= args.max_drop <= 1:
+        raise BadInput(f"--max-drop {args.max_drop}: expected an accuracy fraction in [0, 1] "
+                       "(0.01 is one point)")
+    study_dir = _study_dir(args.study_dir)
+    selection = select_trial(study_dir, trial=args.trial, pick=args.pick,
+                             max_drop=args.max_drop, bounds=bounds, cost=args.cost)
+    rec = selection.record
+    log(f"exporting trial {rec.get('number')} ({rec['trial_id']}), {selection.why}")
+    card = export_trial(study_dir, args.output, selection, force=args.force,
+                        rebuild=args.rebuild, onnx=not args.no_onnx, log=log)
+    if args.json:
+        emit_json(card)
+        return EXIT_OK
+    for c in card["checks"]:
+        log(f"  {'ok' if c['ok'] else 'FAILED'}: {c['name']}: {c['detail']}")
+    for name, f in card["files"].items():
+        log(f"  {name}: " + (f"{f['bytes']:,} bytes" if "bytes" in f else f["missing"]))
+    print(args.output)
     return EXIT_OK
 
 
@@ -375,6 +416,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("study_dir", help="the study directory, <storage>/<name>")
     s.add_argument("--json", action="store_true", help="print one JSON document")
     s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser(
+        "export", help="write one trial's model (torch.export, ONNX, safetensors) and check it",
+        description="Take one finished trial's compressed model out of a study, into OUT: "
+        "model.pt2 (torch.export; loads with torch.export.load and nothing of this project), "
+        "model.onnx (batch dimension dynamic; needs the [onnx] extra), weights.safetensors + "
+        "architecture.json (prune_core.load_compressed rebuilds the module for further "
+        "fine-tuning), model-card.md and card.json. Each artifact is loaded back and run on "
+        "the study's test split: a float model must predict exactly what the trial's model "
+        "did and score the row's accuracy, an int8 one stay within the row's 95 % interval, "
+        "ONNX Runtime agree with torch, and the MACs recounted from the graph equal the row's; "
+        "a mismatch exits 1 naming the check. Uses the model the trial kept, or runs the "
+        "trial again from the cached base model when none was kept. Reads the study "
+        "directory only, so it works while a study runs.",
+        epilog="Examples: prune-study export runs/quickstart --pick knee -o knee/; "
+        "prune-study export runs/quickstart --pick cheapest --max-drop 0.01 -o small/; "
+        "prune-study export runs/quickstart --pick best --max-macs 2e6 -o fast/; "
+        "prune-study export runs/quickstart --trial 7 -o t7/")
+    s.add_argument("study_dir", help="the study directory, <storage>/<name>")
+    s.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="folder to write into (new or empty, or --force)")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", metavar="ID", help="a trial id or number")
+    which.add_argument("--pick", choices=("knee", "cheapest", "best"),
+                       help="knee: the front's knee point; cheapest: the lowest --cost within "
+                       "--max-drop of the base's accuracy; best: the most accurate within "
+                       "--max-macs/--max-params/--max-latency-ms")
+    s.add_argument("--max-drop", type=float, metavar="FRACTION",
+                   help="with --pick cheapest: accuracy the model may lose (0.01: one point)")
+    s.add_argument("--cost", choices=("macs", "params", "latency_ms"), default="macs",
+                   help="with --pick cheapest: the cost to minimise (default macs)")
+    s.add_argument("--max-macs", type=float, metavar="N", help="with --pick best")
+    s.add_argument("--max-params", type=float, metavar="N", help="with --pick best")
+    s.add_argument("--max-latency-ms", type=float, metavar="MS", help="with --pick best")
+    s.add_argument("--force", action="store_true", help="write into a non-empty OUT")
+    s.add_argument("--rebuild", action="store_true",
+                   help="run the trial again instead of using the model it kept")
+    s.add_argument("--no-onnx", action="store_true", help="skip model.onnx")
+    s.add_argument("--json", action="store_true", help="print the model card as JSON")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("report", help="figures, tables and report.html for one or several "
                        "studies (several compare them)")

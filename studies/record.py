@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +33,12 @@ TUNE_KEYS = frozenset({
     "done", "trial_id", "experiment_tag", "should_checkpoint",
 })
 # Keys the trainable adds to its reports besides run_trial's metrics.
-OWN_KEYS = frozenset({"final", "node_id", "error", "traceback", "checkpoint", "report_seconds"})
+OWN_KEYS = frozenset({"final", "node_id", "error", "traceback", "checkpoint", "report_seconds",
+                      "model_sha256"})
+# A finished trial's compressed model: the file in its final checkpoint, and where the study
+# keeps it (docs/study-directory.md).
+MODEL_FILE = "model.pt"
+MODELS_DIR = "models"
 # A trial ends ok, failed, timeout (over resources.time_limit_s) or stopped (by the
 # scheduler, or lost with a killed driver).
 FINAL_STATES = ("ok", "failed", "timeout", "stopped")
@@ -93,17 +99,16 @@ def write_study_files(spec: StudySpec, study_dir: Path, base_row: dict, base_inf
 
 def nondominated(points: list[list[float]], modes: list[str]) -> list[bool]:
     """Which points no other point dominates (``modes`` are ``max``/``min`` per column)."""
+    return [not any(dominates(q, p, modes) for j, q in enumerate(points) if j != i)
+            for i, p in enumerate(points)]
+
+
+def dominates(a: list[float], b: list[float], modes: list[str]) -> bool:
+    """Whether point ``a`` dominates ``b``: no worse in every objective, better in one."""
     signs = [-1.0 if m == "max" else 1.0 for m in modes]
-    pts = [[s * v for s, v in zip(signs, p, strict=True)] for p in points]
-    out = []
-    for i, p in enumerate(pts):
-        dominated = any(
-            all(a <= b for a, b in zip(q, p, strict=True)) and any(a < b for a, b in
-                                                                   zip(q, p, strict=True))
-            for j, q in enumerate(pts) if j != i
-        )
-        out.append(not dominated)
-    return out
+    pa = [s * v for s, v in zip(signs, a, strict=True)]
+    pb = [s * v for s, v in zip(signs, b, strict=True)]
+    return all(x <= y for x, y in zip(pa, pb, strict=True)) and pa != pb
 
 
 def objective_points(rows: list[dict], objectives: dict[str, str]) -> list[list[float]]:
@@ -124,8 +129,11 @@ class Recorder(tune.Callback):
 
     def __init__(self, study_dir: Path, objectives: dict[str, str], total: int,
                  name: str = "", log: Callable[[str], None] | None = None,
-                 time_limit_s: float | None = None):
+                 time_limit_s: float | None = None, keep_models: str = "front",
+                 constraints: dict | None = None):
         self.study_dir = Path(study_dir)
+        self.keep_models = keep_models
+        self.constraints = dict(constraints or {})
         self.time_limit_s = time_limit_s
         self.objectives = dict(objectives)
         self.total = total
@@ -218,10 +226,71 @@ class Recorder(tune.Callback):
         self._save(rec)
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
-        # Tune has recorded the checkpoint: a retry would continue after this step.
         rec = self._record(trial)
-        rec["checkpoint_step"] = (trial.last_result or {}).get("step")
+        last = trial.last_result or {}
+        if last.get("final") and last.get("model_sha256"):
+            self._keep_model(rec, checkpoint, last["model_sha256"])
+            self._save(rec)
+            self._drop_models()
+            return
+        # Tune has recorded the checkpoint: a retry would continue after this step.
+        rec["checkpoint_step"] = last.get("step")
         self._save(rec)
+
+    # ---------------------------------------------------------------- kept models
+
+    def _keep_model(self, rec: dict, checkpoint, sha256: str) -> None:
+        """Copy the model of a finished trial's final checkpoint to models/<trial_id>.pt,
+        atomically, and record its SHA-256 (checked against the worker's) in the trial."""
+        from prune_core.compressed import file_sha256
+
+        dest = self.study_dir / MODELS_DIR / f"{rec['trial_id']}.pt"
+        dest.parent.mkdir(exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        with checkpoint.as_directory() as d:
+            shutil.copyfile(Path(d) / MODEL_FILE, tmp)
+        got = file_sha256(tmp)
+        if got != sha256:
+            tmp.unlink()
+            rec["model"] = {"error": f"the copy's SHA-256 {got[:16]} differs from the "
+                                     f"trial's {sha256[:16]}; not kept"}
+            return
+        os.replace(tmp, dest)
+        rec["model"] = {"file": f"{MODELS_DIR}/{dest.name}", "sha256": got,
+                        "bytes": dest.stat().st_size}
+
+    def _drop_models(self) -> None:
+        """With ``keep_models: front``, remove the models of trials that can no longer reach
+        the front: infeasible, or dominated by a feasible finished trial."""
+        if getattr(self, "keep_models", "front") != "front":
+            return
+        from studies.samplers import Constraints
+
+        limits = Constraints(self.constraints) if getattr(self, "constraints", None) else None
+        modes = list(self.objectives.values())
+        feasible = [r for r in self.records.values() if r["status"] == "ok"
+                    and not (limits and limits.violated(r["row"]))]
+        points = {r["trial_id"]: objective_points([r["row"]], self.objectives) for r in feasible}
+        for rec in self.records.values():
+            kept = rec.get("model") or {}
+            if not kept.get("file") or kept.get("removed"):
+                continue
+            mine = objective_points([rec["row"]], self.objectives)
+            why = None
+            if limits and limits.violated(rec["row"]):
+                why = "infeasible: " + ", ".join(limits.violated(rec["row"]))
+            elif not mine:
+                why = "an objective is missing or not finite"
+            else:
+                for other in feasible:
+                    theirs = points[other["trial_id"]]
+                    if other is not rec and theirs and dominates(theirs[0], mine[0], modes):
+                        why = f"dominated by trial {other.get('number')} ({other['trial_id']})"
+                        break
+            if why:
+                (self.study_dir / kept["file"]).unlink(missing_ok=True)
+                rec["model"] = {**kept, "removed": why}
+                self._save(rec)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)

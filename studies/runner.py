@@ -191,7 +191,8 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
                .exists() else "run the spec again to start it"))
         raise
     limit = spec.resources.get("time_limit_s")
-    recorder = Recorder(study_dir, spec.objectives, spec.trials, spec.name, time_limit_s=limit)
+    recorder = Recorder(study_dir, spec.objectives, spec.trials, spec.name, time_limit_s=limit,
+                        keep_models=spec.keep_models, constraints=spec.constraints)
     tuner = tune.Tuner(
         make_trainable(spec, base),
         tune_config=tune.TuneConfig(

@@ -43,6 +43,7 @@ from studies._check_run import (
 from studies._values import (  # noqa: F401 (re-exported: the spec's public names)
     ASHA_OBJECTIVES,
     DEVICE_RE,
+    KEEP_MODELS,
     LOGGERS,
     MAX_TRIALS,
     NAME_RE,
@@ -95,6 +96,8 @@ class StudySpec:
     loggers: dict = field(default_factory=dict)
     # {"storage": Optuna storage URL, "study": name}: whose front starts this study
     warm_start: dict | None = None
+    # front: a trial's model is kept until a feasible finished trial dominates it
+    keep_models: str = "front"
     source: dict = field(default_factory=dict)  # the spec as written, for spec.yaml
 
     # ------------------------------------------------------------------ derived
@@ -263,6 +266,12 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
     latency = latency or "latency_ms" in constraints
     loggers = check_loggers(c, raw.get("loggers"))
     warm_start = check_warm_start(c, raw.get("warm_start"))
+    keep_models = raw.get("keep_models", "front")
+    if keep_models not in KEEP_MODELS:
+        c.error("keep_models", f"{show(keep_models)} is not allowed; allowed: "
+                f"{', '.join(KEEP_MODELS)} (front: the models of trials on the front or "
+                "still able to reach it)")
+        keep_models = "front"
 
     if c.errors:
         raise SpecError(c.errors, source)
@@ -274,7 +283,7 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
         resources=resources, max_concurrent=max_concurrent, storage=storage,
         optuna_storage=optuna_storage, max_failures=max_failures, seed=seed, device=device,
         latency=latency, constraints=constraints, loggers=loggers, warm_start=warm_start,
-        source=dict(raw),
+        keep_models=keep_models, source=dict(raw),
     )
 
 

@@ -14,13 +14,15 @@ import torch
 from ray import tune
 
 from prune_core.baseline import BaseModel, safe_load, train_base
+from prune_core.compressed import save_kept
 from prune_core.measure import latency_columns
 from prune_core.trial import TrialSpec, load_data, run_trial, save_json_safe
 from studies.cluster import log_stderr
+from studies.record import MODEL_FILE
 from studies.spec import StudySpec
 
-__all__ = ["CHECKPOINT_FILE", "base_latency_task", "make_trainable", "train_base_task",
-           "train_trial"]
+__all__ = ["CHECKPOINT_FILE", "base_latency_task", "make_trainable",
+           "train_base_task", "train_trial"]
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -46,10 +48,13 @@ class _TuneReport:
     step; the two become one Tune result, so each epoch is one training iteration.
     """
 
-    def __init__(self, extra: dict):
+    def __init__(self, extra: dict, hold_final: bool = False):
         self.extra = extra
         self.pending: dict | None = None
         self.seconds = 0.0  # spent reporting and checkpointing: Tune's cost inside a trial
+        # Keep the final row back, to report it with the model (:meth:`final_with_model`).
+        self.hold_final = hold_final
+        self.final: dict | None = None
 
     def __call__(self, metrics: dict, checkpoint: dict | None = None) -> None:
         t0 = time.perf_counter()
@@ -60,6 +65,9 @@ class _TuneReport:
         elif checkpoint is None:
             self.flush()
             self.seconds += time.perf_counter() - t0
+            if self.hold_final:
+                self.final = metrics
+                return
             tune.report({**metrics, **self.extra, "report_seconds": self.seconds})
             return
         else:
@@ -79,9 +87,17 @@ class _TuneReport:
             tune.report({**self.pending, **self.extra})
             self.pending = None
 
+    def final_with_model(self, model, arch: dict) -> None:
+        """Report the held final row with the compressed model as its checkpoint; the
+        driver's Recorder keeps it in the study directory."""
+        with tempfile.TemporaryDirectory(prefix="prune-study-model-") as d:
+            sha = save_kept(model, arch, Path(d) / MODEL_FILE)
+            tune.report({**self.final, **self.extra, "report_seconds": self.seconds,
+                         "model_sha256": sha}, checkpoint=tune.Checkpoint.from_directory(d))
+
 
 def train_trial(config: dict, *, base: BaseModel, study: dict, threads: int = 1,
-                done: dict | None = None) -> None:
+                done: dict | None = None, keep_model: bool = False) -> None:
     """Ray Tune function trainable: one trial of the study.
 
     A trial that raises (a diverged loss, a method's error) reports a final
@@ -103,10 +119,11 @@ def train_trial(config: dict, *, base: BaseModel, study: dict, threads: int = 1,
         with checkpoint.as_directory() as d:
             resume = safe_load(Path(d) / CHECKPOINT_FILE)
     params = {k: v for k, v in config.items() if not k.startswith("_")}
-    report = _TuneReport(extra)
+    report = _TuneReport(extra, hold_final=keep_model)
+    out: dict | None = {} if keep_model else None
     try:
         run_trial({"study": study, "params": params}, report, base=base, resume=resume,
-                  log=log_stderr)
+                  log=log_stderr, model_out=out)
     except Exception as e:
         if type(e).__module__.split(".")[0] == "ray":
             raise  # Tune's own signals (stop, lost session) are not trial failures
@@ -115,11 +132,14 @@ def train_trial(config: dict, *, base: BaseModel, study: dict, threads: int = 1,
                      "traceback": traceback.format_exc()[-4000:], **extra})
         return
     report.flush()
+    if keep_model:
+        report.final_with_model(out["model"], out["architecture"])
 
 
 def make_trainable(spec: StudySpec, base: BaseModel, done: dict | None = None):
     """The study's trainable with the base model and trial spec bound, and a trial's resources."""
     threads = max(1, int(spec.resources["cpu"]))
     fn = tune.with_parameters(train_trial, base=base, study=spec.trial_spec().to_dict(),
-                              threads=threads, done=done or {})
+                              threads=threads, done=done or {},
+                              keep_model=spec.keep_models != "none")
     return tune.with_resources(fn, {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]})

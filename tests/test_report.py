@@ -216,3 +216,18 @@ def test_no_trial_within_one_point_says_so(tmp_path):
 def test_report_module_exports_what_it_lists():
     assert [n for n in report.__all__ if not hasattr(report, n)] == []
     assert {"write_report", "comparison_table", "fmt", "ReportError"} <= set(report.__all__)
+
+
+def test_each_front_trial_carries_its_export_command(written):
+    a, b, out, _ = written
+    md = (out / "report.md").read_text()
+    front = md.split("## Trials on the front", 1)[1].split("## All trials", 1)[0]
+    rows = [line for line in front.splitlines() if line.startswith("| ") and "---" not in line]
+    header, body = rows[0], rows[1:]
+    assert "take it away" in header and body
+    for study in (a, b):
+        front_ids = set(results.load(study).query("on_front")["trial_id"])
+        assert front_ids
+        for tid in front_ids:
+            assert any(f"prune-study export {study} --trial {tid} -o {tid}-export" in r
+                       for r in body), tid
