@@ -27,7 +27,7 @@ from prune_core.errors import PruneStudyError
 from prune_core.measure import count_macs, deployable
 
 __all__ = ["ONNX_ATOL", "Check", "ExportCheckError", "check_artifacts", "deployed_module",
-           "is_int8", "write_artifacts"]
+           "exported_program", "is_int8", "onnx_session", "write_artifacts"]
 
 # Largest |ONNX Runtime - torch| accepted on a float model's logits: kernels sum in other
 # orders, so outputs differ in the last bits, never by this much.
@@ -67,6 +67,44 @@ def _example(input_shape) -> tuple[torch.Tensor]:
     return (torch.zeros((2, *input_shape)),)
 
 
+def exported_program(model: nn.Module, input_shape) -> torch.export.ExportedProgram:
+    """``torch.export`` of the deployed module, the batch dimension dynamic."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(deployed_module(model), _example(input_shape),
+                                   dynamic_shapes=({0: batch},))
+
+
+def _onnx_export(program, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # One file: the weights inside the model, not in a model.onnx.data beside it.
+        torch.onnx.export(program, (), str(path), dynamo=True, verbose=False, optimize=True,
+                          external_data=False)
+
+
+def onnx_session(model: nn.Module, input_shape, threads: int):
+    """``run(array) -> logits array``: the model exported to ONNX, in an ONNX Runtime CPU
+    session on ``threads`` intra-op threads (how ``latency: {runtime: onnxruntime}`` times
+    a trial's model)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="prune-study-onnx-") as d:
+        path = Path(d) / "model.onnx"
+        _onnx_export(exported_program(model, input_shape), path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(path.read_bytes(), options,
+                                       providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
 def write_artifacts(model: nn.Module, arch: dict, out: Path, *, onnx: bool = True,
                     log=lambda _m: None) -> dict[str, str]:
     """Write every artifact into ``out``; returns ``{artifact: path or why it is missing}``.
@@ -76,12 +114,7 @@ def write_artifacts(model: nn.Module, arch: dict, out: Path, *, onnx: bool = Tru
 
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
-    module = deployed_module(model)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    example = _example(arch["input"]["shape"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(module, example, dynamic_shapes=({0: batch},))
+    program = exported_program(model, arch["input"]["shape"])
     torch.export.save(program, out / "model.pt2")
     written["model.pt2"] = str(out / "model.pt2")
     save_file(float_state(model), str(out / "weights.safetensors"))
@@ -100,11 +133,7 @@ def _write_onnx(program, path: Path, int8: bool, log) -> str:
         return ("not written: ONNX export needs onnx, onnxscript and onnxruntime "
                 "(pip install 'prune-study[onnx]')")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # One file: the weights inside the model, not in a model.onnx.data beside it.
-            torch.onnx.export(program, (), str(path), dynamo=True, verbose=False,
-                              optimize=True, external_data=False)
+        _onnx_export(program, path)
     except Exception as e:  # the exporter raises many types; each means "not exportable"
         path.unlink(missing_ok=True)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""

@@ -240,6 +240,28 @@ def select_global(scores: dict[str, torch.Tensor], prune_ratio: float,
     return {n: sorted(v) for n, v in plan.items()}
 
 
+def round_plan(plan: dict[str, list[int]], scores: dict[str, torch.Tensor], round_to: int,
+               *, down: bool = False) -> dict[str, list[int]]:
+    """The plan with every pruned group keeping a multiple of ``round_to`` channels (the
+    nearest, or the one below with ``down``; at least ``round_to``), its lowest-scored
+    channels removed. Kernels run faster on channel counts that are multiples of 8 or 16.
+    Groups the plan leaves whole, and groups no larger than ``round_to``, are unchanged."""
+    if round_to <= 1:
+        return plan
+    out = {}
+    for name, removed in plan.items():
+        size = scores[name].numel()
+        if not removed or size <= round_to:
+            out[name] = removed
+            continue
+        kept = size - len(removed)
+        multiple = kept // round_to if down else (2 * kept + round_to) // (2 * round_to)
+        target = min(size, max(round_to, multiple * round_to))
+        order = torch.argsort(scores[name], stable=True).tolist()
+        out[name] = sorted(order[: size - target])
+    return out
+
+
 def keep_every_conv(plan: dict[str, list[int]], groups: list[ChannelGroup],
                     scores: dict[str, torch.Tensor]) -> dict[str, list[int]]:
     """The plan, except that each conv of a group keeps its best-scored channel.

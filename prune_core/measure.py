@@ -130,7 +130,10 @@ def size_bytes(model: nn.Module) -> int:
 
 
 LATENCY_DEFAULTS = {"batch": [1], "threads": None, "compiled": False, "runs": 30,
-                    "warmup": 5}
+                    "warmup": 5, "runtime": "torch"}
+# Where a trial's model is timed: torch (eager, or compiled with `compiled`), or ONNX Runtime
+# on the CPU, the runtime many deployments ship.
+RUNTIMES = ("torch", "onnxruntime")
 
 
 @torch.no_grad()
@@ -142,18 +145,29 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], repeats: int = 30
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *,
                     batch: list[int] | tuple[int, ...] = (1,), threads: int | None = None,
-                    compiled: bool = False, runs: int = 30, warmup: int = 5) -> dict:
+                    compiled: bool = False, runs: int = 30, warmup: int = 5,
+                    runtime: str = "torch") -> dict:
     """CPU latency as deployment runs it, with ``torch.utils.benchmark``: after ``warmup``
     calls, ``runs`` timed forward passes per batch size, on ``threads`` threads (default:
     the current count). ``compiled`` times ``torch.compile`` with the inductor backend
     (with freezing, so an int8 graph from torchao's x86 quantizer runs int8 kernels).
+    ``runtime: onnxruntime`` times the model exported to ONNX in an ONNX Runtime CPU
+    session with ``threads`` intra-op threads instead.
 
     Returns ``latency_ms_b<N>`` and ``latency_iqr_ms_b<N>`` (median and interquartile
     range, ms) per batch size, and ``latency_ms``/``latency_iqr_ms`` for the first.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"latency runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
+    threads = threads or torch.get_num_threads()
+    if runtime == "onnxruntime":
+        from prune_core.export import onnx_session
+
+        run = onnx_session(model, input_shape, threads)
+        return _time_batches(lambda x: run(x.numpy()), input_shape, batch, threads, runs,
+                             warmup)
     model = deployable(model)
     model = copy.deepcopy(model).cpu().eval() if _on_gpu(model) else model.eval()
-    threads = threads or torch.get_num_threads()
     if not compiled:
         return _time_batches(model, input_shape, batch, threads, runs, warmup)
     import torch._inductor.config as inductor_config
@@ -171,6 +185,7 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *,
 
 
 def _time_batches(model, input_shape, batch, threads: int, runs: int, warmup: int) -> dict:
+    """Median and IQR of ``runs`` calls of ``model`` (a module or any callable on a batch)."""
     from torch.utils import benchmark
 
     out: dict[str, float] = {}
@@ -256,5 +271,5 @@ def channel_counts(model: nn.Module) -> dict[str, int]:
 __all__ = [
     "ACTIVATIONS", "LATENCY_DEFAULTS", "channel_counts", "count_activations", "count_cost",
     "count_macs", "count_params", "deployable", "latency_columns", "latency_ms", "measure",
-    "measure_latency", "parse_shape", "size_bytes",
+    "measure_latency", "parse_shape", "RUNTIMES", "size_bytes",
 ]

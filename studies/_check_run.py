@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from prune_core.measure import RUNTIMES
 from prune_core.methods import ParamError, parse_chain
 from studies._values import (
     ASHA_OBJECTIVES,
@@ -119,9 +120,20 @@ def check_latency(c: Checker, value: Any) -> bool | dict:
             if not isinstance(v, bool):
                 c.error("latency.compiled", f"{show(v)} is not true or false")
             out[k] = v is True
+        elif k == "runtime":
+            if v not in RUNTIMES:
+                c.error("latency.runtime", f"{show(v)} is not allowed; allowed: "
+                                           f"{', '.join(RUNTIMES)}")
+            elif v == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+                c.error("latency.runtime", "onnxruntime is not installed here; install the "
+                                           "onnx extra: pip install 'prune-study[onnx]'")
+            out[k] = v
         else:
             c.error(f"latency.{k}", "unknown setting; allowed: batch, threads, compiled, runs, "
-                                    "warmup")
+                                    "warmup, runtime")
+    if out.get("runtime") == "onnxruntime" and out.get("compiled"):
+        c.error("latency.compiled", "true with runtime onnxruntime: ONNX Runtime runs the "
+                                    "exported graph itself; leave compiled out")
     return out or True
 
 

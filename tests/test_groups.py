@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from prune_core.groups import select_global, select_per_group
 
@@ -83,3 +84,39 @@ def test_per_group_selection_keeps_one_per_group():
     scores = _scores(a=[0.3, 0.1, 0.2, 0.4], b=[0.5])
     assert select_per_group(scores, 0.5) == {"a": [1, 2], "b": []}
     assert select_per_group(scores, 0.99) == {"a": [0, 1, 2], "b": []}
+
+
+def test_round_plan_keeps_a_multiple_of_n_by_removing_the_lowest_scored():
+    from prune_core.groups import round_plan
+
+    scores = {"a": torch.arange(20.0), "b": torch.arange(6.0), "c": torch.arange(16.0)}
+    plan = {"a": [0, 1, 2, 3, 4, 5, 6], "b": [0, 1], "c": []}  # a keeps 13, b is small
+    out = round_plan(plan, scores, 8)
+    assert out["a"] == list(range(4))  # 13 kept -> 16 (nearest); the 4 lowest removed
+    assert out["b"] == [0, 1] and out["c"] == []  # smaller than 8, and untouched
+    assert round_plan(plan, scores, 8, down=True)["a"] == list(range(12))  # 13 -> 8
+    assert round_plan({"a": list(range(18))}, scores, 8)["a"] == list(range(12))  # >= 8 kept
+    assert round_plan(plan, scores, 1) is plan
+    shuffled = {"a": torch.tensor([5.0, 0.0, 9.0, 1.0] * 5)}
+    kept = 20 - len(round_plan({"a": [1, 3, 5]}, shuffled, 4)["a"])
+    # the four lowest scores (the zeros), not the plan's own picks
+    assert kept == 16 and round_plan({"a": [1, 3, 5]}, shuffled, 4)["a"] == [1, 5, 9, 13]
+
+
+@pytest.mark.parametrize("methods,params", [
+    ("magnitude", {"magnitude.mode": "structured", "magnitude.ratio": 0.4,
+                   "magnitude.finetune_epochs": 0, "magnitude.round_to": 8}),
+    ("slimming", {"slimming.prune_ratio": 0.6, "slimming.sparsity_epochs": 1,
+                  "slimming.finetune_epochs": 0, "slimming.round_to": 8}),
+])
+def test_round_to_makes_every_pruned_layer_a_multiple_of_n(methods, params):
+    from prune_core.trial import TrialSpec, run_trial
+    from tests.conftest import TEST_CACHE
+
+    spec = TrialSpec(model="vgg11", model_kw={"width": 0.25}, baseline={"epochs": 2},
+                     finetune={"epochs": 1}, methods=methods, cache_dir=str(TEST_CACHE))
+    out: dict = {}
+    row = run_trial({"study": spec.to_dict(), "params": params}, model_out=out)
+    widths = [m.out_channels for m in out["model"].modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths), widths
+    assert row["macs"] < row["macs"] * row["speedup"]  # it did prune

@@ -97,3 +97,28 @@ def datasets_first(data, n: int):
     from prune_core.data import Split
 
     return replace(data, train=Split(data.train.x[:n], data.train.y[:n]))
+
+
+def test_onnxruntime_latency_times_the_exported_model(monkeypatch):
+    from prune_core import export
+
+    model = models.build("vgg11", width=0.0625)
+    sessions = []
+    real = export.onnx_session
+
+    def recording(*args):
+        run = real(*args)
+        sessions.append(args)
+        return lambda x: (sessions.append(x.shape), run(x))[1]
+
+    monkeypatch.setattr(export, "onnx_session", recording)
+    row = measure.measure_latency(model, (3, 16, 16), batch=[1, 16], runs=30, warmup=2,
+                                  threads=1, runtime="onnxruntime")
+    assert sessions[0][2] == 1  # one intra-op thread, as asked
+    # every timed call ran through ONNX Runtime, on numpy batches of each size
+    calls = sessions[1:]
+    assert calls.count((1, 3, 16, 16)) >= 32 and calls.count((16, 3, 16, 16)) >= 32
+    assert set(calls) == {(1, 3, 16, 16), (16, 3, 16, 16)}
+    assert row["latency_ms_b16"] > row["latency_ms_b1"] > 0
+    with pytest.raises(ValueError, match="allowed: torch, onnxruntime"):
+        measure.measure_latency(model, (3, 16, 16), runtime="tensorrt")

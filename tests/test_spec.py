@@ -181,3 +181,21 @@ def test_every_shipped_spec_validates(path, tmp_path):
     spec = parse_spec(raw, source=str(path))
     assert spec.name == path.stem
     assert spec.trials >= 1 and spec.objectives
+
+
+@pytest.mark.parametrize("latency,message", [
+    ({"runtime": "tensorrt"}, "latency.runtime: 'tensorrt' is not allowed; allowed: torch, "
+                              "onnxruntime"),
+    ({"runtime": "onnxruntime", "compiled": True}, "latency.compiled: true with runtime "
+                                                   "onnxruntime"),
+])
+def test_latency_runtime_is_checked(latency, message):
+    from studies.spec import SpecError, parse_spec
+
+    with pytest.raises(SpecError) as e:
+        parse_spec({"name": "x", "methods": "none", "objectives": {"accuracy": "max"},
+                    "latency": latency})
+    assert message in str(e.value)
+    ok = parse_spec({"name": "x", "methods": "none", "objectives": {"accuracy": "max"},
+                     "latency": {"runtime": "onnxruntime", "batch": [1, 8]}})
+    assert ok.latency == {"runtime": "onnxruntime", "batch": [1, 8]}

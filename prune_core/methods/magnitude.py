@@ -23,8 +23,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prune_core.groups import channel_groups, group_norms, keep_every_conv, select_per_group
-from prune_core.methods._registry import Param, ParamError, register_method
+from prune_core.groups import (
+    channel_groups,
+    group_norms,
+    keep_every_conv,
+    round_plan,
+    select_per_group,
+)
+from prune_core.methods._registry import ROUND_TO, Param, ParamError, register_method
 from prune_core.surgery import Masks, remove_channels
 
 RANDOM_SEED_OFFSET = 7919  # ``random`` re-initialises under seed + this, ``rewind`` under seed
@@ -60,12 +66,14 @@ def unstructured_masks(model: nn.Module, ratio: float, scope: str) -> dict[str, 
     return masks
 
 
-def filter_plan(model: nn.Module, ratio: float, n: float,
-                input_shape: tuple[int, ...]) -> dict[str, list[int]]:
-    """The ``round(ratio * C)`` channels of smallest Ln norm in each group (>= 1 kept)."""
+def filter_plan(model: nn.Module, ratio: float, n: float, input_shape: tuple[int, ...],
+                round_to: int = 1) -> dict[str, list[int]]:
+    """The ``round(ratio * C)`` channels of smallest Ln norm in each group (>= 1 kept),
+    each pruned group keeping a multiple of ``round_to`` channels."""
     groups = channel_groups(model, input_shape, min_size=2)
     scores = group_norms(model, groups, p=n)
-    return keep_every_conv(select_per_group(scores, ratio), groups, scores)
+    plan = round_plan(select_per_group(scores, ratio), scores, round_to)
+    return keep_every_conv(plan, groups, scores)
 
 
 def _reinitialised(model: nn.Module, how: str, ctx) -> nn.Module:
@@ -119,6 +127,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
               doc="fine-tuning epochs after pruning", search={"low": 0, "high": 20}),
         Param(name="lr", kind="float", default=0.01, low=0, low_open=True, high=10,
               doc="learning rate of fine-tuning", search={"low": 1e-3, "high": 0.1, "log": True}),
+        ROUND_TO,
     ],
 )
 def magnitude(model: nn.Module, params: dict, ctx) -> nn.Module:
@@ -133,7 +142,8 @@ def magnitude(model: nn.Module, params: dict, ctx) -> nn.Module:
         hooks = keep.hooks()
         ctx.result("layer_sparsity", keep.sparsity())
     else:
-        plan = filter_plan(model, params["ratio"], params["n"], ctx.input_shape)
+        plan = filter_plan(model, params["ratio"], params["n"], ctx.input_shape,
+                           params["round_to"])
         model = _reinitialised(model, params["reinit"], ctx)
         remove_channels(model, {k: v for k, v in plan.items() if v}, ctx.input_shape)
         after = _sizes(model)

@@ -23,10 +23,11 @@ from prune_core.groups import (
     fold_removed,
     group_bn_scales,
     keep_every_conv,
+    round_plan,
     select_global,
 )
 from prune_core.methods._filters import fresh_copy
-from prune_core.methods._registry import Param, register_method
+from prune_core.methods._registry import ROUND_TO, Param, register_method
 from prune_core.surgery import remove_channels
 from prune_core.train import Hooks, evaluate, refresh_bn_stats
 
@@ -99,15 +100,18 @@ def sparsity_of(g: dict[str, torch.Tensor], threshold: float) -> float:
 
 
 def prune(model: nn.Module, prune_ratio: float, data, *, fold_bias: bool = True,
-          groups: list[ChannelGroup] | None = None) -> tuple[dict[str, list[int]], dict]:
-    """Remove ``prune_ratio`` of the groups' channels by |gamma| (in place).
+          groups: list[ChannelGroup] | None = None,
+          round_to: int = 1) -> tuple[dict[str, list[int]], dict]:
+    """Remove ``prune_ratio`` of the groups' channels by |gamma| (in place); each pruned
+    group keeps a multiple of ``round_to`` channels.
 
     Returns the plan ``{root conv: [channels]}`` and which readers took the removed
     channels' mean signal (``{"folded": [...], "skipped": [...]}``).
     """
     groups = groups or slimmable(model, data.input_shape)
     scores = group_bn_scales(model, groups)
-    plan = keep_every_conv(select_channels(scores, prune_ratio), groups, scores)
+    plan = keep_every_conv(round_plan(select_channels(scores, prune_ratio), scores, round_to),
+                           groups, scores)
     folding = {"folded": [], "skipped": []}
     if fold_bias:
         folding = fold_removed(model, groups, plan, data)
@@ -154,6 +158,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
               doc="sparsity training starts from freshly initialised weights (the paper's "
                   "and seed 001's setting) instead of the base model's",
               search={"choices": [False, True]}),
+        ROUND_TO,
     ],
     constraint=lambda p: ("sparsity_epochs = 0 with from_scratch: true would prune an "
                           "untrained network; give sparsity_epochs >= 1")
@@ -184,7 +189,8 @@ def slimming(model: nn.Module, params: dict, ctx) -> nn.Module:
         ctx.result("gammas", [float(v) for t in g.values() for v in t.tolist()])
         ctx.result("sparsity", sparsity_of(g, threshold))
         plan, folding = prune(model, params["prune_ratio"], ctx.data,
-                              fold_bias=params["fold_bias"], groups=groups)
+                              fold_bias=params["fold_bias"], groups=groups,
+                              round_to=params["round_to"])
         ctx.result("channels_removed", sum(len(v) for v in plan.values()))
         ctx.result("groups", len(groups))
         ctx.result("fold_skipped", folding["skipped"])

@@ -26,10 +26,11 @@ from prune_core.groups import (
     dependency_graph,
     follower_bn,
     keep_every_conv,
+    round_plan,
     select_global,
 )
 from prune_core.methods._filters import saved_result, total_filters
-from prune_core.methods._registry import Param, register_method
+from prune_core.methods._registry import ROUND_TO, Param, register_method
 from prune_core.surgery import load_resized, remove_channels
 from prune_core.train import Hooks, evaluate
 
@@ -239,6 +240,7 @@ PARAMS = [
     Param(name="classifier_layers", kind="categorical", default="all", choices=("last", "all"),
           doc="which fully connected layers fine-tune at classifier_lr: every one (the "
               "seed's FC layers) or the last", search={"choices": ["all", "last"]}),
+    ROUND_TO,
 ]
 
 
@@ -294,7 +296,9 @@ def _rounds(model: nn.Module, params: dict, ctx, score) -> nn.Module:
         # and after a resume inside this call it is the only intact copy of it.
         load_resized(kept, candidate.state_dict())
         scores = taylor_importance(wrapper, ctx.data)
-        plan = prune_plan(scores, params["step_ratio"], params["layer_norm"])
+        # Each round keeps the multiple below, so a round always removes filters.
+        plan = round_plan(prune_plan(scores, params["step_ratio"], params["layer_norm"]),
+                          scores, params["round_to"], down=True)
         plan = keep_every_conv({g.root: plan[AlphaScaled.key(g.root)] for g in wrapper.groups},
                                wrapper.groups,
                                {g.root: scores[AlphaScaled.key(g.root)] for g in wrapper.groups})
