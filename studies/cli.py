@@ -264,14 +264,37 @@ def cmd_report(args) -> int:
 
     out = Path(args.output) if args.output else dirs[0] / "report"
     try:
-        with skipped_files(lambda m: log(f"warning: {m}")):
+        with skipped_files(lambda m: log(f"warning: {m}")) as skipped:
             path = write_report(dirs, out)
     except ReportError as e:
         raise BadInput(f"{e}" + (" (-o names the folder to write the report into)"
                                  if args.output else "")) from e
     log(f"report: {path}")
-    print(path)
+    if args.json:
+        emit_json(_report_document(path, dirs, skipped))
+    else:
+        print(path)
     return EXIT_OK
+
+
+def _report_document(page, dirs, skipped: list[str]) -> dict:
+    """What `report --json` prints: the files written, and per study its counts, front size,
+    hypervolume and the front's trials with the command that exports each."""
+    from analysis.results import export_command, load, summary
+
+    studies = []
+    for d in dirs:
+        s = summary(d)
+        df = load(d)
+        columns = [c for c in ("trial_id", "number", "method", *s["objectives"]) if c in df]
+        front = df[df["on_front"]][columns].to_dict("records")
+        for row in front:
+            row["export"] = export_command(d, row["trial_id"])
+        studies.append({**s, "front": front})
+    folder = page.parent
+    return {"report": str(page), "folder": str(folder),
+            "files": sorted(str(p) for p in folder.iterdir() if p.is_file()),
+            "studies": studies, "warnings": skipped}
 
 
 def cmd_export(args) -> int:
@@ -461,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "studies (several compare them)")
     s.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR", help="study directories")
     s.add_argument("-o", "--output", help="output directory (default: <first study>/report)")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON document: the files written, and per study its "
+                   "trial counts, front size, hypervolume and front trials with their "
+                   "export commands")
     s.set_defaults(fn=cmd_report)
 
     return p

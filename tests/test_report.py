@@ -231,3 +231,22 @@ def test_each_front_trial_carries_its_export_command(written):
         for tid in front_ids:
             assert any(f"prune-study export {study} --trial {tid} -o {tid}-export" in r
                        for r in body), tid
+
+
+def test_report_json_lists_files_studies_and_front_exports(written, tmp_path, capsys):
+    from studies.cli import main
+
+    a, b, _, _ = written
+    assert main(["report", str(a), str(b), "-o", str(tmp_path / "r"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["report"] == str(tmp_path / "r" / "report.html")
+    assert str(tmp_path / "r" / "report.md") in doc["files"]
+    assert [s["name"] for s in doc["studies"]] == ["mixed", "slim"]
+    for s, path in zip(doc["studies"], (a, b), strict=True):
+        df = results.load(path)
+        assert s["front_size"] == len(s["front"]) == int(df["on_front"].sum())
+        assert s["hypervolume"] == results.summary(path)["hypervolume"]
+        assert {f["trial_id"] for f in s["front"]} == set(df[df["on_front"]]["trial_id"])
+        for f in s["front"]:
+            assert f["export"] == f"prune-study export {path} --trial {f['trial_id']} " \
+                                  f"-o {f['trial_id']}-export"
