@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prune_core import models
+import prune_core.models as models
 from prune_core._io import CheckpointError, atomic_save, safe_load
 from prune_core.data import Data
 from prune_core.measure import measure

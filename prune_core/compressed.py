@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prune_core import models
+import prune_core.models as models
 from prune_core._io import atomic_save, safe_load
 from prune_core.errors import InputError
 from prune_core.measure import deployable

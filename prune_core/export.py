@@ -12,9 +12,7 @@ from the exported graph. Plain PyTorch: no Ray, no study files.
 
 from __future__ import annotations
 
-import copy
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +21,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from prune_core.compressed import float_state, load_compressed
+from prune_core.deploy import deployed_module, exported_program, is_int8, onnx_export
 from prune_core.errors import PruneStudyError
-from prune_core.measure import count_macs, deployable
+from prune_core.measure import count_macs
 
-__all__ = ["ONNX_ATOL", "Check", "ExportCheckError", "check_artifacts", "deployed_module",
-           "exported_program", "is_int8", "onnx_session", "write_artifacts"]
+__all__ = ["ONNX_ATOL", "Check", "ExportCheckError", "check_artifacts", "write_artifacts"]
 
 # Largest |ONNX Runtime - torch| accepted on a float model's logits: kernels sum in other
 # orders, so outputs differ in the last bits, never by this much.
@@ -46,63 +44,6 @@ class Check:
     ok: bool
     detail: str
     values: dict = field(default_factory=dict)
-
-
-def is_int8(model: nn.Module) -> bool:
-    """Whether ``model`` is an int8 model (a quantized chain's result)."""
-    return getattr(model, "float_structure", None) is not None
-
-
-def deployed_module(model: nn.Module) -> nn.Module:
-    """What is exported: the int8 graph, or the float model without parametrizations, on
-    the CPU in eval mode."""
-    graph = getattr(model, "graph", None) if is_int8(model) else None
-    if graph is not None:
-        return graph
-    return copy.deepcopy(deployable(model)).cpu().eval()
-
-
-def _example(input_shape) -> tuple[torch.Tensor]:
-    # Batch 2: torch.export specialises a dimension of size 1.
-    return (torch.zeros((2, *input_shape)),)
-
-
-def exported_program(model: nn.Module, input_shape) -> torch.export.ExportedProgram:
-    """``torch.export`` of the deployed module, the batch dimension dynamic."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.export.export(deployed_module(model), _example(input_shape),
-                                   dynamic_shapes=({0: batch},))
-
-
-def _onnx_export(program, path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # One file: the weights inside the model, not in a model.onnx.data beside it.
-        torch.onnx.export(program, (), str(path), dynamo=True, verbose=False, optimize=True,
-                          external_data=False)
-
-
-def onnx_session(model: nn.Module, input_shape, threads: int):
-    """``run(array) -> logits array``: the model exported to ONNX, in an ONNX Runtime CPU
-    session on ``threads`` intra-op threads (how ``latency: {runtime: onnxruntime}`` times
-    a trial's model)."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="prune-study-onnx-") as d:
-        path = Path(d) / "model.onnx"
-        _onnx_export(exported_program(model, input_shape), path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(path.read_bytes(), options,
-                                       providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
 
 
 def write_artifacts(model: nn.Module, arch: dict, out: Path, *, onnx: bool = True,
@@ -133,7 +74,7 @@ def _write_onnx(program, path: Path, int8: bool, log) -> str:
         return ("not written: ONNX export needs onnx, onnxscript and onnxruntime "
                 "(pip install 'prune-study[onnx]')")
     try:
-        _onnx_export(program, path)
+        onnx_export(program, path)
     except Exception as e:  # the exporter raises many types; each means "not exportable"
         path.unlink(missing_ok=True)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""

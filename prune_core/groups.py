@@ -245,13 +245,14 @@ def round_plan(plan: dict[str, list[int]], scores: dict[str, torch.Tensor], roun
     """The plan with every pruned group keeping a multiple of ``round_to`` channels (the
     nearest, or the one below with ``down``; at least ``round_to``), its lowest-scored
     channels removed. Kernels run faster on channel counts that are multiples of 8 or 16.
-    Groups the plan leaves whole, and groups no larger than ``round_to``, are unchanged."""
+    Groups the plan leaves whole stay whole, and so do groups of at most ``round_to``
+    channels (no smaller multiple exists)."""
     if round_to <= 1:
         return plan
     out = {}
     for name, removed in plan.items():
         size = scores[name].numel()
-        if not removed or size <= round_to:
+        if not removed:
             out[name] = removed
             continue
         kept = size - len(removed)

@@ -13,8 +13,9 @@ import statistics
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
+
+from prune_core.deploy import deployable, onnx_session
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid,
                nn.Hardswish, nn.ELU)
@@ -29,25 +30,6 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"--input {text!r} is not CxHxW with positive integers, e.g. 3x32x32")
     return shape
-
-
-def deployable(model: nn.Module) -> nn.Module:
-    """A copy with every parametrization replaced by its current weight."""
-    has_param = any(parametrize.is_parametrized(m) for m in model.modules())
-    if not has_param:
-        return model
-    model = copy.deepcopy(model)
-    for m in model.modules():
-        if parametrize.is_parametrized(m):
-            with torch.enable_grad():  # some maps (orthogonal) fail to evaluate under no_grad
-                values = {n: getattr(m, n).detach().clone() for n in m.parametrizations}
-            # Not remove_parametrizations: it deletes the property from the parametrized class,
-            # which the original model shares with this copy.
-            m.__class__ = m.__class__.__bases__[0]
-            del m._modules["parametrizations"]
-            for n, v in values.items():
-                m.register_parameter(n, nn.Parameter(v))
-    return model
 
 
 def _weight_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -161,8 +143,6 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *,
         raise ValueError(f"latency runtime {runtime!r}; allowed: {', '.join(RUNTIMES)}")
     threads = threads or torch.get_num_threads()
     if runtime == "onnxruntime":
-        from prune_core.export import onnx_session
-
         run = onnx_session(model, input_shape, threads)
         return _time_batches(lambda x: run(x.numpy()), input_shape, batch, threads, runs,
                              warmup)

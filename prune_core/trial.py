@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prune_core import data as datasets
-from prune_core import models
+import prune_core.data as datasets
+import prune_core.models as models
 from prune_core.baseline import BaseModel, BaseSpec, get_base
 from prune_core.compressed import STAGE_SEED, architecture
 from prune_core.environment import environment  # noqa: F401 (the trial's name for it)

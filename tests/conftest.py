@@ -88,10 +88,11 @@ def ray_of_the_module():
 # the other has nothing left to do. Files not named keep their order, after these.
 HEAVY_FIRST = (
     "test_runner.py",  # 430 s
-    "test_sampler_studies.py",  # 190
     "test_any_network.py",  # 420
     "test_benchmarks.py",  # 300
     "test_bench_studies.py",  # 240
+    "test_export.py",  # 200
+    "test_sampler_studies.py",  # 190
     "test_driver.py",  # 120
     "test_bench_early_stop.py",  # 120
     "test_cluster.py",  # 100
@@ -99,6 +100,7 @@ HEAVY_FIRST = (
     "test_bench_constraints.py",  # 90
     "test_postgres.py",  # 70
     "test_loggers.py",  # 70
+    "test_bench_export.py",  # 60
     "test_methods_branch.py",  # 55
 )
 

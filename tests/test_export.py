@@ -40,8 +40,8 @@ def storage(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def study(local_ray, storage):
-    """Three structured-magnitude trials; models kept for the front (the default)."""
-    spec = parse_spec(tiny_spec("pruned", storage, methods="magnitude", trials=3, finetune={},
+    """Two structured-magnitude trials; models kept for the front (the default)."""
+    spec = parse_spec(tiny_spec("pruned", storage, methods="magnitude", trials=2, finetune={},
                                 sampler={"name": "tpe", "seed": 2}, space=MAGNITUDE))
     run_study(spec, log=lambda _m: None)
     return spec

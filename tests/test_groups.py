@@ -93,7 +93,7 @@ def test_round_plan_keeps_a_multiple_of_n_by_removing_the_lowest_scored():
     plan = {"a": [0, 1, 2, 3, 4, 5, 6], "b": [0, 1], "c": []}  # a keeps 13, b is small
     out = round_plan(plan, scores, 8)
     assert out["a"] == list(range(4))  # 13 kept -> 16 (nearest); the 4 lowest removed
-    assert out["b"] == [0, 1] and out["c"] == []  # smaller than 8, and untouched
+    assert out["b"] == [] and out["c"] == []  # no multiple of 8 below 6: whole; untouched
     assert round_plan(plan, scores, 8, down=True)["a"] == list(range(12))  # 13 -> 8
     assert round_plan({"a": list(range(18))}, scores, 8)["a"] == list(range(12))  # >= 8 kept
     assert round_plan(plan, scores, 1) is plan

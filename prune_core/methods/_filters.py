@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prune_core import models
+import prune_core.models as models
 from prune_core.groups import Reader, dependency_graph, follower_bn, group_of, output_layers
 
 

@@ -107,7 +107,8 @@ MethodFn = Callable[[nn.Module, dict, Any], nn.Module]
 ROUND_TO = Param(name="round_to", kind="categorical", default=1,
                  choices=(1, 2, 4, 8, 16, 32, 64, 128),
                  doc="each pruned group keeps a multiple of this many channels (1: any "
-                     "count); kernels run faster on multiples of 8 or 16",
+                     "count; a group of at most this many stays whole); kernels run faster "
+                     "on multiples of 8 or 16",
                  search={"choices": [1, 8, 16]})
 
 
