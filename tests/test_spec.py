@@ -199,3 +199,17 @@ def test_latency_runtime_is_checked(latency, message):
     ok = parse_spec({"name": "x", "methods": "none", "objectives": {"accuracy": "max"},
                      "latency": {"runtime": "onnxruntime", "batch": [1, 8]}})
     assert ok.latency == {"runtime": "onnxruntime", "batch": [1, 8]}
+
+
+def test_the_readme_shows_the_quickstart_spec_as_it_is():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    block = re.search(r"```yaml\n(name: quickstart\n.*?)```", (root / "README.md").read_text(),
+                      re.S)
+    assert block, "README.md shows no quickstart spec"
+    assert yaml.safe_load(block.group(1)) == yaml.safe_load(
+        (root / "studies" / "specs" / "quickstart.yaml").read_text())
