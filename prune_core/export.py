@@ -117,6 +117,7 @@ def check_artifacts(model: nn.Module, arch: dict, out: Path, written: dict[str, 
     module = deployed_module(model)
     reference = _logits(module, test)
     row_acc = float(row["accuracy"])
+    lo, hi = interval
     checks: list[Check] = []
 
     def accuracy_check(name: str, logits: torch.Tensor) -> None:
@@ -124,12 +125,10 @@ def check_artifacts(model: nn.Module, arch: dict, out: Path, written: dict[str, 
         acc = float((preds == labels).float().mean())
         same = int((preds == reference.argmax(1)).sum())
         if int8:
-            lo, hi = interval
             ok = lo <= acc <= hi
             detail = (f"accuracy {acc:.4f} against the row's {row_acc:.4f} (difference "
                       f"{acc - row_acc:+.4f}; the row's 95 % interval {lo:.4f}-{hi:.4f})")
         else:
-            lo, hi = interval
             ok = same == n and (lo <= acc <= hi if autocast else
                                 round(acc * n) == round(row_acc * n))
             detail = (f"accuracy {acc:.4f} against the row's {row_acc:.4f}"
@@ -147,9 +146,9 @@ def check_artifacts(model: nn.Module, arch: dict, out: Path, written: dict[str, 
     onnx_path = written.get("model.onnx", "")
     if onnx_path.endswith(".onnx"):
         checks.append(_onnx_check(Path(onnx_path), test, reference, int8, accuracy_check))
-    structure = load_compressed(out)  # the float model the row's MACs were counted on
-    macs = count_macs(structure, tuple(arch["input"]["shape"]))[0] if int8 else \
-        _graph_macs(program, arch["input"]["shape"])
+    # An int8 row's MACs were counted on the float model its quantize stage started from.
+    macs = count_macs(rebuilt.float_structure, tuple(arch["input"]["shape"]))[0] if int8 \
+        else _graph_macs(program, arch["input"]["shape"])
     checks.append(Check(
         "MACs", macs == row["macs"],
         f"{macs:,} MACs recounted from {'the float structure' if int8 else 'model.pt2'}, "
