@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from prune_core.surgery import example_input
+from prune_core.surgery import example_input, out_pruning_fn
 
 CONV_LINEAR = (nn.Conv2d, nn.Linear)
 BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -124,6 +124,32 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
 
 
+def _is_grouped(m: nn.Module) -> bool:
+    """A grouped conv that is not depthwise (ResNeXt, RegNet): its channels come in blocks
+    of ``in_channels / groups`` that a removal would have to keep equal."""
+    return isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels
+
+
+# What a group rooted at a linear layer may hold besides linear layers: a hidden layer of
+# an MLP (a transformer block's, ConvNeXt's, a classifier's), read by the next linear
+# layer through activations. A group reaching a LayerNorm, a residual stream, attention
+# heads or a parameter used outside a layer is left whole.
+_HIDDEN_OPS = ("_ElementWiseOp", "_ReshapeOp")
+
+
+def _hidden_linear(graph: tp.DependencyGraph, group: tp.Group) -> bool:
+    """True for a linear layer's output read only by linear layers (through activations)."""
+    writers = 0
+    for item in group:
+        m = item.dep.target.module
+        if isinstance(m, nn.Linear | nn.BatchNorm1d):
+            writers += isinstance(m, nn.Linear) and \
+                graph.is_out_channel_pruning_fn(item.dep.handler)
+        elif type(m).__name__ not in _HIDDEN_OPS:
+            return False
+    return writers == 1
+
+
 def _describe(graph: tp.DependencyGraph, group: tp.Group, names: dict, root: nn.Module
               ) -> ChannelGroup:
     convs, bns, readers, outputs, depthwise = [], [], [], [], []
@@ -140,7 +166,7 @@ def _describe(graph: tp.DependencyGraph, group: tp.Group, names: dict, root: nn.
             if name not in bns:
                 bns.append(name)
                 outputs.append((name, idxs, root_idxs))
-        elif graph.is_out_channel_pruning_fn(handler) and isinstance(m, nn.Conv2d):
+        elif graph.is_out_channel_pruning_fn(handler) and isinstance(m, CONV_LINEAR):
             if name not in convs:
                 convs.append(name)
                 outputs.append((name, idxs, root_idxs))
@@ -149,21 +175,36 @@ def _describe(graph: tp.DependencyGraph, group: tp.Group, names: dict, root: nn.
         elif (graph.is_in_channel_pruning_fn(handler) and isinstance(m, CONV_LINEAR)
               and m not in outs and getattr(m, "groups", 1) == 1):
             readers.append(Reader(name, idxs, root_idxs))
-    return ChannelGroup(names[root], root.out_channels, convs, bns, readers, outputs, depthwise)
+    return ChannelGroup(names[root], _width(root), convs, bns, readers, outputs, depthwise)
+
+
+def _width(m: nn.Module) -> int:
+    """Output channels of a conv, output features of a linear layer."""
+    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
 
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...], *,
                    graph: tp.DependencyGraph | None = None,
                    min_size: int = 1) -> list[ChannelGroup]:
-    """Every prunable group of conv output channels, in module order of their roots."""
+    """Every prunable group of conv output channels, and of the hidden features of MLPs
+    (a linear layer read only by linear layers), in module order of their roots.
+
+    Groups that reach a grouped conv (neither plain nor depthwise) are left out, and so
+    are linear layers' groups that reach anything but linear layers and activations.
+    """
     graph = graph or dependency_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     out: list[ChannelGroup] = []
     for group in graph.get_all_groups(ignored_layers=output_layers(model),
-                                      root_module_types=[nn.Conv2d]):
+                                      root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
-        if root in names and isinstance(root, nn.Conv2d) and root.out_channels >= min_size:
+        if any(_is_grouped(item.dep.target.module) for item in group):
+            continue  # left whole: channels of a grouped conv go in equal blocks
+        if isinstance(root, nn.Linear) and not _hidden_linear(graph, group):
+            continue
+        if root in names and isinstance(root, CONV_LINEAR) and _width(root) >= min_size:
             out.append(_describe(graph, group, names, root))
     return sorted(out, key=lambda g: order[g.root])
 
@@ -171,7 +212,7 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], *,
 def group_of(model: nn.Module, graph: tp.DependencyGraph, conv: str) -> ChannelGroup:
     """The group of ``conv``'s output channels, numbered by that conv's channels."""
     m = model.get_submodule(conv)
-    group = graph.get_pruning_group(m, tp.prune_conv_out_channels, list(range(m.out_channels)))
+    group = graph.get_pruning_group(m, out_pruning_fn(m), list(range(_width(m))))
     return _describe(graph, group, {mod: n for n, mod in model.named_modules()}, m)
 
 

@@ -30,39 +30,72 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tenso
     return torch.zeros((1, *input_shape), device=device)
 
 
-def _groups(model: nn.Module, plan: dict[str, Iterable[int]], input_shape: tuple[int, ...]):
-    modules = dict(model.named_modules())
+def _graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
     was_training = model.training
     model.eval()
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example_input(model, input_shape)
-    )
-    model.train(was_training)
-    groups, owner = [], {}
+    try:
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input(model, input_shape))
+    finally:
+        model.train(was_training)
+
+
+def _planned(model: nn.Module, plan: dict[str, Iterable[int]]) -> dict[str, list[int]]:
+    """The plan's non-empty entries, checked against the model."""
+    modules = dict(model.named_modules())
+    out = {}
     for name, idxs in plan.items():
-        conv = modules.get(name)
-        if not isinstance(conv, nn.Conv2d):
-            raise SurgeryError(f"plan names {name!r}, which is not a conv layer of the model")
+        layer = modules.get(name)
+        if not isinstance(layer, nn.Conv2d | nn.Linear):
+            raise SurgeryError(f"plan names {name!r}, which is not a conv or linear layer of "
+                               "the model")
         idxs = sorted({int(i) for i in idxs})
         if not idxs:
             continue
-        if idxs[0] < 0 or idxs[-1] >= conv.out_channels:
+        width = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        if idxs[0] < 0 or idxs[-1] >= width:
             raise SurgeryError(
-                f"channel indices for {name!r} must be in [0, {conv.out_channels}); got {idxs}"
+                f"channel indices for {name!r} must be in [0, {width}); got {idxs}"
             )
-        if len(idxs) >= conv.out_channels:
-            raise SurgeryError(f"plan removes all {conv.out_channels} channels of {name!r}")
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs)
+        if len(idxs) >= width:
+            raise SurgeryError(f"plan removes all {width} channels of {name!r}")
+        out[name] = idxs
+    return out
+
+
+def _groups(model: nn.Module, plan: dict[str, list[int]], input_shape: tuple[int, ...]):
+    """The graph and each planned conv's group; refuses a plan naming two convs of one
+    group (convs added together, or multiplied by a gate, write the same channels: their
+    group is planned once, through one of them).
+
+    Convs whose outputs are concatenated, or read by one depthwise conv, are in separate
+    groups and are planned independently.
+    """
+    graph = _graph(model, input_shape)
+    groups, owner = {}, {}
+    for name, idxs in plan.items():
+        root = model.get_submodule(name)
+        group = graph.get_pruning_group(root, out_pruning_fn(root), idxs=idxs)
         for dep, _ in group:
-            m = dep.target.module
-            if id(m) in owner and owner[id(m)] != name and _is_out(graph, dep):
-                raise SurgeryError(
-                    f"{name!r} and {owner[id(m)]!r} are coupled (residual); plan one of them"
-                )
-            if _is_out(graph, dep):
-                owner[id(m)] = name
-        groups.append(group)
+            if isinstance(dep.target.module, nn.Conv2d | nn.Linear) and _is_out(graph, dep):
+                other = owner.setdefault(id(dep.target.module), name)
+                if other != name:
+                    raise SurgeryError(
+                        f"{name!r} and {other!r} write the same channels (added together or "
+                        f"gated): plan one of them")
+        groups[name] = group
     return graph, groups
+
+
+def out_pruning_fn(m: nn.Module):
+    """torch-pruning's function removing ``m``'s output channels (conv or linear)."""
+    return tp.prune_conv_out_channels if isinstance(m, nn.Conv2d) else \
+        tp.prune_linear_out_channels
+
+
+def _slots(group) -> set[tuple[int, str]]:
+    """Which side (output or input channels) of which layer or operation a group prunes."""
+    return {(id(dep.target.module), dep.handler.__name__) for dep, _ in group}
 
 
 def _is_out(graph, dep) -> bool:
@@ -72,12 +105,29 @@ def _is_out(graph, dep) -> bool:
 def remove_channels(
     model: nn.Module, plan: dict[str, Iterable[int]], input_shape: tuple[int, ...]
 ) -> nn.Module:
-    """Remove the planned output channels in place; returns the model."""
+    """Remove the planned output channels in place; returns the model.
+
+    Groups are removed one after another. A group pruning the same side of a layer as one
+    removed before it (the input channels of a concatenation's reader, whose offsets
+    moved) is found afresh on a graph of the model as it is now; its root conv's own
+    channels have not moved.
+    """
+    plan = _planned(model, plan)
     graph, groups = _groups(model, plan, input_shape)
-    for group in groups:
+    touched: set[int] = set()
+    stale = False  # something was removed since ``graph`` was traced
+    for name, idxs in plan.items():
+        group = groups[name]
+        if _slots(group) & touched:
+            if stale:
+                graph, stale = _graph(model, input_shape), False
+            root = model.get_submodule(name)
+            group = graph.get_pruning_group(root, out_pruning_fn(root), idxs=idxs)
         if not graph.check_pruning_group(group):
             raise SurgeryError("torch-pruning refused a group: it would remove every channel")
         group.prune()
+        touched |= _slots(group)
+        stale = True
     return model
 
 
@@ -85,8 +135,8 @@ def mask_channels(
     model: nn.Module, plan: dict[str, Iterable[int]], input_shape: tuple[int, ...]
 ) -> nn.Module:
     """Zero the planned channels (and their coupled channels) so they emit exactly zero."""
-    graph, groups = _groups(model, plan, input_shape)
-    for group in groups:
+    graph, groups = _groups(model, _planned(model, plan), input_shape)
+    for group in groups.values():
         for dep, idxs in group:
             if not _is_out(graph, dep):
                 continue
@@ -115,16 +165,15 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 @torch.no_grad()
 def load_resized(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
-    """Load a state dict whose conv / linear / BN shapes may be smaller (pruned) than the
-    model's, resizing those layers first. Structural edits beyond shapes must be made
-    before (see ``Method.restructure``)."""
+    """Load a state dict whose shapes may be smaller (pruned) than the model's, resizing
+    every tensor that differs first (a layer's, or one a block holds itself, such as
+    ConvNeXt's layer scale) and the sizes conv, linear and norm layers keep. Structural
+    edits beyond shapes must be made before (see ``Method.restructure``)."""
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
-        if not isinstance(m, nn.Conv2d | nn.Linear | nn.BatchNorm2d | nn.BatchNorm1d):
-            continue
-        for attr in ("weight", "bias", "running_mean", "running_var"):
+        own = list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
+        for attr, cur in own:
             t = state_dict.get(prefix + attr)
-            cur = getattr(m, attr, None)
             if t is None or cur is None or cur.shape == t.shape:
                 continue
             new = torch.empty(t.shape, dtype=cur.dtype, device=cur.device)
@@ -141,7 +190,9 @@ def load_resized(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mo
             m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
         elif isinstance(m, nn.Linear):
             m.out_features, m.in_features = w.shape
-        else:
+        elif isinstance(m, nn.LayerNorm):
+            m.normalized_shape = tuple(w.shape)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.num_features = w.shape[0]
     model.load_state_dict(state_dict)
     return model
@@ -198,5 +249,5 @@ class Masks:
 
 __all__ = [
     "Masks", "SurgeryError", "example_input", "load_resized", "mask_channels",
-    "remove_channels", "replace_module",
+    "out_pruning_fn", "remove_channels", "replace_module",
 ]

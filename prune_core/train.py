@@ -249,11 +249,30 @@ def refresh_bn_stats(model: nn.Module, data: Data, batch_size: int = 256) -> Non
         m.momentum = None  # cumulative average over the batches below
     was_training = model.training
     model.train()
-    for x, _ in data.batches("train", batch_size, shuffle=False, augment=False):
-        model(x)
+    with torch.no_grad():
+        for x, _ in data.batches("train", batch_size, shuffle=False, augment=False):
+            model(x)
     model.train(was_training)
     for m, mom in zip(bns, saved, strict=True):
         m.momentum = mom
+
+
+# Running BN statistics still holding more than this share of what they were before
+# training count as stale: evaluation re-estimates them first (see bn_stats_stale).
+STALE_BN = 0.25
+
+
+def bn_stats_stale(model: nn.Module, steps: int) -> bool:
+    """True while some BN's running averages, after ``steps`` training batches, still hold
+    more than ``STALE_BN`` of their starting values: ``(1 - momentum) ** steps``.
+
+    Momentum 0.1 (PyTorch's default) is fresh after 14 batches; the 0.01 of torchvision's
+    MobileNetV3 and EfficientNet only after 138, and evaluated before that such a model
+    can score chance while it trains well.
+    """
+    return any(isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.track_running_stats
+               and m.momentum is not None and (1 - m.momentum) ** steps > STALE_BN
+               for m in model.modules())
 
 
 def _train_epoch(model: nn.Module, data: Data, cfg: TrainConfig, opt: torch.optim.Optimizer,
@@ -335,6 +354,8 @@ def fit(
         train_loss = float(loss_sum) / max(1, seen)
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} at epoch {epoch + 1}")
+        if bn_stats_stale(model, (epoch + 1) * math.ceil(len(data.train) / cfg.batch_size)):
+            refresh_bn_stats(model, data)
         val = evaluate(model, data, "val")
         row = {
             "epoch": epoch + 1,
@@ -363,7 +384,7 @@ def fit(
 
 
 __all__ = [
-    "CPU_CHANNEL_BLOCK", "MAX_EPOCHS", "MONITORS", "SCHEDULES", "Hooks", "TrainConfig",
-    "TrainingDiverged", "evaluate", "fit", "make_optimizer", "memory_format", "refresh_bn_stats",
-    "seed_everything",
+    "CPU_CHANNEL_BLOCK", "MAX_EPOCHS", "MONITORS", "SCHEDULES", "STALE_BN", "Hooks",
+    "TrainConfig", "TrainingDiverged", "bn_stats_stale", "evaluate", "fit", "make_optimizer",
+    "memory_format", "refresh_bn_stats", "seed_everything",
 ]

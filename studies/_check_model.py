@@ -203,8 +203,7 @@ _COMPATIBLE: dict[tuple, list[str]] = {}  # checks already made in this process
 def check_compatible(c: Checker, model_name: str, model_kw: dict, data_name: str,
                       data_kw: dict, chains: tuple[tuple, ...]) -> None:
     """Build the model once and ask each method whether it has anything to act on."""
-    size = data_kw.get("image_size", datasets.dataset_options(data_name).get("image_size", 32))
-    shape = (3, int(size), int(size))
+    shape = _input_shape(data_name, data_kw)
     key = (model_name, repr(sorted(model_kw.items())), shape, repr(chains))
     if key not in _COMPATIBLE:
         kw = {k: v for k, v in model_kw.items() if k != "weights"}
@@ -218,6 +217,56 @@ def check_compatible(c: Checker, model_name: str, model_kw: dict, data_name: str
                                                   model_name)]
     for line in dict.fromkeys(_COMPATIBLE[key]):
         c.error("methods", line)
+
+
+_REHEARSED: dict[tuple, str | None] = {}  # rehearsals already made in this process
+
+
+def check_rehearsal(c: Checker, model_name: str, model_kw: dict, data_name: str,
+                    data_kw: dict, chains: tuple[tuple, ...], space: dict[str, ParamSpace]
+                    ) -> None:
+    """Rehearse each chain on the model at the corners of its space
+    (:func:`prune_core.rehearsal.rehearse`): a pair that fails there fails every trial."""
+    from prune_core.rehearsal import rehearse
+
+    shape = _input_shape(data_name, data_kw)
+    kw = {k: v for k, v in model_kw.items() if k != "weights"}
+    for chain in chains:
+        stages = parse_chain(list(chain))
+        points = rehearsal_points(space, [s.name for s in stages])
+        key = (model_name, repr(sorted(kw.items())), shape, chain, repr(points))
+        if key not in _REHEARSED:
+            failure = rehearse(lambda: models.build(model_name, num_classes=10, **kw), stages,
+                               points, shape)
+            _REHEARSED[key] = None if failure is None else str(failure)
+        if _REHEARSED[key] is not None:
+            c.error("methods", f"{chain_name(stages)} cannot run on model {model_name!r}: "
+                               f"rehearsed on random images, {_REHEARSED[key]}; choose "
+                               "another method or model, or narrow the space")
+
+
+def rehearsal_points(space: dict[str, ParamSpace], stages: list[str]) -> list[dict]:
+    """Corners of the stages' space: the first takes every range's high end and each
+    parameter's first choice, the next the low ends and second choices, and so on
+    (``rehearsal.MAX_POINTS`` points)."""
+    from prune_core.rehearsal import MAX_POINTS
+
+    options = {k: _corners(p) for k, p in space.items() if p.stage in stages}
+    n = min(MAX_POINTS, max([2, *map(len, options.values())]))
+    return [{k: v[i % len(v)] for k, v in options.items()} for i in range(n)]
+
+
+def _corners(p: ParamSpace) -> list:
+    if p.kind == "fixed":
+        return [p.value]
+    if p.kind == "categorical":
+        return list(p.choices)
+    return [int(p.high), int(p.low)] if p.kind == "int" else [p.high, p.low]
+
+
+def _input_shape(data_name: str, data_kw: dict) -> tuple[int, int, int]:
+    size = data_kw.get("image_size", datasets.dataset_options(data_name).get("image_size", 32))
+    return (3, int(size), int(size))
 
 
 def check_methods(c: Checker, value: Any) -> tuple[tuple, ...]:

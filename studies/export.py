@@ -203,7 +203,7 @@ def export_trial(study_dir: str | Path, out: str | Path, selection: Selection, *
                           + (f": {str(rec.get('error')).splitlines()[0]}" if rec.get("error")
                              else "") + "; only finished (ok) trials have a model to export")
     _check_out(study_dir, out, force)
-    spec = load_spec(study_dir / "spec.yaml")
+    spec = load_spec(study_dir / "spec.yaml", rehearse=False)
     data = load_data(spec.trial_spec())
     kept = _kept_model(study_dir, rec, rebuild, log)
     if kept is None:

@@ -226,10 +226,12 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
     study_dir = Path(study_dir).expanduser().resolve()
     if not (study_dir / "spec.yaml").exists() or not (study_dir / "study.json").exists():
         raise StudyError(f"{study_dir} is not a study directory (no spec.yaml / study.json)")
-    spec = load_spec(study_dir / "spec.yaml")
+    # The study's own spec was rehearsed when the study began.
+    spec = load_spec(study_dir / "spec.yaml", rehearse=False)
     if spec.study_dir != study_dir:
         # The spec names where it was created; a moved study resumes where it is now.
-        spec = spec.with_overrides(storage=str(study_dir.parent), name=study_dir.name)
+        spec = spec.with_overrides(storage=str(study_dir.parent), name=study_dir.name,
+                                   rehearse=False)
     s = study_summary(study_dir)
     if s["complete"]:
         log(f"[{spec.name}] already complete: {s['ended']} of {s['requested']} trials ended "

@@ -24,6 +24,7 @@ from studies._check_model import (
     check_data,
     check_methods,
     check_model,
+    check_rehearsal,
     check_space,
     check_train,
 )
@@ -150,12 +151,12 @@ class StudySpec:
             cache_dir=str(self.cache_dir),
         )
 
-    def with_overrides(self, **kw) -> StudySpec:
+    def with_overrides(self, *, rehearse: bool = True, **kw) -> StudySpec:
         """A copy with top-level fields replaced (``--trials``, ``--storage``, ``--name``),
-        checked again."""
+        checked again (``rehearse``: see :func:`parse_spec`)."""
         raw = dict(self.source)
         raw.update({k: v for k, v in kw.items() if v is not None})
-        return parse_spec(raw, source=f"spec {self.name!r} with overrides")
+        return parse_spec(raw, source=f"spec {self.name!r} with overrides", rehearse=rehearse)
 
     def to_yaml(self) -> str:
         """The spec as written, with local paths made absolute so it resumes from anywhere."""
@@ -176,12 +177,13 @@ class StudySpec:
 # --------------------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and check a YAML spec; raise :class:`SpecError` with every mistake."""
+def load_spec(path: str | Path, *, rehearse: bool = True) -> StudySpec:
+    """Read and check a YAML spec; raise :class:`SpecError` with every mistake
+    (``rehearse``: see :func:`parse_spec`)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"spec file {str(path)!r} does not exist"], str(path))
-    return parse_spec(read_yaml(path), source=str(path))
+    return parse_spec(read_yaml(path), source=str(path), rehearse=rehearse)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -208,8 +210,13 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
-    """Check a spec given as plain data (what YAML gives) and build a :class:`StudySpec`."""
+def parse_spec(raw: Any, source: str = "spec", *, rehearse: bool = True) -> StudySpec:
+    """Check a spec given as plain data (what YAML gives) and build a :class:`StudySpec`.
+
+    ``rehearse`` runs every chain on the model at the corners of its space
+    (:func:`studies._check_model.check_rehearsal`); a study's own saved spec, accepted when
+    the study began, is read without.
+    """
     c = Checker()
     if not isinstance(raw, dict):
         raise SpecError([f"the spec must be a mapping of fields; got {type(raw).__name__}"],
@@ -240,6 +247,8 @@ def parse_spec(raw: Any, source: str = "spec") -> StudySpec:
     space = check_space(c, raw.get("space") or {}, chains)
     if not c.errors:
         check_constraints(c, space, chains)
+    if not c.errors and rehearse:
+        check_rehearsal(c, model_name, model_kw, data_name, data_kw, chains, space)
     objectives = check_objectives(c, raw.get("objectives"))
     n_objectives = len(raw["objectives"]) if isinstance(raw.get("objectives"), dict | list) \
         else len(objectives)

@@ -40,6 +40,7 @@ PLANS = {
 
 @pytest.mark.parametrize("name", sorted(PLANS))
 def test_removed_channels_match_masked_model(name):
+    torch.manual_seed(0)  # whatever ran before, the same weights and input
     model = _randomise_bn(models.build(name, width=0.5))
     x = torch.randn(4, *SHAPE)
     masked = mask_channels(copy.deepcopy(model), PLANS[name], SHAPE)
@@ -64,8 +65,49 @@ def test_coupled_residual_layers_are_removed_together():
     assert model(torch.randn(1, *SHAPE)).shape == (1, 10)
 
 
+class _DenseBlock(torch.nn.Module):
+    """[conv(x), x] concatenated in either order, read by one conv: a dense block."""
+
+    def __init__(self, input_first: bool):
+        super().__init__()
+        self.input_first = input_first
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1),
+                                        torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        self.dense = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1),
+                                         torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        self.reader = torch.nn.Conv2d(16, 16, 1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        parts = [x, self.dense(x)] if self.input_first else [self.dense(x), x]
+        return self.fc(self.reader(torch.cat(parts, 1)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("input_first", [True, False])
+def test_a_conv_and_the_input_concatenated_beside_it_are_planned_independently(input_first):
+    # Both convs feed one concatenation: removing from the first shifts where the second's
+    # channels sit in the reader; each group must land on its own input columns.
+    model = _randomise_bn(_DenseBlock(input_first))
+    plan = {"stem.0": [0, 5], "dense.0": [1, 2, 7]}
+    x = torch.randn(4, *SHAPE)
+    masked = mask_channels(copy.deepcopy(model), plan, SHAPE)
+    removed = remove_channels(copy.deepcopy(model), plan, SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(masked(x), removed(x), atol=1e-5)
+    assert removed.reader.in_channels == 11
+    assert (removed.stem[0].out_channels, removed.dense[0].out_channels) == (6, 5)
+
+
+def test_convs_added_together_cannot_be_planned_apart():
+    model = models.build("resnet20", width=0.5)
+    with pytest.raises(SurgeryError, match=r"'layer1.0.conv2' and 'conv1' write the same "
+                                           r"channels \(added together"):
+        remove_channels(model, {"conv1": [0], "layer1.0.conv2": [1]}, SHAPE)
+
+
 @pytest.mark.parametrize("plan, message", [
-    ({"features.bn0": [0]}, "not a conv layer"),
+    ({"features.bn0": [0]}, "not a conv or linear layer"),
     ({"features.conv0": [99]}, r"must be in \[0, 16\)"),
     ({"features.conv0": list(range(16))}, "removes all 16 channels"),
 ])

@@ -44,6 +44,9 @@ class Param:
     high_open: bool = False
     choices: tuple | None = None
     search: dict | None = None
+    # A count of repetitions (rounds, cycles): a rehearsal (prune_core.rehearsal) runs at
+    # most this many, since later ones run the same code on a smaller model.
+    rehearsal_cap: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

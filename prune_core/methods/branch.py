@@ -313,7 +313,7 @@ PARAMS = [
           search={"low": 0.25, "high": 1.0}),
     Param(name="alpha_schedule", kind="categorical", default="cosine", choices=SCHEDULES,
           doc="how alpha falls from 1 to 0", search={"choices": list(SCHEDULES)}),
-    Param(name="steps", kind="int", default=5, low=1, high=1000,
+    Param(name="steps", kind="int", rehearsal_cap=2, default=5, low=1, high=1000,
           doc="number of alpha values trained at (the last is 0)", search={"low": 2, "high": 10}),
     Param(name="epochs_per_step", kind="int", default=2, low=1, high=1000,
           doc="training epochs at each alpha", search={"low": 1, "high": 4}),

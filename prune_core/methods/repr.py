@@ -210,7 +210,7 @@ PARAMS = [
     Param(name="ratio", kind="float", default=0.3, low=0.0, high=1.0, low_open=True,
           high_open=True, doc="share of filters dropped in each cycle",
           search={"low": 0.1, "high": 0.5}),
-    Param(name="cycles", kind="int", default=2, low=1, high=1000,
+    Param(name="cycles", kind="int", rehearsal_cap=2, default=2, low=1, high=1000,
           doc="number of drop / re-initialise cycles", search={"low": 1, "high": 3}),
     Param(name="rank", kind="categorical", default="global", choices=("global", "layer"),
           doc="rank filters over the whole network or within each layer",

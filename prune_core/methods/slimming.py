@@ -122,8 +122,15 @@ def prune(model: nn.Module, prune_ratio: float, data, *, fold_bias: bool = True,
 def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     """Why slimming has nothing to act on in ``model`` (None: it has)."""
     if not any(g.bns for g in channel_groups(model, input_shape, min_size=2)):
-        return ("no prunable conv channels carry a BatchNorm scale factor "
-                "(slimming ranks channels by them)")
+        norms = {type(m).__name__ for m in model.modules()
+                 if isinstance(m, nn.LayerNorm | nn.GroupNorm)}
+        why = ("no prunable conv channels carry a BatchNorm scale factor (slimming ranks "
+               "channels by them)")
+        if norms:
+            why += (f"; its {', '.join(sorted(norms))} normalise each channel by statistics "
+                    "of all channels, so a small scale there does not mean a channel can go "
+                    "without changing the others: try magnitude (structured) or transtailor")
+        return why
     return None
 
 

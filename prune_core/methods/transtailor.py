@@ -94,7 +94,9 @@ class AlphaScaled(nn.Module):
         return scale
 
     def _scaler(self, name: str):
-        def hook(_module, _inputs, out):
+        def hook(module, _inputs, out):
+            if isinstance(module, nn.Linear):  # features on the last dimension
+                return out * self._scale(name, out.shape[-1], out)
             s = self._scale(name, out.shape[1], out)
             return out * s.view(1, -1, *([1] * (out.dim() - 2)))
 
@@ -221,7 +223,7 @@ PARAMS = [
     Param(name="patience", kind="int", default=3, low=1, high=1000,
           doc="early stopping: epochs without a better val accuracy", search={"low": 2,
                                                                               "high": 5}),
-    Param(name="max_rounds", kind="int", default=10, low=1, high=1000,
+    Param(name="max_rounds", kind="int", rehearsal_cap=2, default=10, low=1, high=1000,
           doc="most prune-and-fine-tune rounds", search={"low": 2, "high": 20}),
     Param(name="layer_norm", kind="bool", default=True,
           doc="L2-normalise the importance within each layer before the global ranking",
