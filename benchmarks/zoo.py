@@ -509,8 +509,9 @@ def markdown(doc: dict) -> str:
     failed = sum(v["failed"] for v in n.values())
     lines = [
         "# Model zoo: which methods validate, and then run, on which networks", "",
-        f"{len(doc['models'])} models (torchvision's classification models and timm "
-        "architectures across families, untrained, at a small input size and width), each "
+        f"{len(doc['models'])} of the zoo's {len(zoo())} models (torchvision's "
+        "classification models and timm architectures across families, untrained, at a "
+        "small input size and width), each "
         f"with every method: `parse_spec` of a one-method spec validates it (the method's "
         "check and the rehearsal at the space's corners); where it is accepted, the "
         "method's real function runs at a middle point of the space on "
@@ -564,10 +565,11 @@ def markdown(doc: dict) -> str:
                      f"{r['seconds']:.0f} | " + " | ".join(cells) + " |")
     lines += ["", "## Runs", ""]
     for run in doc["runs"]:
+        end = (f"load before and after {run['load_before']}, {run['load_after']}"
+               if "load_after" in run else f"load before {run['load_before']}; interrupted")
         lines += [f"- `{run['command']}`: {run['models_run']} models in "
-                  f"{run['seconds'] / 60:.1f} min, {run.get('threads')} torch threads per "
-                  f"worker, started {run['started']}; load before "
-                  f"and after {run['load_before']}, {run.get('load_after')}"
+                  f"{run['seconds'] / 60:.1f} min, torch threads per worker "
+                  f"{run.get('threads')}, started {run['started']}; {end}"
                   + (f". {run['busy_note']}" if run.get("busy_note") else "")]
     total = sum(run["seconds"] for run in doc["runs"])
     env = doc["environment"]

@@ -242,13 +242,16 @@ def refresh_bn_stats(model: nn.Module, data: Data, batch_size: int = 256) -> Non
     epoch), running averages with momentum 0.1 lag the trained model; an exact average
     over the training data fixes that.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
+    was_training = model.training
+    model.train()
+    # BNs a wrapper keeps in eval mode (frozen statistics, as in TransTailor's alpha
+    # training) are left as they are.
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.training]
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
-    was_training = model.training
-    model.train()
     with torch.no_grad():
         for x, _ in data.batches("train", batch_size, shuffle=False, augment=False):
             model(x)
@@ -263,16 +266,16 @@ STALE_BN = 0.25
 
 
 def bn_stats_stale(model: nn.Module, steps: int) -> bool:
-    """True while some BN's running averages, after ``steps`` training batches, still hold
-    more than ``STALE_BN`` of their starting values: ``(1 - momentum) ** steps``.
+    """True while some BN in training mode, after ``steps`` training batches, still holds
+    more than ``STALE_BN`` of its starting running averages: ``(1 - momentum) ** steps``.
 
     Momentum 0.1 (PyTorch's default) is fresh after 14 batches; the 0.01 of torchvision's
     MobileNetV3 and EfficientNet only after 138, and evaluated before that such a model
     can score chance while it trains well.
     """
-    return any(isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.track_running_stats
-               and m.momentum is not None and (1 - m.momentum) ** steps > STALE_BN
-               for m in model.modules())
+    return any(isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.training
+               and m.track_running_stats and m.momentum is not None
+               and (1 - m.momentum) ** steps > STALE_BN for m in model.modules())
 
 
 def _train_epoch(model: nn.Module, data: Data, cfg: TrainConfig, opt: torch.optim.Optimizer,

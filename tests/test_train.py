@@ -209,6 +209,7 @@ def test_slowly_averaged_batchnorm_is_reestimated_before_evaluation(monkeypatch)
     (at chance on 32-pixel digits). Evaluation inside fit re-estimates them while they
     are stale."""
     assert bn_stats_stale(_slow_bn_net(0.1), 13) and not bn_stats_stale(_slow_bn_net(0.1), 14)
+    assert not bn_stats_stale(_slow_bn_net(0.1).eval(), 1)  # frozen statistics stay
     assert bn_stats_stale(_slow_bn_net(0.01), 137)
     assert not bn_stats_stale(nn.Sequential(nn.BatchNorm2d(4, momentum=None)), 1)
     digits = datasets.load("digits", image_size=16)
