@@ -20,6 +20,7 @@ from prune_core.methods import (
     parse_chain,
 )
 from prune_core.train import TrainConfig
+from studies._check_run import _extremes
 from studies._values import (
     CONTROL,
     PIPELINE,
@@ -257,11 +258,9 @@ def rehearsal_points(space: dict[str, ParamSpace], stages: list[str]) -> list[di
 
 
 def _corners(p: ParamSpace) -> list:
-    if p.kind == "fixed":
-        return [p.value]
-    if p.kind == "categorical":
-        return list(p.choices)
-    return [int(p.high), int(p.low)] if p.kind == "int" else [p.high, p.low]
+    """A range's ends, high first; a choice's values in order; a fixed value."""
+    ends = _extremes(p)
+    return ends[::-1] if p.kind in ("int", "float") else ends
 
 
 def _input_shape(data_name: str, data_kw: dict) -> tuple[int, int, int]:
