@@ -136,8 +136,8 @@ BAD_SPECS: dict[str, BadSpec] = {
     "model.width NaN": BadSpec("model.width", _set("model.width", math.nan)),
     "model.width true": BadSpec("model.width", _set("model.width", True)),
     "model unknown setting": BadSpec("model.depth", _set("model.depth", 3)),
-    "model.weights missing file": BadSpec("model.weights",
-                                          _set("model.weights", "/nonexistent/w.pt")),
+    "model.weights missing file": BadSpec("model.weights", _with(
+        model={"name": "resnet18", "weights": "/nonexistent/w.pt"})),
     "model.import unknown module": BadSpec("model", _with(model={"import": "nosuchmod:net"})),
     "model.import without factory": BadSpec("model", _with(model={"import": "collections"})),
     "model name and import": BadSpec("model.name", _with(
@@ -297,6 +297,96 @@ BAD_SPECS: dict[str, BadSpec] = {
 }
 
 
+# Classes of mistake, each made in every field of its kind: a number no float holds (or a
+# bool, or text that overflows to infinity) in each numeric field, and a path the system
+# cannot take in each path field. A new numeric or path field belongs in these tables.
+HUGE = 10**400  # a 401-digit integer: float() and math.isfinite() of it raise OverflowError
+BAD_NUMBERS = {"a 401-digit integer": HUGE, "true": True, "1e400 (text: infinity)": "1e400"}
+_IMPORT_MODEL = {"import": "tests.user_models:small_net"}
+_ASHA = {"objectives": {"accuracy": "max"}}
+_IMAGEFOLDER = {"name": "imagefolder", "root": str(Path(__file__).resolve().parent)}
+# field the error must name -> how to put a value there
+NUMERIC_FIELDS: dict[str, Callable[[Any], Callable[[dict], Any]]] = {
+    "space.slimming.sparsity_epochs.high": lambda v: _space(
+        "slimming.sparsity_epochs", {"low": 2, "high": v}),
+    "space.slimming.lambda.low": lambda v: _space("slimming.lambda", {"low": v, "high": 0.1}),
+    "space.slimming.prune_ratio.step": lambda v: _space(
+        "slimming.prune_ratio", {"low": 0.3, "high": 0.9, "step": v}),
+    "space.slimming.sparsity_epochs": lambda v: _space("slimming.sparsity_epochs", v),
+    "space.slimming.prune_ratio.choices[1]": lambda v: _space(
+        "slimming.prune_ratio", {"choices": [0.5, v]}),
+    "baseline.epochs": lambda v: _set("baseline.epochs", v),
+    "baseline.lr": lambda v: _set("baseline.lr", v),
+    "finetune.milestones": lambda v: _set("finetune.milestones", [0.5, v]),
+    "baseline.transfer.batch_size": lambda v: _set("baseline.transfer", {"batch_size": v}),
+    "trials": lambda v: _with(trials=v),
+    "max_concurrent": lambda v: _with(max_concurrent=v),
+    "max_failures": lambda v: _with(max_failures=v),
+    "seed": lambda v: _with(seed=v),
+    "sampler.seed": lambda v: _set("sampler.seed", v),
+    "sampler.options.n_startup_trials": lambda v: _set("sampler.options",
+                                                       {"n_startup_trials": v}),
+    "resources.cpu": lambda v: _set("resources.cpu", v),
+    "resources.gpu": lambda v: _set("resources.gpu", v),
+    "resources.time_limit_s": lambda v: _set("resources.time_limit_s", v),
+    "constraints.accuracy_drop.max": lambda v: _with(constraints={"accuracy_drop": {"max": v}}),
+    "scheduler.max_t": lambda v: _with(scheduler={"name": "asha", "max_t": v}, **_ASHA),
+    "scheduler.grace_period": lambda v: _with(
+        scheduler={"name": "mo_asha", "grace_period": v}),
+    "scheduler.reduction_factor": lambda v: _with(
+        scheduler={"name": "mo_asha", "reduction_factor": v}),
+    "latency.runs": lambda v: _with(latency={"runs": v}),
+    "latency.batch": lambda v: _with(latency={"batch": [1, v]}),
+    "data.val_fraction": lambda v: _set("data.val_fraction", v),
+    "data.image_size": lambda v: _set("data.image_size", v),
+    "data.test_fraction": lambda v: _with(data={**_IMAGEFOLDER, "test_fraction": v}),
+    "model.width": lambda v: _set("model.width", v),
+    "model.k": lambda v: _with(model={"name": "c3", "k": v}),
+    # an imported model's arguments are free-form: only a number no float holds is refused
+    "model.kwargs.width": lambda v: _with(model={**_IMPORT_MODEL, "kwargs": {"width": v}}),
+}
+FREE_FORM = ("model.kwargs.width",)  # true may be a valid argument there
+
+BAD_PATHS = {
+    "~ of no such user": "~nosuchuser/prune",
+    "with a NUL byte": "prune\x00x",
+    "5000 bytes long": "/tmp/" + "d/" * 2500,
+    "a 300-byte name": "/tmp/" + "n" * 300,
+}
+PATH_FIELDS: dict[str, Callable[[str], Callable[[dict], Any]]] = {
+    "data.root": lambda p: _with(data={"name": "cifar10", "root": p}),
+    "model.weights": lambda p: _with(model={"name": "resnet18", "weights": p}),
+    "storage": lambda p: _with(storage=p),
+    "optuna_storage": lambda p: _with(optuna_storage=p),
+    "warm_start": lambda p: _with(warm_start=p),
+    "loggers.mlflow.tracking_uri": lambda p: _with(loggers={"mlflow": {"tracking_uri": p}}),
+}
+BAD_SPECS.update({
+    f"{field} {kind}": BadSpec(field, put(value))
+    for field, put in NUMERIC_FIELDS.items() for kind, value in BAD_NUMBERS.items()
+    if not (field in FREE_FORM and isinstance(value, bool))
+})
+BAD_SPECS.update({
+    f"{field} {kind}": BadSpec(field, put(path))
+    for field, put in PATH_FIELDS.items() for kind, path in BAD_PATHS.items()
+})
+BAD_SPECS.update({
+    "optuna_storage sqlite URL with ~": BadSpec("optuna_storage", _with(
+        optuna_storage="sqlite:///~/optuna.db")),
+    "optuna_storage sqlite URL 5000 bytes long": BadSpec("optuna_storage", _with(
+        optuna_storage="sqlite:///" + BAD_PATHS["5000 bytes long"] + "o.db")),
+    "warm_start.storage sqlite URL 5000 bytes long": BadSpec("warm_start.storage", _with(
+        warm_start={"storage": "sqlite:///" + BAD_PATHS["5000 bytes long"] + "o.db",
+                    "study": "old"})),
+    "asha reduction_factor 1": BadSpec("scheduler.reduction_factor", _with(
+        scheduler={"name": "asha", "reduction_factor": 1}, **_ASHA)),
+    "asha grace_period above the default max_t": BadSpec("scheduler.max_t", _with(
+        scheduler={"name": "asha", "grace_period": 200}, **_ASHA)),
+    "mo_asha reduction_factor barely above 1": BadSpec("scheduler.reduction_factor", _with(
+        scheduler={"name": "mo_asha", "reduction_factor": 1.000000001, "max_t": 10**6})),
+})
+
+
 def spec_text(kind: str) -> bytes:
     """The bytes of the spec file for one kind of mistake."""
     bad = BAD_SPECS[kind]
@@ -310,14 +400,20 @@ def spec_text(kind: str) -> bytes:
 
 def fuzz_specs(bases: int = 3):
     """A hypothesis strategy: BASE, a chain variant or a RePr variant (the first ``bases``
-    of them) with 1 to 4 mutations, each replacing, deleting or adding a value anywhere."""
+    of them) with 1 to 4 mutations, each replacing, deleting or adding a value anywhere, or
+    putting a bad path into one of the path fields."""
     from hypothesis import strategies as st
 
+    paths = st.one_of(st.sampled_from(list(BAD_PATHS.values())), st.sampled_from(
+        ["~", "~nosuchuser", "", " ", ".", "/", "x\n", "journal:~nosuchuser/j.log",
+         "sqlite:///~/o.db", "/dev/null", "/proc/self"]), st.text(max_size=12))
     leaves = st.one_of(
         st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
         st.sampled_from(["search", "max", "min", "slimming", "quantize", "tpe", "asha", "cpu",
-                         "~", "../x", "1e-3", ".nan", "choice", "low", "high"]),
+                         "~", "../x", "1e-3", ".nan", "choice", "low", "high", "1e400",
+                         "~nosuchuser/x"]),
+        st.sampled_from([HUGE, -HUGE, 2**1024, 10**309]),  # integers no float holds
     )
     values = st.recursive(leaves, lambda inner: st.one_of(
         st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
@@ -336,8 +432,11 @@ def fuzz_specs(bases: int = 3):
         for _ in range(draw(st.integers(min_value=1, max_value=4))):
             path = _paths(spec)
             parent, key = draw(st.sampled_from(path))
-            action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
-            if action == "delete" and key is not None:
+            action = draw(st.sampled_from(["replace", "replace", "delete", "add", "path"]))
+            if action == "path":
+                put = PATH_FIELDS[draw(st.sampled_from(sorted(PATH_FIELDS)))]
+                spec = put(draw(paths))(spec)
+            elif action == "delete" and key is not None:
                 del parent[key]
             elif action == "add" and isinstance(parent, dict):
                 parent[draw(st.text(min_size=1, max_size=8))] = draw(values)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 from prune_core import data as datasets
@@ -22,15 +21,14 @@ from prune_core.methods import (
 from prune_core.train import TrainConfig
 from studies._check_run import _extremes
 from studies._values import (
-    CONTROL,
     PIPELINE,
     SEARCH_WORD,
     SPACE_KEYS,
     Checker,
     ParamSpace,
-    finite,
     maybe_number,
     named,
+    probe,
     show,
 )
 
@@ -49,26 +47,33 @@ def check_data(c: Checker, value: Any) -> tuple[str, dict]:
         if k not in allowed:
             c.error(f"data.{k}", f"dataset {name!r} does not take {k!r}; it takes: "
                                  f"{', '.join(allowed)}")
-    vf = kw.get("val_fraction", 0.1)
-    if not finite(vf) or not 0 < vf < 0.5:
-        c.error("data.val_fraction", f"{show(vf)} is not valid; allowed: a number in (0, 0.5)")
+    if "val_fraction" in kw:
+        kw["val_fraction"] = c.number("data.val_fraction", kw["val_fraction"], 0, 0.5,
+                                      low_open=True, high_open=True)
+    if "test_fraction" in kw:  # imagefolder's held-out share when it carves the test split
+        kw["test_fraction"] = c.number("data.test_fraction", kw["test_fraction"], 0, 1,
+                                       low_open=True, high_open=True)
     if "image_size" in kw:
         kw["image_size"] = c.integer("data.image_size", kw["image_size"], low=8, high=512)
     for flag in ("download", "augment"):
         if not isinstance(kw.get(flag, False), bool):
             c.error(f"data.{flag}", f"{show(kw[flag])} is not true or false")
     download = kw.get("download", False) is True
-    if datasets.needs_root(name):
-        root = kw.get("root")
-        if root is None:
+    root = kw.get("root")
+    if root is None:
+        if datasets.needs_root(name):
             c.error("data.root", f"dataset {name!r} needs a root directory; set data.root")
-        elif not isinstance(root, str) or not root.strip() or CONTROL.search(root):
-            c.error("data.root", f"{show(root)} is not a path")
-        elif not Path(root).expanduser().exists() and not download:
-            c.error("data.root", f"{root!r} does not exist; put the {name} files there, or "
-                                 "set data.download: true on a machine with internet")
-        elif isinstance(root, str):
-            kw["root"] = str(Path(root).expanduser().resolve())
+        return name, kw
+    path = c.path("data.root", root, "a directory")
+    if path is None:
+        return name, kw
+    if probe(path) is not None:
+        kw["root"] = str(path.resolve())
+    elif download or not datasets.needs_root(name):
+        kw["root"] = str(path.absolute())
+    else:
+        c.error("data.root", f"{show(root)} does not exist; put the {name} files there, or "
+                             "set data.download: true on a machine with internet")
     return name, kw
 
 
@@ -92,7 +97,8 @@ def check_model(c: Checker, value: Any) -> tuple[str, dict]:
         return "vgg11", {}
     if isinstance(name, str) and models.model_source(name) is not None:
         check_weights(c, kw)
-        check_built(c, name, kw, "model.name", "model.")
+        if check_free_numbers(c, "model.", kw):
+            check_built(c, name, kw, "model.name", "model.")
         return name, kw
     if name not in models.list_models():
         c.error("model.name", f"unknown model {name!r}; valid names: "
@@ -107,10 +113,26 @@ def check_model(c: Checker, value: Any) -> tuple[str, dict]:
                                   f"{', '.join(allowed)}")
     check_weights(c, kw)
     if "width" in kw:
-        w = kw["width"]
-        if not isinstance(w, int | float) or isinstance(w, bool) or not 0 < w <= 4:
-            c.error("model.width", f"{w!r} is not valid; allowed: a number in (0, 4]")
+        kw["width"] = c.number("model.width", kw["width"], 0, 4, low_open=True)
+    for k, v in kw.items():  # a registry model's other settings are numbers (c3's k)
+        if k not in ("width", "weights"):
+            c.numeric(f"model.{k}", v, "a number")
     return name, kw
+
+
+def check_free_numbers(c: Checker, prefix: str, kw: dict) -> bool:
+    """The numbers among settings passed on unchecked (a torchvision or imported model's
+    arguments), at any depth, through :meth:`Checker.numeric`; False if one is refused."""
+    def walk(where: str, v: Any) -> bool:
+        if isinstance(v, dict):
+            return all([walk(f"{where}.{k}", x) for k, x in v.items()])
+        if isinstance(v, list | tuple):
+            return all([walk(f"{where}[{i}]", x) for i, x in enumerate(v)])
+        if _is_number(v):
+            return c.numeric(where, v, "a finite number") is not None
+        return True
+
+    return all([walk(f"{prefix}{k}", v) for k, v in kw.items() if k != "weights"])
 
 
 def check_weights(c: Checker, kw: dict) -> None:
@@ -118,12 +140,15 @@ def check_weights(c: Checker, kw: dict) -> None:
     weights = kw.get("weights")
     if weights is None:
         return
-    if not isinstance(weights, str) or not Path(weights).expanduser().is_file():
-        c.error("model.weights", f"{weights!r} is not a file; give the path of a local "
+    path = c.path("model.weights", weights, "a weights file")
+    if path is None:
+        kw.pop("weights")
+    elif probe(path) != "file":
+        c.error("model.weights", f"{show(weights)} is not a file; give the path of a local "
                                  "weights file (nothing is downloaded at run time)")
         kw.pop("weights")
     else:
-        kw["weights"] = str(Path(weights).expanduser().resolve())
+        kw["weights"] = str(path.resolve())
 
 
 def check_import_model(c: Checker, value: dict) -> tuple[str, dict]:
@@ -153,7 +178,8 @@ def check_import_model(c: Checker, value: dict) -> tuple[str, dict]:
     if "weights" in value:
         kw["weights"] = value["weights"]
         check_weights(c, kw)
-    check_built(c, name, kw, "model.import", "model.kwargs.")
+    if check_free_numbers(c, "model.kwargs.", kw):
+        check_built(c, name, kw, "model.import", "model.kwargs.")
     return name, kw
 
 
@@ -186,6 +212,10 @@ def check_train(c: Checker, where: str, value: Any) -> dict:
                                     f"{', '.join(sorted(known))}")
             continue
         v = [maybe_number(x) for x in v] if isinstance(v, list) else maybe_number(v)
+        # 10**400 would make TrainConfig's own checks raise, not refuse
+        if not all(c.numeric(f"{where}.{k}", x, "a finite number") is not None
+                   for x in (v if isinstance(v, list) else [v]) if _is_number(x)):
+            continue
         if k in _INT_SETTINGS and isinstance(v, float) and v.is_integer():
             v = int(v)  # epochs: 1e2
         try:
@@ -198,6 +228,10 @@ def check_train(c: Checker, where: str, value: Any) -> dict:
 
 
 _INT_SETTINGS = ("epochs", "batch_size", "patience", "seed")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 _COMPATIBLE: dict[tuple, list[str]] = {}  # checks already made in this process
 
 
@@ -374,7 +408,11 @@ def check_param_space(c: Checker, where: str, name: str, param: Param, spec: Any
                        "{choices: [...]}")
         return None
     if not isinstance(spec, dict):
-        value = maybe_number(spec) if param.kind in ("float", "int") else spec
+        value = spec
+        if param.kind in ("float", "int"):
+            value = c.numeric(where, spec, domain)
+            if value is None:
+                return None
         if not param.contains(value):
             c.error(where, f"{value!r} is outside {domain}")
             return None
@@ -396,12 +434,11 @@ def check_param_space(c: Checker, where: str, name: str, param: Param, spec: Any
     bad = False
     bounds = {}
     for end in ("low", "high"):
-        v = maybe_number(spec.get(end))
+        v = spec.get(end)
         if v is None:
             c.error(f"{where}.{end}", f"missing; a {kind} range needs low and high")
             bad = True
-        elif not finite(v):
-            c.error(f"{where}.{end}", f"{show(v)} is not a finite number")
+        elif (v := c.numeric(f"{where}.{end}", v, domain)) is None:
             bad = True
         elif kind == "int" and not float(v).is_integer():
             c.error(f"{where}.{end}", f"{v!r} is not an integer")
@@ -414,11 +451,12 @@ def check_param_space(c: Checker, where: str, name: str, param: Param, spec: Any
     if not isinstance(log, bool):
         c.error(f"{where}.log", f"{log!r} is not true or false")
         bad = True
-    step = maybe_number(spec.get("step"))
-    if step is not None and (not finite(step) or step <= 0
-                             or (kind == "int" and not float(step).is_integer())):
-        c.error(f"{where}.step", f"{show(step)} is not valid; allowed: "
-                                 f"{'an integer' if kind == 'int' else 'a number'} > 0")
+    step = spec.get("step")
+    allowed = f"{'an integer' if kind == 'int' else 'a number'} > 0"
+    if step is not None and (step := c.numeric(f"{where}.step", step, allowed)) is None:
+        bad = True
+    elif step is not None and (step <= 0 or (kind == "int" and not float(step).is_integer())):
+        c.error(f"{where}.step", f"{show(step)} is not valid; allowed: {allowed}")
         bad = True
     if bad:
         return None
@@ -451,7 +489,9 @@ def check_choices(c: Checker, where: str, name: str, param: Param, spec: dict,
         return None
     out = []
     for i, v in enumerate(choices):
-        v = maybe_number(v) if param.kind in ("float", "int") else v
+        if param.kind in ("float", "int") and \
+                (v := c.numeric(f"{where}.choices[{i}]", v, domain)) is None:
+            continue
         if not isinstance(v, str | int | float | bool) and v is not None:
             c.error(f"{where}.choices[{i}]", f"{v!r} is not a plain value")
         elif not param.contains(v):

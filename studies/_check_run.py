@@ -10,7 +10,6 @@ import math
 import random
 import re
 import warnings
-from pathlib import Path
 from typing import Any
 
 from prune_core.measure import RUNTIMES
@@ -28,6 +27,7 @@ from studies._values import (
     ParamSpace,
     SpecError,
     named,
+    probe,
     read_yaml,
     show,
 )
@@ -142,16 +142,16 @@ def check_warm_start(c: Checker, value: Any) -> dict | None:
     the latter."""
     if value is None:
         return None
-    if isinstance(value, str) and value.strip() and not CONTROL.search(value) \
-            and "://" not in value:
-        d = Path(value).expanduser()
-        info = d / "study.json"
-        if not info.is_file():
-            c.error("warm_start", f"{value!r} is not a study directory (no study.json); give "
-                                  "one, or {storage: <Optuna storage URL>, study: <name>}")
+    if isinstance(value, str) and "://" not in value:
+        d = c.path("warm_start", value, "a study directory")
+        if d is None:
+            return None
+        if probe(d / "study.json") != "file":
+            c.error("warm_start", f"{show(value)} is not a study directory (no study.json); "
+                                  "give one, or {storage: <Optuna storage URL>, study: <name>}")
             return None
         try:
-            raw = read_yaml(d / "spec.yaml") if (d / "spec.yaml").is_file() else {}
+            raw = read_yaml(d / "spec.yaml") if probe(d / "spec.yaml") == "file" else {}
         except SpecError as e:
             c.error("warm_start", f"{value!r}: its spec.yaml cannot be read ({e.errors[0]})")
             return None
@@ -159,7 +159,12 @@ def check_warm_start(c: Checker, value: Any) -> dict | None:
         if not isinstance(storage, str) or not storage:
             storage = f"sqlite:///{(d / 'optuna.db').resolve()}"
         elif "://" not in storage:
-            path = Path(storage.removeprefix("journal:")).expanduser()
+            theirs = Checker()  # the path comes from the other study's spec.yaml
+            path = theirs.path("optuna_storage", storage.removeprefix("journal:"),
+                               "a .db or journal file")
+            if path is None:
+                c.error("warm_start", f"{show(value)}: its spec.yaml's {theirs.errors[0]}")
+                return None
             path = path if path.is_absolute() else d.resolve() / path
             storage = f"journal:{path}" if storage.startswith("journal:") or \
                 storage.endswith((".log", ".journal")) else f"sqlite:///{path}"
@@ -201,6 +206,9 @@ def check_loggers(c: Checker, value: Any) -> dict:
         for k, v in settings.items():
             if not isinstance(v, str) or not v.strip() or CONTROL.search(v):
                 c.error(f"loggers.{name}.{k}", f"{show(v)} is not valid; allowed: text")
+            elif k == "tracking_uri" and "://" not in v and not v.startswith("file:"):
+                # MLflow takes a plain path as the directory of a file store.
+                c.path(f"loggers.{name}.{k}", v, "a directory or a URI such as http://host:5000")
         package = LOGGER_PACKAGES.get(name)
         if package and importlib.util.find_spec(package) is None:
             c.error(f"loggers.{name}", f"needs the {package!r} package, which is not installed "
@@ -293,9 +301,32 @@ def check_scheduler(c: Checker, value: Any, objectives: dict, n_objectives: int
     for k, v in kw.items():
         if k not in allowed:
             c.error(f"scheduler.{k}", f"unknown key; allowed: name, {', '.join(allowed)}")
-        else:
-            kw[k] = c.integer(f"scheduler.{k}", v, low=1, high=MAX_TRIALS)
+        else:  # Ray's ASHAScheduler asserts reduction_factor > 1
+            kw[k] = c.integer(f"scheduler.{k}", v, low=2 if k == "reduction_factor" else 1,
+                              high=MAX_TRIALS)
+    _check_rungs(c, kw, default_max_t=100)  # ASHAScheduler's default
     return {"name": name, **kw}
+
+
+MAX_RUNGS = 1000
+
+
+def _check_rungs(c: Checker, kw: dict, default_max_t: int) -> None:
+    """max_t at or above grace_period (Ray asserts it), and a reduction_factor that reaches
+    max_t in at most MAX_RUNGS rungs (one barely above 1 would list millions)."""
+    grace = kw.get("grace_period") or 1
+    max_t = kw.get("max_t") or default_max_t
+    factor = kw.get("reduction_factor")
+    if max_t < grace:
+        c.error("scheduler.max_t", f"{max_t}{'' if 'max_t' in kw else ' (the default)'} is "
+                                   f"below grace_period {grace}: no rung would be reached; "
+                                   "allowed: max_t >= grace_period")
+    elif factor and factor > 1:
+        rungs = math.log(max_t / grace) / math.log(factor) + 1
+        if rungs > MAX_RUNGS:
+            c.error("scheduler.reduction_factor", f"{factor!r} makes {rungs:.3g} rungs between "
+                                                  f"grace_period and max_t; allowed: at most "
+                                                  f"{MAX_RUNGS}; raise it (3 is usual)")
 
 
 def _check_mo_asha(c: Checker, kw: dict, objectives: dict) -> dict:
@@ -313,9 +344,7 @@ def _check_mo_asha(c: Checker, kw: dict, objectives: dict) -> dict:
         else:
             c.error(f"scheduler.{k}", "unknown key; allowed: name, grace_period, "
                                       "reduction_factor, max_t, min_dominators")
-    if out.get("grace_period") and out.get("max_t") and out["max_t"] < out["grace_period"]:
-        c.error("scheduler.max_t", f"{out['max_t']} is below grace_period "
-                                   f"{out['grace_period']}: no rung would be reached")
+    _check_rungs(c, out, default_max_t=1000)  # MOASHA's default
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -356,17 +385,15 @@ def check_storage(c: Checker, value: Any) -> str:
                                "example s3://bucket/studies")
             return "runs"
         return value
-    try:
-        path = Path(value).expanduser()
-    except RuntimeError:
-        path = Path(value)
-    if value.startswith("~") and str(path).startswith("~"):
-        c.error("storage", f"{value!r}: no such user's home directory; give an existing path")
+    path = c.path("storage", value, "a directory")
+    if path is None:
         return "runs"
     for p in (path, *path.absolute().parents):
-        if p.exists():
-            if not p.is_dir():
-                c.error("storage", f"{value!r}: {str(p)!r} is a file, not a directory")
+        kind = probe(p)
+        if kind is not None:
+            if kind != "dir":
+                c.error("storage", f"{show(value)}: {show(str(p))} is a file, not a "
+                                   "directory; give a directory")
                 return "runs"
             break
     return value
@@ -382,7 +409,8 @@ def check_optuna_storage(c: Checker, value: Any, where: str = "optuna_storage"
         c.error(where, f"{show(value)} is not valid; allowed: {allowed}")
         return None
     if "://" not in value:
-        return value
+        path = c.path(where, value.removeprefix("journal:"), "a .db or journal file")
+        return value if path is not None else None
     from sqlalchemy.engine import make_url
 
     try:
@@ -406,6 +434,14 @@ def check_optuna_storage(c: Checker, value: Any, where: str = "optuna_storage"
         c.error(where, f"{shown!r}: the database driver cannot be loaded here "
                                   f"({type(e).__name__}: {e}){hint}")
         return None
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if url.database.startswith("~"):
+            c.error(where, f"{shown!r}: SQLite does not expand ~ in a URL; write the full "
+                           "path, or give the file without sqlite:/// (a bare .db file's ~ "
+                           "is expanded)")
+            return None
+        if c.path(where, url.database, "a database file") is None:
+            return None
     return value
 
 

@@ -4,6 +4,7 @@ checker that collects every mistake, value helpers, and reading a YAML file safe
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,9 @@ class ParamSpace:
 
 
 MAX_SPEC_BYTES = 1 << 20
+# Linux's PATH_MAX and NAME_MAX: a longer path fails every system call with ENAMETOOLONG.
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -147,26 +151,87 @@ class Checker:
     def error(self, where: str, message: str) -> None:
         self.errors.append(f"{where}: {message}")
 
+    def numeric(self, where: str, value: Any, allowed: str) -> int | float | None:
+        """Every number of the spec passes here first: ``value`` as a finite int or float
+        that a float can hold (YAML's ``1e-3`` text counts), or None after an error naming
+        the field, the value (shortened) and ``allowed``. A bool, NaN, infinity, text and an
+        integer too large for a float (10**400) are refused, so no later comparison or
+        ``float()`` of it can raise."""
+        number = as_number(value)
+        if number is None:
+            meant = maybe_number(value)
+            why = "too large for a float" if isinstance(value, str) and \
+                isinstance(meant, float) and math.isinf(meant) and \
+                any(ch.isdigit() for ch in value) else number_problem(meant)
+            self.error(where, f"{show(value)} is not valid{f' ({why})' if why else ''}; "
+                              f"allowed: {allowed}")
+        return number
+
     def integer(self, where: str, value: Any, low: int = 0, high: int = MAX_INT) -> int:
         """An integer in [low, high] (an integral float such as 1e3 counts; a bool not)."""
-        value = maybe_number(value)
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            self.error(where, f"{show(value)} is not valid; allowed: an integer in "
-                              f"[{low}, {high}]")
+        allowed = f"an integer in [{low}, {high}]"
+        number = self.numeric(where, value, allowed)
+        if number is None:
             return low
-        return value
+        if isinstance(number, float) and number.is_integer():
+            number = int(number)
+        if not isinstance(number, int) or not low <= number <= high:
+            self.error(where, f"{show(value)} is not valid; allowed: {allowed}")
+            return low
+        return number
 
     def number(self, where: str, value: Any, low: float, high: float, *,
-               low_open: bool = False) -> float | None:
-        """A finite number in [low, high] (or (low, high] with ``low_open``)."""
-        value = maybe_number(value)
-        if not finite(value) or value > high or value < low or (low_open and value == low):
-            self.error(where, f"{show(value)} is not valid; allowed: a number in "
-                              f"{'(' if low_open else '['}{low:g}, {high:g}]")
+               low_open: bool = False, high_open: bool = False) -> float | None:
+        """A finite number in [low, high] (``low_open``, ``high_open``: without that end)."""
+        allowed = f"a number in {'(' if low_open else '['}{low:g}, {high:g}" \
+            f"{')' if high_open else ']'}"
+        number = self.numeric(where, value, allowed)
+        if number is None:
             return None
-        return float(value)
+        if not low <= number <= high or (low_open and number == low) \
+                or (high_open and number == high):
+            self.error(where, f"{show(value)} is not valid; allowed: {allowed}")
+            return None
+        return float(number)
+
+    def path(self, where: str, value: Any, what: str = "a path") -> Path | None:
+        """Every local path of the spec passes here first: ``value`` with ``~`` expanded, or
+        None after an error naming the field, the value (shortened) and what to do. Text
+        without control characters (NUL, newline), encodable for the file system, whose
+        ``~user`` exists, at most PATH_MAX bytes long and NAME_MAX bytes a component, so no
+        later ``expanduser()``, ``stat()`` or ``mkdir()`` of it can raise."""
+        if not isinstance(value, str) or not value.strip():
+            self.error(where, f"{show(value)} is not {what}; give {what} as text")
+            return None
+        if CONTROL.search(value):
+            char = CONTROL.search(value).group()
+            self.error(where, f"{show(value)} holds the control character {char!r}; "
+                              f"give {what} without it")
+            return None
+        try:
+            os.fsencode(value)
+        except UnicodeEncodeError:
+            self.error(where, f"{show(value)} holds characters no file name can hold here; "
+                              f"give {what} in plain text")
+            return None
+        try:
+            path = Path(value).expanduser()
+        except RuntimeError:  # ~user without such a user, or ~ without a home directory
+            path = Path(value)
+        if value.startswith("~") and str(path).startswith("~"):
+            user = value[1:].split("/", 1)[0]
+            whose = f"no user {user!r} here" if user else "no home directory here"
+            self.error(where, f"{show(value)}: {whose}, so its ~ cannot be expanded; give "
+                              "the full path")
+            return None
+        size = len(os.fsencode(str(path)))
+        longest = max((len(os.fsencode(p)) for p in path.parts), default=0)
+        if size > MAX_PATH_BYTES or longest > MAX_NAME_BYTES:
+            self.error(where, f"{show(value)} is too long ({size} bytes, the longest part "
+                              f"{longest}); allowed: at most {MAX_PATH_BYTES} bytes and "
+                              f"{MAX_NAME_BYTES} bytes between slashes; give a shorter path")
+            return None
+        return path
 
     def text(self, where: str, value: Any, pattern: re.Pattern, allowed: str) -> str | None:
         if not isinstance(value, str) or not pattern.fullmatch(value):
@@ -175,10 +240,33 @@ class Checker:
         return value
 
 
-def finite(value: Any) -> bool:
-    """Whether ``value`` is a finite int or float (not a bool)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) \
-        and math.isfinite(value)
+def number_problem(value: Any) -> str | None:
+    """Why ``value`` cannot serve as a number (a bool, NaN, infinity, an integer too
+    large for a float, not a number at all), or None if it can."""
+    if isinstance(value, bool):
+        return "true and false are not numbers"
+    if not isinstance(value, int | float):
+        return "not a number"
+    try:
+        return None if math.isfinite(value) else "not a finite number"
+    except OverflowError:  # an int beyond 1.8e308: float() and math.* of it raise
+        return "too large for a float"
+
+
+def as_number(value: Any) -> int | float | None:
+    """``value`` (or the number its text means) if :func:`number_problem` finds nothing."""
+    value = maybe_number(value)
+    return value if number_problem(value) is None else None
+
+
+def probe(path: Path) -> str | None:
+    """What is at ``path``: ``file``, ``dir``, ``other``, or None if nothing is there or it
+    cannot be looked at (no permission)."""
+    try:
+        return "dir" if path.is_dir() else "file" if path.is_file() else \
+            "other" if path.exists() else None
+    except (OSError, ValueError):
+        return None
 
 
 def show(value: Any, n: int = 60) -> str:

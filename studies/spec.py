@@ -204,7 +204,13 @@ def parse_overrides(items: list[str]) -> dict:
         except yaml.YAMLError as e:
             errors.append(f"--set {item!r}: value is not valid YAML ({e})")
             continue
-        out[key] = maybe_number(value)
+        meant = maybe_number(value)
+        if isinstance(meant, int | float) and not isinstance(meant, bool):
+            check = Checker()  # 10**400 or 1e400: refused here, before the trial starts
+            if check.numeric(key, value, "a finite number") is None:
+                errors.append(f"--set {show(item)}: {check.errors[0]}")
+                continue
+        out[key] = meant
     if errors:
         raise SpecError(errors, "--set")
     return out

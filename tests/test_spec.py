@@ -219,3 +219,73 @@ def test_the_readme_shows_the_quickstart_spec_as_it_is():
     assert block, "README.md shows no quickstart spec"
     assert yaml.safe_load(block.group(1)) == yaml.safe_load(
         (root / "studies" / "specs" / "quickstart.yaml").read_text())
+
+
+@pytest.mark.parametrize("text", ["1e400", str(10**400), ".nan", "-.inf"])
+def test_overrides_refuse_numbers_no_float_holds(text):
+    with pytest.raises(SpecError) as e:
+        parse_overrides([f"slimming.sparsity_epochs={text}"])
+    (line,) = e.value.errors
+    assert line.startswith("--set ") and "slimming.sparsity_epochs" in line
+    assert "allowed: a finite number" in line and "0" * 100 not in line
+
+
+def test_a_number_no_float_holds_is_refused_in_every_kind_of_field(tmp_path):
+    huge = 10**400
+    errors = errors_of(good(
+        trials=huge, seed=huge, resources={"cpu": huge, "time_limit_s": "1e400"},
+        baseline={"epochs": huge, "milestones": [0.5, huge]},
+        constraints={"accuracy_drop": {"max": huge}},
+        space={"slimming.prune_ratio": {"low": 0.2, "high": huge},
+               "slimming.finetune_epochs": huge},
+    ))
+    fields = {line.split(":")[0] for line in errors}
+    assert {"trials", "seed", "resources.cpu", "resources.time_limit_s", "baseline.epochs",
+            "baseline.milestones", "constraints.accuracy_drop.max",
+            "space.slimming.prune_ratio.high", "space.slimming.finetune_epochs"} <= fields
+    assert all("0" * 100 not in line for line in errors)
+    assert any("an integer of 401 digits" in line and "too large for a float" in line
+               for line in errors)
+
+
+@pytest.mark.parametrize("path, message", [
+    ("~nosuchuser/data", "no user 'nosuchuser'"),
+    ("data\x00x", "control character"),
+    ("/tmp/" + "d/" * 2500, "too long"),
+    ("/tmp/" + "n" * 300, "255 bytes"),
+])
+def test_a_path_the_system_cannot_take_is_refused_in_every_path_field(path, message):
+    errors = errors_of(good(
+        data={"name": "cifar10", "root": path}, storage=path, optuna_storage=path,
+        warm_start=path, loggers={"mlflow": {"tracking_uri": path}},
+    )) + errors_of(good(model={"name": "resnet18", "weights": path}))
+    for field in ("data.root", "storage", "optuna_storage", "warm_start",
+                  "loggers.mlflow.tracking_uri", "model.weights"):
+        assert any(line.startswith(f"{field}:") for line in errors), (field, errors)
+    assert any(message in line for line in errors), errors
+
+
+def test_warm_start_refuses_the_other_studys_unexpandable_storage(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "study.json").write_text("{}")
+    (old / "spec.yaml").write_text("optuna_storage: ~nosuchuser/optuna.db\n")
+    errors = errors_of(good(warm_start=str(old)))
+    assert any(line.startswith("warm_start:") and "spec.yaml's optuna_storage" in line
+               and "nosuchuser" in line for line in errors), errors
+
+
+def test_a_data_root_is_expanded_and_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "cifar").mkdir()
+    spec = parse_spec(good(data={"name": "cifar10", "root": "~/cifar"}), rehearse=False)
+    assert spec.data_kw["root"] == str((tmp_path / "cifar").resolve())
+
+
+def test_schedulers_refuse_rungs_ray_or_mo_asha_cannot_build():
+    errors = errors_of(good(objectives={"accuracy": "max"},
+                            scheduler={"name": "asha", "reduction_factor": 1}))
+    assert any(line.startswith("scheduler.reduction_factor:") for line in errors)
+    errors = errors_of(good(scheduler={"name": "mo_asha", "reduction_factor": 1 + 1e-12,
+                                       "max_t": 1000}))
+    assert any("rungs" in line for line in errors), errors
