@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,26 +136,32 @@ def load_cached(cache_dir: str | Path, spec: BaseSpec) -> BaseModel | None:
     return BaseModel.from_payload(safe_load(path), str(path))
 
 
-def train_base(spec: BaseSpec, data: Data, log=print) -> BaseModel:
-    """Train the base model (on a transfer dataset: source task, then target task)."""
+def train_base(spec: BaseSpec, data: Data, log=print,
+               on_epoch: Callable[[dict], None] | None = None) -> BaseModel:
+    """Train the base model (on a transfer dataset: source task, then target task).
+    ``on_epoch`` receives each epoch's row (see :func:`_tagged`)."""
     t0 = time.perf_counter()
     history: list[dict] = []
+    transfer = spec.transfer or spec.train
+    total = spec.train.epochs + (transfer.epochs if data.source is not None else 0)
     # The initial weights (and a transfer model's new classifier) come from the spec's seed:
     # the same spec trains the same base model in any process.
     seed_everything(spec.train.seed)
     if data.source is not None:
         model = models.build(spec.model, num_classes=data.source.num_classes, **spec.model_kw)
         log(f"training base {spec.model} on {data.source.name} for {spec.train.epochs} epochs")
-        history += [dict(r, phase="source") for r in fit(model, data.source, spec.train)]
+        history += fit(model, data.source, spec.train,
+                       on_epoch=_tagged("source", spec.train.epochs, total, on_epoch))
         seed_everything(spec.train.seed + 1)
         models.replace_classifier(model, data.num_classes)
-        transfer = spec.transfer or spec.train
         log(f"fine-tuning to {data.name} for {transfer.epochs} epochs")
-        history += [dict(r, phase="transfer") for r in fit(model, data, transfer)]
+        history += fit(model, data, transfer,
+                       on_epoch=_tagged("transfer", transfer.epochs, total, on_epoch))
     else:
         model = models.build(spec.model, num_classes=data.num_classes, **spec.model_kw)
         log(f"training base {spec.model} on {data.name} for {spec.train.epochs} epochs")
-        history += [dict(r, phase="base") for r in fit(model, data, spec.train)]
+        history += fit(model, data, spec.train,
+                       on_epoch=_tagged("base", spec.train.epochs, total, on_epoch))
     test = evaluate(model, data, "test")
     row = {
         "accuracy": test["accuracy"],
@@ -166,6 +173,18 @@ def train_base(spec: BaseSpec, data: Data, log=print) -> BaseModel:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return BaseModel(spec.key(), spec.model, dict(spec.model_kw), data.num_classes, state, row,
                      history)
+
+
+def _tagged(phase: str, epochs: int, total: int,
+            on_epoch: Callable[[dict], None] | None) -> Callable[[dict], None]:
+    """``fit``'s epoch callback for a base-training phase: tags each row (in the history
+    ``fit`` returns too) with the phase, its epoch count and every phase's together
+    (``total_epochs``), and passes it on."""
+    def tag(row: dict) -> None:
+        row.update(phase=phase, epochs=epochs, total_epochs=total)
+        if on_epoch is not None:
+            on_epoch(dict(row))
+    return tag
 
 
 def get_base(spec: BaseSpec, data: Data, cache_dir: str | Path,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -18,7 +19,7 @@ import traceback
 from prune_core.errors import InputError, PruneStudyError, StudyFilesError
 
 __all__ = ["BadInput", "build_parser", "EXIT_BAD_INPUT", "EXIT_ERROR", "EXIT_INCOMPLETE",
-           "EXIT_INTERRUPTED", "EXIT_OK", "is_bad_input", "main"]
+           "EXIT_INTERRUPTED", "EXIT_OK", "is_bad_input", "main", "versions"]
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INCOMPLETE = 3  # run/resume ended with trials left to run: `prune-study resume`
@@ -40,6 +41,40 @@ def emit_json(doc) -> None:
 
 
 # --------------------------------------------------------------------------- commands
+
+
+def versions() -> dict:
+    """prune-study's version and those of the packages a study's results depend on, read
+    from the installed metadata (nothing is imported)."""
+    import platform
+    from importlib import metadata
+
+    def version(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    own = version("prune-study")
+    if own is None:  # a checkout that was never installed
+        import tomllib
+        from pathlib import Path
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        own = tomllib.loads(pyproject.read_text())["project"]["version"]
+    return {"prune_study": own, "python": platform.python_version(),
+            **{d.replace("-", "_"): version(d)
+               for d in ("torch", "ray", "optuna", "torch-pruning", "torchao")}}
+
+
+def cmd_version(args) -> int:
+    """`prune-study --version`: the package version; with --json the stack's versions too."""
+    v = versions()
+    if args.json:
+        emit_json(v)
+    else:
+        print(f"prune-study {v['prune_study']}")
+    return EXIT_OK
 
 
 def cmd_models(args) -> int:
@@ -177,7 +212,7 @@ def _space_text(p) -> str:
 def _load_run_spec(args):
     from studies.spec import load_spec
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, settings=args.set or ())
     return spec.with_overrides(trials=args.trials, storage=args.storage, name=args.name)
 
 
@@ -199,15 +234,17 @@ def _drive(args, fn, target) -> int:
     """Run or resume; 0 only when the study is complete (every trial ended). Damaged files
     the study's reader skips are reported as one ``warning:`` line each."""
     from analysis.studydir import skipped_files
+    from studies.progress import Progress, choose_mode, show
     from studies.runner import StudyInterrupted
     from studies.versions import version_warning
 
     warning = version_warning()
     if warning:
         log(warning)
+    display = Progress(choose_mode(quiet=args.quiet), every=args.progress_every)
     try:
-        with skipped_files(lambda m: log(f"warning: {m}")):
-            summary = fn(target, address=args.address, log=log)
+        with show(display), skipped_files(lambda m: display.log(f"warning: {m}")):
+            summary = fn(target, address=args.address, log=display.log)
     except StudyInterrupted as e:
         if args.json:
             emit_json(e.summary)
@@ -218,35 +255,96 @@ def _drive(args, fn, target) -> int:
 
 
 def cmd_status(args) -> int:
-    """`prune-study status`: progress, front and failures of a study directory."""
+    """`prune-study status`: progress, front and failures of a study directory; with
+    ``--watch``, redrawn every few seconds until the study is complete."""
     from analysis.results import summary
     from analysis.studydir import skipped_files
 
+    study_dir = _study_dir(args.study_dir)
+    if args.watch is not None:
+        return _watch_status(study_dir, args.watch, args.json)
     with skipped_files(lambda m: log(f"warning: {m}")) as skipped:
-        s = summary(_study_dir(args.study_dir))
+        s = summary(study_dir)
     if args.json:
         emit_json({**s, "warnings": skipped})
-        return EXIT_OK
-    print(f"study {s['name']}: {s['finished']} of {s.get('requested') or '?'} trials finished, "
-          f"{s['running']} running, {s['failed']} failed"
-          + "".join(f", {s[k]} {k}" for k in ("pending", "stopped", "timeout") if s.get(k))
-          + ("" if s["trials"] or skipped else " (no trial files yet)"))
+    else:
+        print("\n".join(_status_lines(s, skipped)))
+    return EXIT_OK
+
+
+def _status_lines(s: dict, skipped: list[str]) -> list[str]:
+    out = [f"study {s['name']}: {s['finished']} of {s.get('requested') or '?'} trials "
+           f"finished, {s['running']} running, {s['failed']} failed"
+           + "".join(f", {s[k]} {k}" for k in ("pending", "stopped", "timeout") if s.get(k))
+           + ("" if s["trials"] or skipped else " (no trial files yet)")]
     ended = sum(s.get(k, 0) for k in ("finished", "failed", "timeout", "stopped"))
-    print(f"  {ended} of {s.get('requested') or '?'} trials ended: ok, failed, timed-out and "
-          "scheduler-stopped trials count toward the study's trials (a trial lost with a "
-          "killed driver is replaced)")
+    out.append(f"  {ended} of {s.get('requested') or '?'} trials ended: ok, failed, timed-out "
+               "and scheduler-stopped trials count toward the study's trials (a trial lost "
+               "with a killed driver is replaced)")
     hv = s.get("hypervolume")
-    print(f"  front: {s['front_size']} trials" + (f", hypervolume {hv:.6g}" if hv is not None
-                                                   else ""))
+    out.append(f"  front: {s['front_size']} trials"
+               + (f", hypervolume {hv:.6g}" if hv is not None else ""))
     for k, v in (s.get("best") or {}).items():
-        print(f"  best {k} ({s['objectives'][k]}): {v:.6g}")
+        out.append(f"  best {k} ({s['objectives'][k]}): {v:.6g}")
     kept = s.get("kept_models") or {}
     if kept.get("count"):
-        print(f"  kept models: {kept['count']} in {s['path']}/models, "
-              f"{kept['bytes'] / 2**20:.1f} MiB (prune-study export takes one away)")
+        out.append(f"  kept models: {kept['count']} in {s['path']}/models, "
+                   f"{kept['bytes'] / 2**20:.1f} MiB (prune-study export takes one away)")
     if skipped:
-        print(f"  {len(skipped)} damaged file(s) or line(s) skipped (warnings on stderr)")
-    return EXIT_OK
+        out.append(f"  {len(skipped)} damaged file(s) or line(s) skipped (warnings on stderr)")
+    return out
+
+
+def _watch_status(study_dir, every: float, as_json: bool) -> int:
+    """`status --watch`: the status and the running trials, redrawn every ``every`` seconds
+    (in place on a terminal, as timestamped blocks otherwise, one JSON line each with
+    --json) until the study is complete or Ctrl-C."""
+    import time
+
+    from analysis.results import summary
+    from analysis.studydir import skipped_files, trial_records
+    from studies.progress import choose_mode, line, renderable, study_view
+
+    mode = "lines" if as_json else choose_mode(stream=sys.stdout)
+    live = None
+    if mode == "live":
+        from rich.console import Console, Group
+        from rich.live import Live
+        from rich.text import Text
+
+        live = Live(console=Console(), auto_refresh=False, transient=False)
+        live.start()
+    try:
+        while True:
+            with skipped_files(lambda _m: None) as skipped:
+                s = summary(study_dir)
+                records = trial_records(study_dir)
+            view = study_view(records, name=s["name"], requested=s["requested"],
+                              front={"front_size": s["front_size"],
+                                     "hypervolume": s["hypervolume"] if s["finished"]
+                                     else None})
+            c = view["counts"]
+            done = bool(s["requested"]) and view["ended"] >= s["requested"] \
+                and not c["running"] + c["pending"]
+            if as_json:
+                print(json.dumps({**s, "running_trials": view["running"],
+                                  "eta_s": view["eta_s"], "warnings": skipped},
+                                 default=str), flush=True)
+            elif live is not None:
+                live.update(Group(Text("\n".join(_status_lines(s, skipped))),
+                                  Text(""), renderable(view)), refresh=True)
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                print(f"{stamp} " + "\n".join(_status_lines(s, skipped)) + f"\n  {line(view)}",
+                      flush=True)
+            if done:
+                return EXIT_OK
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        if live is not None:
+            live.stop()
 
 
 def cmd_report(args) -> int:
@@ -350,6 +448,28 @@ def _study_dir(path: str):
 # --------------------------------------------------------------------------- parser
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds in "
+                                         "[0.1, 86400]")
+    return value
+
+
+def _progress_options(s) -> None:
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress display and no line per trial; warnings, errors and the "
+                   "closing line only")
+    s.add_argument("--progress-every", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="when the output is not a terminal (a pipe, a file, CI): a progress "
+                   "line at most every SECONDS (default 30); on a terminal a live display "
+                   "shows the base model's epochs, then each running trial's stage and "
+                   "epoch, the front and an ETA")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     p = argparse.ArgumentParser(
@@ -363,7 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
         "changed), 1 other errors, 3 run/resume stopped with trials left (resume it), 130 "
         "interrupted by Ctrl-C (resume it).",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("-V", "--version", action="store_true",
+                   help="print prune-study's version (with --json: also those of Python, "
+                   "torch, ray, optuna, torch-pruning and torchao) and exit")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser(
         "models", help="list the models in the registry, and how to use torchvision:, timm: "
@@ -417,6 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=int, help="number of trials (overrides the spec)")
     s.add_argument("--storage", help="storage directory or URI (overrides the spec)")
     s.add_argument("--name", help="study name (overrides the spec)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="fix a search-space parameter (slimming.lr=0.01) or override a spec "
+                   "field (baseline.epochs=3, sampler.name=nsga2); repeatable, values are "
+                   "YAML; checked like the spec and saved in the study's spec.yaml, so "
+                   "resume uses the same values")
+    _progress_options(s)
     s.add_argument("--json", action="store_true", help="print the final summary as JSON")
     s.set_defaults(fn=cmd_run)
 
@@ -431,13 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Tune and searcher state stored in them.")
     s.add_argument("study_dir", help="the study directory, <storage>/<name>")
     s.add_argument("--address", help="join a running Ray cluster instead of a local Ray")
+    _progress_options(s)
     s.add_argument("--json", action="store_true", help="print the final summary as JSON")
     s.set_defaults(fn=cmd_resume)
 
     s = sub.add_parser("status", help="trials finished / running / failed, front size, "
                        "hypervolume (reads files only; works while a study runs)")
     s.add_argument("study_dir", help="the study directory, <storage>/<name>")
-    s.add_argument("--json", action="store_true", help="print one JSON document")
+    s.add_argument("--watch", nargs="?", const=5.0, type=_seconds, metavar="SECONDS",
+                   help="redraw every SECONDS (default 5) until the study is complete or "
+                   "Ctrl-C, with each running trial's stage and epoch and an ETA: for a "
+                   "study another process runs")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON document (with --watch: one JSON line per redraw)")
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser(
@@ -503,8 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None and not args.version:
+        parser.error("the following arguments are required: COMMAND "
+                     "(prune-study --help lists them)")
     try:
-        return args.fn(args)
+        return cmd_version(args) if args.version else args.fn(args)
     except KeyboardInterrupt:
         log("interrupted")
         return EXIT_INTERRUPTED

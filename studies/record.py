@@ -23,6 +23,7 @@ from pathlib import Path
 from ray import tune
 
 from analysis.studydir import trial_records
+from studies import progress
 from studies.spec import StudySpec
 
 # Keys Ray Tune adds to every result; they are not part of a trial's row.
@@ -152,7 +153,11 @@ class Recorder(tune.Callback):
         return state
 
     def _say(self, msg: str) -> None:
-        (self.log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
+        display = progress.active()
+        if display is not None:
+            display.log(msg)
+        else:
+            (self.log or (lambda m: print(m, file=sys.stderr, flush=True)))(msg)
 
     def _load(self, trial) -> None:
         """On the first event: find the study directory and the records written so far."""
@@ -185,6 +190,9 @@ class Recorder(tune.Callback):
 
     def _save(self, rec: dict) -> None:
         write_json(self.study_dir / "trials" / f"{rec['trial_id']}.json", rec)
+        display = progress.active()
+        if display is not None:
+            display.trials(self.records)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
@@ -350,13 +358,18 @@ class Recorder(tune.Callback):
             what = f"failed: {(rec.get('error') or '').splitlines()[0][:120]}"
         elif rec["status"] == "timeout":
             what = f"timed out: {rec.get('error')}"
-        self._say(
+        msg = (
             f"[{self.name}] trial {rec.get('number')} {what} | {c['ok']}/{self.total} done, "
             f"{c['running']} running, {c['failed']} failed"
             + (f", {c['timeout']} timed out" if c["timeout"] else "")
             + (f", {c['stopped']} stopped" if c["stopped"] else "")
             + (f" | best {', '.join(best)} | front {front}" if best else "")
         )
+        display = progress.active()
+        if display is not None:
+            display.trial_line(msg)
+        else:
+            self._say(msg)
 
 
 def _error_text(trial) -> str:

@@ -41,6 +41,7 @@ from prune_core.measure import channel_counts
 from studies.cluster import Log, check_resources, connect, log_stderr
 from studies.lock import DriverLock
 from studies.loggers import check_loggers, make_loggers
+from studies.progress import Progress, active
 from studies.record import (
     FINAL_STATES,
     Recorder,
@@ -55,8 +56,8 @@ from studies.spec import StudyError, StudySpec, load_spec
 from studies.trainable import base_latency_task, make_trainable, train_base_task
 
 __all__ = ["base_row", "check_base", "ensure_base", "finish_study", "progress",
-           "resume_study", "run_study", "study_summary", "StudyInterrupted", "tune_state_problem",
-           "tune_storage"]
+           "resume_study", "run_study", "study_summary", "StudyInterrupted", "trial_slots",
+           "tune_state_problem", "tune_storage"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,36 @@ def ensure_base(spec: StudySpec, log: Log = log_stderr) -> tuple[BaseModel, dict
     # Trained where trials run (a GPU worker on a cluster), with a trial's resources.
     task = ray.remote(train_base_task).options(
         num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"], max_retries=0)
-    base = ray.get(task.remote(ts.to_dict(), max(1, int(spec.resources["cpu"]))))
+    display = active()
+    if display is None or not display.wants_epochs:
+        base = ray.get(task.remote(ts.to_dict(), max(1, int(spec.resources["cpu"]))))
+    else:
+        base = _watch_base(task, ts, spec, display)
     atomic_save(base.to_payload(), path)
     log(f"base model: accuracy {base.row['accuracy']:.4f}, {base.row['macs'] / 1e6:.2f} M MACs, "
         f"{base.row['params'] / 1e6:.3f} M params ({time.perf_counter() - t0:.0f} s)")
     return base, {"key": bspec.key(), "path": str(path), "cached": False,
                   "weights_sha256": base.weights_hash()}
+
+
+def _watch_base(task, ts, spec: StudySpec, display: Progress) -> BaseModel:
+    """Run the base-model task, passing its epoch rows to the display as they come (through
+    a Ray queue: the task may run on another node)."""
+    from ray.util.queue import Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    display.base_started(spec.model, spec.trial_spec().base_spec().train.epochs)
+    try:
+        ref = task.remote(ts.to_dict(), max(1, int(spec.resources["cpu"])), queue)
+        while True:
+            finished, _ = ray.wait([ref], timeout=1.0)
+            while not queue.empty():
+                display.base_epoch(queue.get_nowait())
+            if finished:
+                return ray.get(ref)
+    finally:
+        display.base_done()
+        queue.shutdown()
 
 
 def check_base(study_dir: Path, base: BaseModel, path: Path) -> None:
@@ -215,7 +240,7 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
     log(f"[{spec.name}] {spec.trials} trials of {spec.methods_label} with the {spec.sampler} "
         f"sampler; objectives {', '.join(f'{k} {m}' for k, m in spec.objectives.items())}; "
         f"study directory {study_dir}")
-    return _drive(tuner, study_dir, spec.trials, log)
+    return _drive(tuner, spec, study_dir, log)
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None,
@@ -278,7 +303,7 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
         log(f"[{spec.name}] resuming: {s['ended']} of {spec.trials} trials ended "
             f"({s['finished']} ok, {s['failed']} failed, {s['timeout']} timed out), "
             f"{s['running']} to continue")
-        return _drive(tuner, study_dir, spec.trials, log)
+        return _drive(tuner, spec, study_dir, log)
 
 
 def tune_state_problem(tune_dir: Path) -> str | None:
@@ -322,8 +347,27 @@ def _restart(spec: StudySpec, study_dir: Path, problem: str, address: str | None
     return _start(spec, study_dir, address, log, restart=True)
 
 
-def _drive(tuner, study_dir: Path, requested: int, log: Log) -> dict:
+def trial_slots(spec: StudySpec) -> int:
+    """How many of the study's trials the Ray cluster runs at once: its CPUs (and GPUs)
+    over a trial's, at most ``max_concurrent``."""
+    have = ray.cluster_resources()
+    slots = []
+    for key, kind in (("cpu", "CPU"), ("gpu", "GPU")):
+        if spec.resources[key]:
+            slots.append(int(have.get(kind, 0) // spec.resources[key]))
+    if spec.max_concurrent:
+        slots.append(spec.max_concurrent)
+    return max(1, min(slots, default=1))
+
+
+def _drive(tuner, spec: StudySpec, study_dir: Path, log: Log) -> dict:
     """Fit, reconcile and summarise; raise :class:`StudyInterrupted` after a Ctrl-C."""
+    requested = spec.trials
+    display = active()
+    if display is not None:
+        display.study_started(name=spec.name, requested=requested, slots=trial_slots(spec),
+                              study_dir=study_dir,
+                              records={r["trial_id"]: r for r in trial_records(study_dir)})
     try:
         grid, interrupted = _fit(tuner)
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ method's declared parameters), so a spec that validates runs.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,13 +178,18 @@ class StudySpec:
 # --------------------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path, *, rehearse: bool = True) -> StudySpec:
+def load_spec(path: str | Path, *, rehearse: bool = True, settings: list[str] = ()) -> StudySpec:
     """Read and check a YAML spec; raise :class:`SpecError` with every mistake
-    (``rehearse``: see :func:`parse_spec`)."""
+    (``rehearse``: see :func:`parse_spec`; ``settings``: ``run --set``, see
+    :func:`apply_settings`)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError([f"spec file {str(path)!r} does not exist"], str(path))
-    return parse_spec(read_yaml(path), source=str(path), rehearse=rehearse)
+    raw = read_yaml(path)
+    if settings and isinstance(raw, dict):
+        return parse_spec(apply_settings(raw, settings), source=f"{path} with --set",
+                          rehearse=rehearse)
+    return parse_spec(raw, source=str(path), rehearse=rehearse)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -211,6 +217,58 @@ def parse_overrides(items: list[str]) -> dict:
                 errors.append(f"--set {show(item)}: {check.errors[0]}")
                 continue
         out[key] = meant
+    if errors:
+        raise SpecError(errors, "--set")
+    return out
+
+
+def apply_settings(raw: dict, items: list[str]) -> dict:
+    """``run --set``: a copy of the spec's fields with each ``KEY=VALUE`` applied.
+
+    A key whose first part is a spec field (``trials=40``, ``baseline.epochs=3``,
+    ``sampler.name=nsga2``) replaces that field, a field given as a bare name
+    (``data: digits``) becoming ``{name: ...}`` when a sub-field is set; any other key is a
+    search-space parameter (``slimming.lr=0.01``, ``pipeline=...``) and is fixed to the
+    value. Values are YAML (``[1, 2]``, ``true``, ``1e-3``). The result is checked by
+    :func:`parse_spec` like any spec, and saved as the study's ``spec.yaml``.
+    """
+    out = copy.deepcopy(raw)
+    errors = []
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key or any(not part for part in key.split(".")):
+            errors.append(f"--set {item!r}: expected FIELD=VALUE or STAGE.PARAM=VALUE")
+            continue
+        try:
+            value = maybe_number(yaml.safe_load(text) if text.strip() else None)
+        except yaml.YAMLError as e:
+            errors.append(f"--set {item!r}: value is not valid YAML ({e})")
+            continue
+        path = key.split(".")
+        if path[0] not in TOP_KEYS:
+            if len(path) < 2 and key != PIPELINE:
+                errors.append(f"--set {item!r}: {key!r} is neither a spec field ("
+                              f"{', '.join(TOP_KEYS)}) nor a parameter named stage.param")
+                continue
+            space = out.get("space")
+            out["space"] = {**(space if isinstance(space, dict) else {}), key: value}
+            continue
+        node = out
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if isinstance(child, str):
+                child = {"name": child}
+            elif child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                errors.append(f"--set {item!r}: {'.'.join(path[:i + 1])} is "
+                              f"{type(child).__name__} {child!r}, not a mapping of fields")
+                break
+            node[part] = child
+            node = child
+        else:
+            node[path[-1]] = value
     if errors:
         raise SpecError(errors, "--set")
     return out
@@ -308,4 +366,5 @@ def objective_lists(spec: StudySpec) -> tuple[list[str], list[str]]:
 
 
 __all__ = ["OBJECTIVE_COLUMNS", "SAMPLERS", "ParamSpace", "SpecError", "StudyError", "StudySpec",
-           "load_spec", "objective_lists", "parse_overrides", "parse_spec"]
+           "apply_settings", "load_spec", "objective_lists", "parse_overrides",
+           "parse_spec"]

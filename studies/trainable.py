@@ -27,11 +27,13 @@ __all__ = ["CHECKPOINT_FILE", "base_latency_task", "make_trainable",
 CHECKPOINT_FILE = "trial.pt"
 
 
-def train_base_task(study: dict, threads: int) -> BaseModel:
-    """Ray task: train the base model where trials run."""
+def train_base_task(study: dict, threads: int, queue=None) -> BaseModel:
+    """Ray task: train the base model where trials run; each epoch's row goes to ``queue``
+    (a ``ray.util.queue.Queue``), where given, for the driver's progress display."""
     torch.set_num_threads(threads)
     spec = TrialSpec.from_dict(study)
-    return train_base(spec.base_spec(), load_data(spec), log=log_stderr)
+    on_epoch = None if queue is None else queue.put_nowait
+    return train_base(spec.base_spec(), load_data(spec), log=log_stderr, on_epoch=on_epoch)
 
 
 def base_latency_task(study: dict, base: BaseModel, threads: int) -> dict:

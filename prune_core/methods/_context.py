@@ -123,7 +123,7 @@ class Context:
         cost = count_cost(model, self.input_shape)
 
         def on_epoch(row: dict) -> None:
-            row = {**row, "phase": phase, **cost}
+            row = {**row, "phase": phase, "epochs": epochs, **cost}
             if extra is not None:
                 row.update(extra(model))
             self.report(row)
