@@ -193,8 +193,12 @@ def hypervolume_by_trial(values: ArrayLike, ref: Reference) -> np.ndarray:
     out = np.zeros(len(g))
     front = np.zeros((0, g.shape[1]))
     hv = 0.0
+    useful = np.isfinite(g).all(axis=1) & (g > 0).all(axis=1)
     for i, row in enumerate(g):
-        if np.isfinite(row).all() and (row > 0).all():
+        # A row strictly dominated by the front leaves the front, and so the hypervolume,
+        # exactly as they were: only the others are added and measured.
+        if useful[i] and not (len(front) and ((front >= row).all(axis=1)
+                                              & (front > row).any(axis=1)).any()):
             # Only the current front matters for the union of boxes.
             front = np.vstack([front, row])
             front = front[nondominated(front, True)]

@@ -165,7 +165,8 @@ def trials_csv(studies: list[Study]) -> str:
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["study", "trial_id", "number", "status", "method", "on_front"])
     for c in df.columns:
-        if df[c].map(lambda v: isinstance(v, dict | list)).any():
+        # Only a column of Python objects can hold a dict or a list.
+        if df[c].dtype == object and df[c].map(lambda v: isinstance(v, dict | list)).any():
             df[c] = df[c].map(lambda v: json.dumps(v) if isinstance(v, dict | list) else v)
     return df.to_csv(index=False)
 

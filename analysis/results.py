@@ -9,6 +9,8 @@ without torch or Ray.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from analysis.studydir import (
     StudyDirError,
     StudyDirWarning,
     history_records,
+    indexed_trials,
     read_base,
     read_study,
     study_path,
@@ -31,7 +34,7 @@ from analysis.studydir import (
 
 __all__ = ["ID_COLUMNS", "STATUSES", "Study", "StudyDirError", "StudyDirWarning", "StudyInfo",
            "front_mask", "history", "load", "objective_values", "open_studies", "study_info",
-           "study_reference", "summary"]
+           "study_reference", "summary", "trial_states"]
 
 # Columns every trial table has, in this order, before the parameters and measurements.
 ID_COLUMNS = ["study", "trial_id", "number", "status", "method"]
@@ -122,6 +125,17 @@ def _load(info: StudyInfo) -> pd.DataFrame:
         rec, names = _trial_record(doc, info)
         records.append(rec)
         params += [n for n in names if n not in params]
+    df = _table(records, info)
+    flags = ["on_front", "near_front", "feasible", "violated"]
+    rest = [c for c in df.columns if c not in ID_COLUMNS + params + META_COLUMNS + flags]
+    df = df[ID_COLUMNS + params + rest + flags + META_COLUMNS]
+    df.attrs.update({"params": params, "objectives": dict(info.objectives),
+                     "study": info.name})
+    return df
+
+
+def _table(records: list[dict], info: StudyInfo) -> pd.DataFrame:
+    """The trial records as a frame in trial-number order, with the front and its flags."""
     df = pd.DataFrame.from_records(records)
     for col in ID_COLUMNS + META_COLUMNS:
         if col not in df:
@@ -133,12 +147,56 @@ def _load(info: StudyInfo) -> pd.DataFrame:
     df["on_front"] = front_mask(df, info.objectives)
     _add_intervals(df)
     df["near_front"] = _near_front(df, info.objectives)
-    flags = ["on_front", "near_front", "feasible", "violated"]
-    rest = [c for c in df.columns if c not in ID_COLUMNS + params + META_COLUMNS + flags]
-    df = df[ID_COLUMNS + params + rest + flags + META_COLUMNS]
-    df.attrs.update({"params": params, "objectives": dict(info.objectives),
-                     "study": info.name})
     return df
+
+
+# What summary() and trial_states() read of each trial besides its objectives and
+# constraints.
+SUMMARY_COLUMNS = ("trial_id", "number", "status", "method", "accuracy", "test_images",
+                   "started", "ended")
+# Bump when _trial_record changes: a trial index written for another version is rebuilt.
+RECORD_VERSION = 2
+
+
+def _summary_records(info: StudyInfo) -> list[dict]:
+    """Of each trial, the values of :func:`_load`'s frame that summary() uses (and whether
+    it was ``lost`` with a killed driver), read through the study's trial index (see
+    :func:`analysis.studydir.indexed_trials`)."""
+    keep = list(dict.fromkeys([*SUMMARY_COLUMNS, *info.objectives, *info.constraints]))
+
+    def reduce(doc: dict) -> dict:
+        rec, _ = _trial_record(doc, info)
+        return {**{k: rec[k] for k in keep if k in rec}, "lost": bool(doc.get("lost"))}
+
+    key = hashlib.sha256(json.dumps(
+        [RECORD_VERSION, keep, info.space, info.methods], sort_keys=True,
+        default=repr).encode()).hexdigest()
+    return indexed_trials(info.path, info.space, reduce, key)
+
+
+def _summary_table(info: StudyInfo) -> pd.DataFrame:
+    """The columns of :func:`_load`'s frame that summary() uses, the same values."""
+    return _table([{"study": info.name, **r} for r in _summary_records(info)], info)
+
+
+def trial_states(study_dir: str | Path) -> list[dict]:
+    """Each trial's ``trial_id``, ``number``, ``status``, ``started``, ``ended`` and
+    ``lost``, and for a running trial its latest epoch report (``last``): what
+    ``status --watch`` shows, read through the trial index and, in full, only the files of
+    the running trials."""
+    info = study_info(study_dir)
+    out = []
+    for r in _summary_records(info):
+        state = {k: r.get(k) for k in ("trial_id", "number", "status", "started", "ended",
+                                       "lost")}
+        if state["status"] == "running":
+            try:
+                doc = json.loads((info.path / "trials" / f"{r['trial_id']}.json").read_text())
+                state["last"] = doc.get("last") if isinstance(doc.get("last"), dict) else {}
+            except (OSError, ValueError):  # rewritten or damaged since: shown next time
+                state["last"] = {}
+        out.append(state)
+    return out
 
 
 def objective_values(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
@@ -164,22 +222,24 @@ def front_mask(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
 
 def _feasibility(df: pd.DataFrame, constraints: dict) -> tuple[list[bool], list[str | None]]:
     """Per trial: whether its row meets every constraint, and which it breaks (text)."""
-    feasible, violated = [], []
-    for _, row in df.iterrows():
-        broken = []
-        for col, bound in constraints.items():
-            v = pd.to_numeric(row.get(col), errors="coerce")
-            if row["status"] != "ok":
-                continue
-            if not np.isfinite(v):
-                broken.append(f"{col} missing")
-            elif "min" in bound and v < bound["min"]:
-                broken.append(f"{col} >= {bound['min']:g}")
-            elif "max" in bound and v > bound["max"]:
-                broken.append(f"{col} <= {bound['max']:g}")
-        feasible.append(not broken)
-        violated.append(", ".join(broken) or None)
-    return feasible, violated
+    if not constraints or not len(df):
+        return [True] * len(df), [None] * len(df)
+    ok = (df["status"] == "ok").to_numpy()
+    # Column by column, then joined per row: the same texts, in the constraints' order.
+    broken: list[list[str]] = [[] for _ in range(len(df))]
+    for col, bound in constraints.items():
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float) if col in df \
+            else np.full(len(df), np.nan)
+        missing = ok & ~np.isfinite(v)
+        low = ok & ~missing & (v < bound["min"]) if "min" in bound else np.zeros_like(ok)
+        high = ok & ~missing & ~low & (v > bound["max"]) if "max" in bound \
+            else np.zeros_like(ok)
+        for mask, text in ((missing, f"{col} missing"),
+                           (low, f"{col} >= {bound.get('min', 0):g}"),
+                           (high, f"{col} <= {bound.get('max', 0):g}")):
+            for i in np.flatnonzero(mask):
+                broken[i].append(text)
+    return [not b for b in broken], [", ".join(b) or None for b in broken]
 
 
 WILSON_Z = 1.959964  # two-sided 95 %
@@ -194,38 +254,61 @@ def wilson_interval(p: float, n: int, z: float = WILSON_Z) -> tuple[float, float
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
+def wilson_intervals(p: np.ndarray, n: np.ndarray,
+                     z: float = WILSON_Z) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`wilson_interval` of every ``(p[i], n[i])``, the same floats; NaN where the
+    count is missing or truncates to 0, or ``p`` is not finite."""
+    p, n = np.asarray(p, dtype=float), np.asarray(n, dtype=float)
+    # int() in wilson_interval truncates the count; so does this.
+    k = np.trunc(np.where(np.isfinite(n), n, 0.0))
+    use = np.isfinite(p) & (k != 0)
+    k, q = np.where(use, k, 1.0), np.where(use, p, 0.0)
+    with np.errstate(invalid="ignore"):
+        centre = (q + z * z / (2 * k)) / (1 + z * z / k)
+        half = z * np.sqrt(q * (1 - q) / k + z * z / (4 * k * k)) / (1 + z * z / k)
+        low, high = centre - half, centre + half
+        # max(0.0, x) and min(1.0, x) as Python has them: a NaN x gives the bound.
+        low = np.where(use, np.where(low > 0.0, low, 0.0), np.nan)
+        high = np.where(use, np.where(high < 1.0, high, 1.0), np.nan)
+    return low, high
+
+
 def _add_intervals(df: pd.DataFrame) -> None:
     """``accuracy_low``/``accuracy_high``: its 95 % Wilson interval from the test-set size."""
     acc = pd.to_numeric(df.get("accuracy", pd.Series(np.nan, index=df.index)),
-                        errors="coerce")
+                        errors="coerce").to_numpy(dtype=float)
     n = pd.to_numeric(df.get("test_images", pd.Series(np.nan, index=df.index)),
-                      errors="coerce")
-    pairs = [wilson_interval(float(p), int(k)) if np.isfinite(k) else (np.nan, np.nan)
-             for p, k in zip(acc, n, strict=True)]
-    df["accuracy_low"] = [lo for lo, _ in pairs]
-    df["accuracy_high"] = [hi for _, hi in pairs]
+                      errors="coerce").to_numpy(dtype=float)
+    df["accuracy_low"], df["accuracy_high"] = wilson_intervals(acc, n)
 
 
-def _near_front(df: pd.DataFrame, objectives: dict[str, str]) -> list[bool]:
+# Rows compared with the whole front at once, in blocks: bounds the comparison's memory.
+NEAR_FRONT_BLOCK = 4096
+
+
+def _near_front(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
     """Trials off the front whose accuracy interval overlaps that of a front trial that
     costs at least as much in every other objective: with this test set, they may be as
     good as the front says the front is."""
+    out = np.zeros(len(df), dtype=bool)
     if "accuracy" not in objectives or not len(df) or not df["on_front"].any():
-        return [False] * len(df)
+        return out
     costs = [c for c in objectives if c != "accuracy"]
     values = objective_values(df, {c: objectives[c] for c in costs}) if costs else \
         np.zeros((len(df), 0))
     sign = np.array([1.0 if objectives[c] == "min" else -1.0 for c in costs])
-    front = np.flatnonzero(df["on_front"].to_numpy())
-    out = []
-    for i in range(len(df)):
-        if df["on_front"].iat[i] or not np.isfinite(df["accuracy_high"].iat[i]) or \
-                not np.isfinite(values[i]).all():
-            out.append(False)
-            continue
-        out.append(any(
-            df["accuracy_high"].iat[i] >= df["accuracy_low"].iat[f]
-            and np.all(sign * values[i] <= sign * values[f]) for f in front))
+    signed = sign * values
+    high = df["accuracy_high"].to_numpy(dtype=float)
+    low = df["accuracy_low"].to_numpy(dtype=float)
+    on = df["on_front"].to_numpy(dtype=bool)
+    front = np.flatnonzero(on)
+    rows = np.flatnonzero(~on & np.isfinite(high) & np.isfinite(values).all(axis=1))
+    for start in range(0, len(rows), NEAR_FRONT_BLOCK):
+        i = rows[start:start + NEAR_FRONT_BLOCK]
+        # (rows x front): the interval reaches the front trial's, and costs no more.
+        overlaps = high[i, None] >= low[None, front]
+        cheaper = (signed[i, None, :] <= signed[None, front, :]).all(axis=2)
+        out[i] = (overlaps & cheaper).any(axis=1)
     return out
 
 
@@ -291,7 +374,7 @@ def summary(study_dir: str | Path) -> dict:
     ``within_one_point`` is the cheapest trial at most one point below the base.
     """
     info = study_info(study_dir)
-    df = _load(info)
+    df = _summary_table(info)
     counts = df["status"].value_counts()
     values = objective_values(df, info.objectives)
     ref = pareto.reference(info.objectives, info.base, values)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,8 +24,9 @@ from pathlib import Path
 
 from prune_core.errors import StudyFilesError
 
-__all__ = ["check_history_line", "check_trial", "history_records", "read_base", "read_study",
-           "skipped_files", "study_path", "StudyDirError", "StudyDirWarning", "trial_records"]
+__all__ = ["INDEX", "check_history_line", "check_trial", "history_records", "indexed_trials",
+           "read_base", "read_study", "skipped_files", "study_path", "StudyDirError",
+           "StudyDirWarning", "trial_records"]
 
 STATUSES = ("ok", "failed", "running", "pending", "stopped", "timeout")
 # Result-row and base.json columns with a fixed meaning (DESIGN.md, measurement table).
@@ -268,8 +271,9 @@ def check_trial(doc, file: Path, space: dict | None = None) -> dict:
     return doc
 
 
-def _listing(folder: Path, problems: list[str]) -> list[Path]:
-    """The trial files of ``trials/``; hidden names are temporary files of a write."""
+def _names(folder: Path, problems: list[str]) -> list[str]:
+    """The names of the trial files in ``trials/``, sorted; hidden names are temporary files
+    of a write."""
     try:
         if not os.path.lexists(folder):
             return []
@@ -280,7 +284,26 @@ def _listing(folder: Path, problems: list[str]) -> list[Path]:
     except OSError as e:
         problems.append(f"{folder} cannot be read ({e.strerror or e}): no trials read")
         return []
-    return [folder / n for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]
+    return sorted(n for n in names if n.endswith(".json") and not n.startswith("."))
+
+
+def _listing(folder: Path, problems: list[str]) -> list[Path]:
+    """The trial files of ``trials/`` (see :func:`_names`)."""
+    return [folder / n for n in _names(folder, problems)]
+
+
+def _trial_space(path: Path, space: dict | None) -> dict:
+    if space is not None:
+        return space
+    try:
+        return read_study(path).get("space") or {}
+    except StudyDirError:
+        return {}
+
+
+def _in_order(records: list[dict]) -> list[dict]:
+    return sorted(records, key=lambda r: (r.get("number") is None, r.get("number") or 0,
+                                          str(r["trial_id"])))
 
 
 def trial_records(study_dir: str | Path, space: dict | None = None) -> list[dict]:
@@ -291,11 +314,7 @@ def trial_records(study_dir: str | Path, space: dict | None = None) -> list[dict
     cannot be read: that is the caller's error to report).
     """
     path = Path(study_dir)
-    if space is None:
-        try:
-            space = read_study(path).get("space") or {}
-        except StudyDirError:
-            space = {}
+    space = _trial_space(path, space)
     problems: list[str] = []
     records = []
     for file in _listing(path / "trials", problems):
@@ -304,8 +323,117 @@ def trial_records(study_dir: str | Path, space: dict | None = None) -> list[dict
         except Damaged as e:
             problems.append(f"{file} skipped: {e}")
     _warn(problems, "trial files")
-    return sorted(records, key=lambda r: (r.get("number") is None, r.get("number") or 0,
-                                          r["trial_id"]))
+    return _in_order(records)
+
+
+# --------------------------------------------------------------------------- trial index
+
+# The index of trials/ that `status` reads instead of every trial file (docs/study-directory.md).
+INDEX = "trials-index.json"
+# Bump when check_trial changes what it accepts: an index of another format is rebuilt.
+INDEX_FORMAT = 1
+# A file changed this recently before the index was written may change again within its
+# time stamp's resolution without the stamp moving: it is read again, never trusted.
+RACY_NS = 2_000_000_000
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    # The Recorder replaces a trial file by renaming a new one over it: a new inode and
+    # ctime even when the size and mtime come out the same.
+    return [st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino]
+
+
+def _read_index(file: Path, key: str) -> tuple[dict[str, list], int]:
+    """The entries of an index written for ``key`` and when it was written; ({}, 0) for a
+    missing, damaged or outdated index (it is then rebuilt)."""
+    try:
+        doc = json.loads(file.read_bytes())
+        if not (isinstance(doc, dict) and doc.get("format") == INDEX_FORMAT
+                and doc.get("key") == key and isinstance(doc.get("written_ns"), int)
+                and isinstance(doc.get("files"), dict)):
+            return {}, 0
+        return doc["files"], doc["written_ns"]
+    except (OSError, ValueError, RecursionError):
+        return {}, 0
+
+
+def _trusted(entry, name: str, stamp: list[int] | None, written_ns: int) -> bool:
+    """An index entry that still describes its file: the same stamp, older than the index
+    by more than RACY_NS, and well formed (a record of that trial, or a reason)."""
+    if stamp is None or not isinstance(entry, list) or len(entry) != 6 or \
+            entry[:4] != stamp or max(stamp[0], stamp[1]) >= written_ns - RACY_NS:
+        return False
+    record, reason = entry[4], entry[5]
+    if reason is None:
+        return isinstance(record, dict) and record.get("trial_id") == name[:-5] and \
+            record.get("status") in STATUSES
+    return record is None and isinstance(reason, str)
+
+
+def _write_index(file: Path, doc: dict) -> None:
+    """Write the index atomically; a study directory we may not write is read without one."""
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, file)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def indexed_trials(study_dir: str | Path, space: dict, reduce: Callable[[dict], dict],
+                   key: str) -> list[dict]:
+    """``reduce(doc)`` of every intact trial file, in trial-number order, as
+    ``[reduce(d) for d in trial_records(study_dir, space)]`` gives them, with the same
+    warnings; but read through the study's index (:data:`INDEX`), so that only trial files
+    changed since it was written are parsed.
+
+    ``reduce`` keeps what the caller needs of a checked trial document (JSON values, with
+    the document's ``trial_id``, ``number`` and ``status``); ``key`` names what it keeps
+    and the ``space`` it was checked against: an index written for another key is rebuilt.
+    The index is rewritten (atomically) when a trial file was read; when the directory
+    cannot be written, every call reads the files it cannot trust.
+    """
+    path = Path(study_dir)
+    folder = path / "trials"
+    problems: list[str] = []
+    names = _names(folder, problems)
+    if problems:  # trials/ unreadable: nothing to index
+        _warn(problems, "trial files")
+        return []
+    old, written_ns = _read_index(path / INDEX, key)
+    now = time.time_ns()
+    entries: dict[str, list] = {}
+    records = []
+    dirty = len(old) != len(names)
+    prefix = os.path.join(folder, "")
+    for name in names:
+        try:
+            stamp = _stamp(os.stat(prefix + name))
+        except OSError:
+            stamp = None
+        entry = old.get(name)
+        if not _trusted(entry, name, stamp, written_ns):
+            dirty = True
+            file = folder / name
+            try:
+                entry = [*(stamp or [0] * 4), reduce(check_trial(_parse(_read_text(file)),
+                                                                 file, space)), None]
+            except Damaged as e:
+                entry = [*(stamp or [0] * 4), None, str(e)]
+        if stamp is not None:
+            entries[name] = entry
+        if entry[5] is None:
+            records.append(entry[4])
+        else:
+            problems.append(f"{folder / name} skipped: {entry[5]}")
+    _warn(problems, "trial files")
+    if dirty:
+        _write_index(path / INDEX, {"format": INDEX_FORMAT, "key": key, "written_ns": now,
+                                    "files": entries})
+    return _in_order(records)
 
 
 # --------------------------------------------------------------------------- history

@@ -301,8 +301,8 @@ def _watch_status(study_dir, every: float, as_json: bool) -> int:
     --json) until the study is complete or Ctrl-C."""
     import time
 
-    from analysis.results import summary
-    from analysis.studydir import skipped_files, trial_records
+    from analysis.results import summary, trial_states
+    from analysis.studydir import skipped_files
     from studies.progress import choose_mode, line, renderable, study_view
 
     mode = "lines" if as_json else choose_mode(stream=sys.stdout)
@@ -318,7 +318,7 @@ def _watch_status(study_dir, every: float, as_json: bool) -> int:
         while True:
             with skipped_files(lambda _m: None) as skipped:
                 s = summary(study_dir)
-                records = trial_records(study_dir)
+                records = trial_states(study_dir)
             view = study_view(records, name=s["name"], requested=s["requested"],
                               front={"front_size": s["front_size"],
                                      "hypervolume": s["hypervolume"] if s["finished"]
