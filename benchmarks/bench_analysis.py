@@ -46,7 +46,6 @@ TEST_IMAGES = 359  # the digits test split: gives every accuracy its interval
 def _templates(tmp: Path) -> tuple[Path, list[dict], dict[str, list[dict]]]:
     """The factory's study (its study.json and base.json are reused as they are), its trial
     documents in number order and its history lines by trial id."""
-    sys.path.insert(0, str(ROOT))
     from tests.study_factory import make_study
 
     path = make_study(tmp, "template", **TEMPLATE, resumed=False)

@@ -99,9 +99,14 @@ def write_study_files(spec: StudySpec, study_dir: Path, base_row: dict, base_inf
 
 
 def nondominated(points: list[list[float]], modes: list[str]) -> list[bool]:
-    """Which points no other point dominates (``modes`` are ``max``/``min`` per column)."""
-    return [not any(dominates(q, p, modes) for j, q in enumerate(points) if j != i)
-            for i, p in enumerate(points)]
+    """Which points no other point dominates (``modes`` are ``max``/``min`` per column;
+    equal points all count): moocore's sort, so a driver of thousands of trials does not
+    compare every pair each time one ends."""
+    from analysis.pareto import nondominated as front
+
+    if not points:
+        return []
+    return front(points, [m == "max" for m in modes]).tolist()
 
 
 def dominates(a: list[float], b: list[float], modes: list[str]) -> bool:

@@ -94,6 +94,7 @@ HEAVY_FIRST = (
     "test_export.py",  # 200
     "test_sampler_studies.py",  # 190
     "test_driver.py",  # 120
+    "test_progress.py",  # 100
     "test_bench_early_stop.py",  # 120
     "test_cluster.py",  # 100
     "test_methods_slimming.py",  # 90
@@ -101,6 +102,7 @@ HEAVY_FIRST = (
     "test_postgres.py",  # 70
     "test_loggers.py",  # 70
     "test_bench_export.py",  # 60
+    "test_bench_analysis.py",  # 50
     "test_methods_branch.py",  # 55
 )
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import prune_core
+from analysis.studydir import INDEX
 from prune_core.compressed import file_sha256
 from prune_core.train import TrainConfig, evaluate, fit
 from prune_core.trial import load_data
@@ -58,8 +59,10 @@ def int8_study(local_ray, storage):
 
 
 def _tree(path: Path) -> dict[str, str]:
+    """Every file of a study and its hash, but the readers' trial index: a cache any reader
+    of the study refreshes (docs/study-directory.md), not the study's record."""
     return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()}
+            for p in sorted(path.rglob("*")) if p.is_file() and p.name != INDEX}
 
 
 def _export(capsys, *args) -> tuple[int, str, str]:
