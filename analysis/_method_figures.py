@@ -173,7 +173,8 @@ def repr_data(studies: list[Study], column: str = "repr.plain_accuracy") -> Repr
     hist = pd.concat([s.history.assign(study=s.label) for s in studies], ignore_index=True)
     trial, curves = None, pd.DataFrame(columns=["run", "phase", "epoch", "val_accuracy"])
     stage = column.split(".", 1)[0]
-    with_hist = pairs[pairs["trial_id"].isin(hist.get("trial_id", []))]
+    # Against the distinct ids: the history has a line per epoch.
+    with_hist = pairs[pairs["trial_id"].isin(pd.unique(hist.get("trial_id", pd.Series())))]
     if len(with_hist):
         best = with_hist.loc[with_hist["accuracy"].idxmax()]
         trial = best["trial_id"]

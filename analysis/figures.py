@@ -72,13 +72,13 @@ from analysis.results import Study
 
 __all__ = [
     "BYTE_COLUMNS", "COUNT_COLUMNS", "DASHES", "LABELS", "MARKERS", "MAX_CURVES", "SHARE_COLUMNS",
-    "AlphaCurves", "ChannelData", "Drawn", "GammaData", "HypervolumeData", "LatencyData",
-    "ParamData", "ParetoData", "Percent", "ReprData", "SparsityCurves", "alpha_data",
-    "channel_data", "draw_alpha", "draw_channels", "draw_gammas", "draw_hypervolume",
-    "draw_latency", "draw_params", "draw_pareto", "draw_repr", "draw_sparsity", "figures",
-    "front_panels", "gamma_data", "human_bytes", "human_count", "hypervolume_data", "label",
-    "latency_columns", "latency_data", "palette", "param_data", "pareto_data", "repr_data",
-    "sparsity_data", "style", "to_png",
+    "AlphaCurves", "ChannelData", "Drawn", "FigureJob", "GammaData", "HypervolumeData",
+    "LatencyData", "ParamData", "ParetoData", "Percent", "ReprData", "SparsityCurves",
+    "alpha_data", "channel_data", "draw_alpha", "draw_channels", "draw_gammas",
+    "draw_hypervolume", "draw_latency", "draw_params", "draw_pareto", "draw_repr",
+    "draw_sparsity", "figure_jobs", "figures", "front_panels", "gamma_data", "human_bytes",
+    "human_count", "hypervolume_data", "label", "latency_columns", "latency_data", "palette",
+    "param_data", "pareto_data", "png_of", "repr_data", "sparsity_data", "style", "to_png",
 ]
 
 
@@ -145,11 +145,31 @@ def _entries(studies: list[Study]) -> list[tuple[str, str, str, object, Callable
     ]
 
 
+@dataclass(frozen=True)
+class FigureJob:
+    """One figure to draw: file stem, title, caption, its data and the function that draws
+    it. Every field pickles, so another process can draw it (see :func:`png_of`)."""
+
+    key: str
+    title: str
+    caption: str
+    data: object
+    draw: Callable
+
+
+def figure_jobs(studies: list[Study]) -> list[FigureJob]:
+    """The figures the studies have data for, not drawn yet; figures without data are
+    skipped."""
+    return [FigureJob(key, title, caption, data, draw)
+            for key, title, caption, data, draw in _entries(studies) if data is not None]
+
+
+def png_of(job: FigureJob) -> bytes:
+    """The job's figure drawn and encoded as PNG (:func:`to_png`): the same bytes in any
+    process that has matplotlib's default settings."""
+    return to_png(job.draw(job.data))
+
+
 def figures(studies: list[Study]) -> list[Drawn]:
     """Every figure the studies have data for, drawn; figures without data are skipped."""
-    out = []
-    for key, title, caption, data, draw in _entries(studies):
-        if data is None:
-            continue
-        out.append(Drawn(key, title, caption, draw(data)))
-    return out
+    return [Drawn(j.key, j.title, j.caption, j.draw(j.data)) for j in figure_jobs(studies)]

@@ -18,10 +18,16 @@ import datetime as dt
 import html
 import json
 import math
+import multiprocessing as mp
 import os
 import re
 import secrets
 import struct
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import pareto
-from analysis.figures import Drawn, figures, human_bytes, human_count, to_png
+from analysis.figures import FigureJob, figure_jobs, human_bytes, human_count, png_of
 from analysis.results import (
     Study,
     export_command,
@@ -210,19 +216,28 @@ HEADERS = {"params": "params", "size_bytes": "size", "ops": "ops", "macs": "MACs
 
 def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     head = [HEADERS.get(c, c) for c in df.columns]
-    body = [[fmt(c, v) for c, v in zip(df.columns, row, strict=True)]
-            for row in df.itertuples(index=False)]
-    return head, body
+    if not len(df.columns):
+        return head, [[] for _ in range(len(df))]
+    # Column by column: one conversion of each column to Python values (iterating an Arrow
+    # string column value by value is slow), the same values as iterating its rows.
+    columns = [[fmt(c, v) for v in df.iloc[:, i].to_numpy(dtype=object)]
+               for i, c in enumerate(df.columns)]
+    return head, [list(r) for r in zip(*columns, strict=True)]
 
 
 def markdown_table(df: pd.DataFrame) -> str:
     """The table in Markdown, cells in human units, numbers right-aligned."""
-    head, body = _cells(df)
+    return _markdown(*_cells(df))
+
+
+def _markdown(head: list[str], body: list[list[str]]) -> str:
     if not body:
         return "_none_\n"
 
+    text = _Memo(lambda c: _md_text(c).replace("|", "\\|"))  # cells repeat: once each
+
     def line(cells):
-        return "| " + " | ".join(_md_text(c).replace("|", "\\|") for c in cells) + " |"
+        return "| " + " | ".join(map(text, cells)) + " |"
 
     numeric = [all(_numeric_looking(r[i]) for r in body) for i in range(len(head))]
     rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
@@ -240,27 +255,41 @@ def _numeric_looking(cell: str) -> bool:
 
 def html_table(df: pd.DataFrame, cls: str = "") -> str:
     """The table as escaped HTML, cells in human units, statuses as badges."""
-    head, body = _cells(df)
+    return _html(list(df.columns), *_cells(df), cls=cls)
+
+
+def _html(columns: list[str], head: list[str], body: list[list[str]], cls: str = "") -> str:
     if not body:
         return "<p class=\"none\">none</p>"
-    status_col = list(df.columns).index("status") if "status" in df.columns else None
+    status_col = columns.index("status") if "status" in columns else None
     numeric = [all(_numeric_looking(r[i]) for r in body) for i in range(len(head))]
     num = ' class="num"'
     th = "".join(f"<th{num if n else ''}>{html.escape(h)}</th>"
                  for h, n in zip(head, numeric, strict=True))
-    rows = []
-    for r in body:
-        tds = []
-        for i, cell in enumerate(r):
-            if i == status_col:
-                tds.append(f"<td><span class=\"status {html.escape(cell)}\">"
-                           f"{html.escape(cell)}</span></td>")
-            else:
-                tds.append(f"<td{num if numeric[i] else ''}>"
-                           f"{html.escape(_shorten(cell))}</td>")
-        rows.append("<tr>" + "".join(tds) + "</tr>")
+    # Cells repeat (statuses, methods, blanks): each distinct one is escaped once per column.
+    cell_html = [_Memo(lambda c: f"<td><span class=\"status {html.escape(c)}\">"
+                       f"{html.escape(c)}</span></td>") if i == status_col else
+                 _Memo(lambda c, td=f"<td{num if numeric[i] else ''}>":
+                       f"{td}{html.escape(_shorten(c))}</td>") for i in range(len(head))]
+    rows = ["<tr>" + "".join(f(c) for f, c in zip(cell_html, r, strict=True)) + "</tr>"
+            for r in body]
     return (f"<div class=\"scroll\"><table class=\"{cls}\"><thead><tr>{th}</tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+class _Memo(dict):
+    """``f`` of a string, computed once per distinct string."""
+
+    def __init__(self, f):
+        super().__init__()
+        self._f = f
+
+    def __call__(self, key: str) -> str:
+        return self[key]
+
+    def __missing__(self, key: str) -> str:
+        self[key] = value = self._f(key)
+        return value
 
 
 def _shorten(text: str, n: int = 120) -> str:
@@ -293,7 +322,10 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
 
 
-def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) -> tuple[str, str]:
+def _render(studies: list[Study], drawn: list[FigureJob],
+            pngs: Mapping[str, bytes]) -> tuple[str, str]:
+    """report.html and report.md; ``pngs`` is read only after every table is formatted, so
+    figures drawn elsewhere meanwhile are waited for last."""
     names = ", ".join(s.label for s in studies)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     summary = summary_table(studies)
@@ -319,10 +351,14 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
         ("summary", "Studies", None, summary),
         ("comparison", "Best trade-off per method", knee_note, comparison),
     ]
+    # Each table's cells are formatted once, for both documents.
+    cells = {key: (list(t.columns), *_cells(t)) for key, t in
+             (("summary", summary), ("comparison", comparison), ("front", front),
+              ("trials", trials))}
     # --- Markdown
     md = [f"# Compression study report: {names}", "", f"Generated {now}.", ""]
-    for _key, title, note, table in sections:
-        md += [f"## {title}", ""] + ([note, ""] if note else []) + [markdown_table(table)]
+    for key, title, note, _table in sections:
+        md += [f"## {title}", ""] + ([note, ""] if note else []) + [_markdown(*cells[key][1:])]
     md += ["## Figures", ""]
     if not drawn:
         md += ["No finished trials yet: nothing to plot.", ""]
@@ -330,8 +366,8 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
         title = _md_text(d.title)
         alt = re.sub(r"[\[\]\\]", "", title)
         md += [f"### {title}", "", f"![{alt}]({d.key}.png)", "", f"*{_md_text(d.caption)}*", ""]
-    md += ["## Trials on the front", "", markdown_table(front),
-           "## All trials", "", markdown_table(trials)]
+    md += ["## Trials on the front", "", _markdown(*cells["front"][1:]),
+           "## All trials", "", _markdown(*cells["trials"][1:])]
     md += ["Environment: " + "; ".join(f"{s.label}: " + ", ".join(
         f"{k} {v}" for k, v in s.info.environment.items() if v) for s in studies), ""]
     # --- HTML
@@ -344,11 +380,12 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
          "<nav><a href=\"#summary\">studies</a><a href=\"#comparison\">best trade-offs</a>"
          "<a href=\"#figures\">figures</a><a href=\"#front\">front</a>"
          "<a href=\"#trials\">all trials</a></nav>"]
-    for key, title, note, table in sections:
+    for key, title, note, _table in sections:
         h.append(f"<section id=\"{key}\"><h2>{html.escape(title)}</h2>")
         if note:
             h.append(f"<p class=\"note\">{html.escape(note)}</p>")
-        h.append(html_table(table) + "</section>")
+        h.append(_html(*cells[key]) + "</section>")
+    front_html, trials_html = _html(*cells["front"]), _html(*cells["trials"])
     h.append("<section id=\"figures\"><h2>Figures</h2>")
     if not drawn:
         h.append("<p class=\"none\">No finished trials yet: nothing to plot.</p>")
@@ -363,10 +400,10 @@ def _render(studies: list[Study], drawn: list[Drawn], pngs: dict[str, bytes]) ->
                  f"alt=\"{html.escape(d.title)}\"><figcaption>{html.escape(d.caption)}"
                  "</figcaption></figure>")
     h.append("</section>")
-    h.append(f"<section id=\"front\"><h2>Trials on the front</h2>{html_table(front)}</section>")
+    h.append(f"<section id=\"front\"><h2>Trials on the front</h2>{front_html}</section>")
     open_attr = " open" if len(trials) <= 60 else ""
     h.append(f"<section id=\"trials\"><h2>All trials</h2><details{open_attr}><summary>"
-             f"{len(trials)} trials, with their status</summary>{html_table(trials)}"
+             f"{len(trials)} trials, with their status</summary>{trials_html}"
              "</details></section>")
     env = "".join(f"<li>{html.escape(s.label)}: " + html.escape(", ".join(
         f"{k} {v}" for k, v in s.info.environment.items() if v)) + "</li>" for s in studies)
@@ -414,23 +451,93 @@ def _write(folder: Path, name: str, data: bytes) -> None:
         raise
 
 
-def write_report(study_dirs: list[Path], out: Path) -> Path:
+def write_report(study_dirs: list[Path], out: Path, *, workers: int | None = None) -> Path:
     """Write report.html, report.md with PNG figures, and trials.csv to ``out``; returns
     the path of report.html. Nothing is written outside ``out``; ReportError when ``out``
-    is a file or cannot be written."""
+    is a file or cannot be written.
+
+    The figures are drawn by ``workers`` other processes while this one formats the tables
+    (default: one per CPU, none on one CPU; 0 draws them here); the files are the same.
+    """
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers={workers}: expected 0 (draw here) or more")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if workers is None:
+        workers = cpus if cpus and cpus > 1 else 0
     studies = open_studies(list(study_dirs))
     out = _output_folder(Path(out))
-    drawn = figures(studies)
-    drawn = [replace(d, key=stem) for d, stem in zip(drawn, file_stems([d.key for d in drawn]),
+    jobs = figure_jobs(studies)
+    jobs = [replace(j, key=stem) for j, stem in zip(jobs, file_stems([j.key for j in jobs]),
                                                      strict=True)]
-    pngs = {d.key: to_png(d.figure) for d in drawn}
-    page, md = _render(studies, drawn, pngs)
-    files = {**{f"{key}.png": png for key, png in pngs.items()},
-             "report.html": page.encode("utf-8"), "report.md": md.encode("utf-8"),
-             "trials.csv": trials_csv(studies).encode("utf-8")}
+    with _drawing(jobs, workers) as pngs:
+        csv = trials_csv(studies)
+        page, md = _render(studies, jobs, pngs)
+        files = {**{f"{j.key}.png": pngs[j.key] for j in jobs},
+                 "report.html": page.encode("utf-8"), "report.md": md.encode("utf-8"),
+                 "trials.csv": csv.encode("utf-8")}
     try:
         for name, data in files.items():
             _write(out, name, data)
     except OSError as e:
         raise ReportError(f"cannot write the report into {out}: {e.strerror or e}") from e
     return out / "report.html"
+
+
+# --------------------------------------------------------------------------- drawing
+
+# The workers are forked from this process once the studies are read: they start in
+# milliseconds with matplotlib already imported and in the state it has here, where a
+# spawned or forkserver worker would spend seconds of CPU importing matplotlib and seaborn
+# anew, which on a busy machine costs what the parallel drawing gains. Forking is left to a
+# process with no other Python thread (the command line's `report`; not, say, a program that
+# drives a study beside it): a lock another thread held would stay held in the child. The
+# native pools of numpy and Arrow are idle then, and drawing uses neither.
+_START = "fork"
+
+
+class _Drawings(Mapping):
+    """PNG bytes by figure key, each waited for when first read; a figure whose worker
+    died is drawn here instead."""
+
+    def __init__(self, jobs: list[FigureJob], futures: dict[str, Future] | None):
+        self._jobs = {j.key: j for j in jobs}
+        self._futures = futures or {}
+        self._done: dict[str, bytes] = {}
+
+    def __getitem__(self, key: str) -> bytes:
+        if key not in self._done:
+            future = self._futures.get(key)
+            try:
+                self._done[key] = future.result() if future else png_of(self._jobs[key])
+            except (BrokenProcessPool, OSError):
+                self._done[key] = png_of(self._jobs[key])
+        return self._done[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._jobs)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+
+@contextmanager
+def _drawing(jobs: list[FigureJob], workers: int) -> Iterator[Mapping[str, bytes]]:
+    """The figures' PNGs, drawn by up to ``workers`` processes (none: here, when read)."""
+    workers = min(workers, len(jobs))
+    if workers < 1 or _START not in mp.get_all_start_methods() \
+            or threading.active_count() > 1:
+        yield _Drawings(jobs, None)
+        return
+    pool = None
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(_START))
+        futures = {j.key: pool.submit(png_of, j) for j in jobs}
+    except (OSError, BrokenProcessPool):  # no processes to be had: draw here
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        yield _Drawings(jobs, None)
+        return
+    try:
+        yield _Drawings(jobs, futures)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -202,9 +202,10 @@ def markdown(doc: dict) -> str:
              "peak resident memory. `status` cold: no trial index, so every trial file is "
              "parsed (and the index written); warm: the index is current (the case of "
              f"`status --watch`), median of {doc['warm_runs']} runs. "
-             + (f"`baseline` is the code of `{doc['baseline']}` ({doc['baseline_commit']}, "
-                "before the trial index), run on the same directories in the same run; it has "
-                "no index, so its warm runs only find the files in the page cache."
+             + (f"`baseline` is the code of `{doc['baseline']}` ({doc['baseline_commit']}), "
+                "run on the same directories in the same run, just before or after this "
+                "code's runs of the same size (a code without the trial index finds in its "
+                "warm runs only the files in the page cache)."
                 if doc["baseline"] else ""), "",
              "| trials | files | code | status cold | status warm | report |",
              "|---:|---:|---|---:|---:|---:|"]

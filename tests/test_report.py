@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import threading
 
 import pandas as pd
 import pytest
@@ -250,3 +251,59 @@ def test_report_json_lists_files_studies_and_front_exports(written, tmp_path, ca
         for f in s["front"]:
             assert f["export"] == f"prune-study export {path} --trial {f['trial_id']} " \
                                   f"-o {f['trial_id']}-export"
+
+
+def _without_timestamps(name: str, data: bytes) -> bytes:
+    if name == "report.md":
+        return re.sub(rb"Generated [^\n]*", b"", data)
+    if name == "report.html":
+        return re.sub(rb"generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", b"", data)
+    return data
+
+
+def test_figures_drawn_in_other_processes_are_the_same_files(written, tmp_path, monkeypatch):
+    a, b, serial_out, _ = written
+    pools = []
+
+    class Recorded(report.ProcessPoolExecutor):  # the real pool, noting that it was made
+        def __init__(self, *args, **kw):
+            pools.append(args)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(report, "ProcessPoolExecutor", Recorded)
+    report.write_report([a, b], tmp_path / "serial", workers=0)
+    assert pools == []
+    report.write_report([a, b], tmp_path / "parallel", workers=2)
+    assert pools == [(2,)]
+    # Beside another thread (a lock it holds would stay held in a forked child): drawn here.
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        report.write_report([a], tmp_path / "threaded", workers=2)
+    finally:
+        stop.set()
+        other.join()
+    assert pools == [(2,)] and (tmp_path / "threaded" / "report.html").is_file()
+    serial = {p.name: p.read_bytes() for p in (tmp_path / "serial").iterdir()}
+    parallel = {p.name: p.read_bytes() for p in (tmp_path / "parallel").iterdir()}
+    assert sorted(serial) == sorted(parallel) and len([n for n in serial if n.endswith(".png")])
+    for name, data in serial.items():
+        assert _without_timestamps(name, data) == _without_timestamps(name, parallel[name]), name
+    with pytest.raises(ValueError, match="workers=-1"):
+        report.write_report([a], tmp_path / "bad", workers=-1)
+
+
+def test_tables_formatted_by_column_match_cell_by_cell_formatting():
+    df = pd.DataFrame({"status": pd.Series(["ok", None, "failed"], dtype="str"),
+                       "params": [1.5e6, float("nan"), 3.0], "on_front": [True, False, True],
+                       "note": ["a|b", "<i>", None], "accuracy": [0.5, -0.0, None]})
+    expected = [[report.fmt(c, v) for c, v in zip(df.columns, row, strict=True)]
+                for row in df.itertuples(index=False)]
+    md = report.markdown_table(df)
+    assert md.splitlines()[2:] == ["| " + " | ".join(
+        " ".join(c.split()).replace("<", "&lt;").replace("|", "\\|") for c in row) + " |"
+        for row in expected]
+    assert "-0.00 %" in md and "&lt;i>" in md
+    page = report.html_table(df)
+    assert page.count("<tr>") == 4 and '<span class="status failed">failed</span>' in page
