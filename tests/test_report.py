@@ -6,13 +6,18 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from analysis import pareto, report, results
 from tests.study_factory import base_row, make_study
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -261,21 +266,50 @@ def _without_timestamps(name: str, data: bytes) -> bytes:
     return data
 
 
-def test_figures_drawn_in_other_processes_are_the_same_files(written, tmp_path, monkeypatch):
+# Writes the report in a fresh interpreter (a test process may hold other threads, beside
+# which the figures are drawn in-process) through the real pool, noting that it was made.
+PARALLEL = """
+import json, sys
+from pathlib import Path
+from analysis import report
+pools = []
+class Recorded(report.ProcessPoolExecutor):
+    def __init__(self, *args, **kw):
+        pools.append(list(args))
+        super().__init__(*args, **kw)
+report.ProcessPoolExecutor = Recorded
+report.write_report([Path(p) for p in sys.argv[2:]], Path(sys.argv[1]), workers=2)
+print(json.dumps(pools))
+"""
+
+
+def test_figures_drawn_in_other_processes_are_the_same_files(written, tmp_path):
     a, b, serial_out, _ = written
+    report.write_report([a, b], tmp_path / "serial", workers=0)
+    child = subprocess.run([sys.executable, "-c", PARALLEL, str(tmp_path / "parallel"), str(a),
+                            str(b)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert json.loads(child.stdout) == [[2]]  # two worker processes drew the figures
+    serial = {p.name: p.read_bytes() for p in (tmp_path / "serial").iterdir()}
+    parallel = {p.name: p.read_bytes() for p in (tmp_path / "parallel").iterdir()}
+    assert sorted(serial) == sorted(parallel) and len([n for n in serial if n.endswith(".png")])
+    for name, data in serial.items():
+        assert _without_timestamps(name, data) == _without_timestamps(name, parallel[name]), name
+    with pytest.raises(ValueError, match="workers=-1"):
+        report.write_report([a], tmp_path / "bad", workers=-1)
+
+
+def test_beside_another_thread_the_figures_are_drawn_here(written, tmp_path, monkeypatch):
+    a, _, _, _ = written
     pools = []
 
-    class Recorded(report.ProcessPoolExecutor):  # the real pool, noting that it was made
+    class Recorded(report.ProcessPoolExecutor):
         def __init__(self, *args, **kw):
             pools.append(args)
             super().__init__(*args, **kw)
 
     monkeypatch.setattr(report, "ProcessPoolExecutor", Recorded)
-    report.write_report([a, b], tmp_path / "serial", workers=0)
-    assert pools == []
-    report.write_report([a, b], tmp_path / "parallel", workers=2)
-    assert pools == [(2,)]
-    # Beside another thread (a lock it holds would stay held in a forked child): drawn here.
+    # A lock another thread holds would stay held in a forked child.
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
@@ -284,14 +318,7 @@ def test_figures_drawn_in_other_processes_are_the_same_files(written, tmp_path, 
     finally:
         stop.set()
         other.join()
-    assert pools == [(2,)] and (tmp_path / "threaded" / "report.html").is_file()
-    serial = {p.name: p.read_bytes() for p in (tmp_path / "serial").iterdir()}
-    parallel = {p.name: p.read_bytes() for p in (tmp_path / "parallel").iterdir()}
-    assert sorted(serial) == sorted(parallel) and len([n for n in serial if n.endswith(".png")])
-    for name, data in serial.items():
-        assert _without_timestamps(name, data) == _without_timestamps(name, parallel[name]), name
-    with pytest.raises(ValueError, match="workers=-1"):
-        report.write_report([a], tmp_path / "bad", workers=-1)
+    assert pools == [] and (tmp_path / "threaded" / "report.html").is_file()
 
 
 def test_tables_formatted_by_column_match_cell_by_cell_formatting():
