@@ -15,7 +15,6 @@ from torch import nn
 
 from prune_core import data as datasets
 from prune_core import models
-from prune_core.surgery import remove_channels
 from prune_core.train import (
     TrainConfig,
     TrainingDiverged,
@@ -152,13 +151,9 @@ def test_new_settings_at_their_defaults_keep_cached_base_keys():
                     ).key() != plain.key()
 
 
-def test_cpu_layout_is_channels_last_only_for_whole_blocks_of_channels():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    vgg = models.build("vgg11", width=0.25)  # 16 ... 128 channels
-    assert memory_format(vgg, cpu) is torch.channels_last
-    remove_channels(vgg, {"features.conv3": [0, 5, 7]}, (3, 32, 32))  # 61 channels
-    assert memory_format(vgg, cpu) is torch.contiguous_format
-    assert memory_format(vgg, cuda) is torch.channels_last
+def test_the_cpu_trains_contiguous_and_cuda_channels_last():
+    assert memory_format(torch.device("cpu")) is torch.contiguous_format
+    assert memory_format(torch.device("cuda")) is torch.channels_last
 
 
 # A ResNet-20 slimmed on its dependency groups to uneven widths, then trained by ``fit``:
@@ -186,9 +181,26 @@ print("trained", counts)
 """
 
 
+# timm's repvgg_a0, unpruned (every width a multiple of 16), died the same way in
+# channels_last backward in 3 of 3 runs.
+REPVGG = """
+import dataclasses, timm, torch
+from prune_core import data as D
+from prune_core.train import TrainConfig, fit
+torch.set_num_threads(1)
+torch.manual_seed(0)
+data = D.load("digits", image_size=32)
+data = dataclasses.replace(data, train=D.Split(data.train.x[:64], data.train.y[:64]))
+m = timm.create_model("repvgg_a0", num_classes=10)
+fit(m, data, TrainConfig(epochs=1, lr=0.01, batch_size=4, seed=0))
+print("trained")
+"""
+
+
 @pytest.mark.slow
-def test_a_resnet_pruned_to_uneven_widths_trains_without_killing_its_process():
-    proc = subprocess.run([sys.executable, "-c", CRASH], cwd=ROOT, capture_output=True,
+@pytest.mark.parametrize("script", [CRASH, REPVGG], ids=["resnet20-uneven", "repvgg_a0"])
+def test_networks_that_crashed_channels_last_backward_train_in_their_own_process(script):
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert proc.stdout.startswith("trained")
