@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,10 @@ class ChannelGroup:
     readers: list[Reader]  # layers reading the channels through their weights
     outputs: list[tuple[str, torch.Tensor, torch.Tensor]]  # (layer, idxs, root_idxs) emitting
     depthwise: list[str]  # depthwise convs carried along (input = output channels)
+    # Root channels that are one channel: a depthwise conv copying channels of the group
+    # to other positions of it (GhostNet's cheap operation, concatenated beside its own
+    # input) makes removing either copy remove both. Classes of two or more.
+    ties: list[list[int]] = field(default_factory=list)
 
     def parts(self) -> list[torch.Tensor]:
         """The root channels each conv of the group writes (depthwise convs aside).
@@ -175,7 +179,39 @@ def _describe(graph: tp.DependencyGraph, group: tp.Group, names: dict, root: nn.
         elif (graph.is_in_channel_pruning_fn(handler) and isinstance(m, CONV_LINEAR)
               and m not in outs and getattr(m, "groups", 1) == 1):
             readers.append(Reader(name, idxs, root_idxs))
-    return ChannelGroup(names[root], _width(root), convs, bns, readers, outputs, depthwise)
+    ties = _ties(graph, group, root) if depthwise and any(
+        type(item.dep.target.module).__name__ == "_ConcatOp" for item in group) else []
+    return ChannelGroup(names[root], _width(root), convs, bns, readers, outputs, depthwise,
+                        ties)
+
+
+def _ties(graph: tp.DependencyGraph, group: tp.Group, root: nn.Module) -> list[list[int]]:
+    """Classes of root channels that torch-pruning removes together.
+
+    Its group lists each layer once, so a channel reached on two paths (a depthwise
+    conv's copy concatenated beside the channel it copies) shows under one root index
+    only; removing one root channel at a time shows what else goes with it. Asked only
+    of groups holding both a depthwise conv and a concatenation, where this happens.
+    """
+    fn = group[0].dep.handler
+    parent = list(range(_width(root)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for r in range(len(parent)):
+        own = graph.get_pruning_group(root, fn, [r])[0]
+        for i in own.idxs:
+            a, b = find(r), find(int(i))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    classes: dict[int, list[int]] = {}
+    for i in range(len(parent)):
+        classes.setdefault(find(i), []).append(i)
+    return [c for c in classes.values() if len(c) > 1]
 
 
 def _width(m: nn.Module) -> int:
@@ -237,8 +273,15 @@ def group_norms(model: nn.Module, groups: list[ChannelGroup], p: float = 2
                 w = model.get_submodule(layer).weight.detach()
                 norms = w[idxs.to(w.device)].flatten(1).norm(p=p, dim=1).float().cpu()
                 total.index_add_(0, root_idxs, norms)
-        out[g.root] = total / max(1, len(g.convs))
+        out[g.root] = _tie_mean(total / max(1, len(g.convs)), g)
     return out
+
+
+def _tie_mean(scores: torch.Tensor, g: ChannelGroup) -> torch.Tensor:
+    """Scores with each class of tied channels given its mean: they go or stay as one."""
+    for tie in g.ties:
+        scores[tie] = scores[tie].mean()
+    return scores
 
 
 @torch.no_grad()
@@ -253,7 +296,7 @@ def group_bn_scales(model: nn.Module, groups: list[ChannelGroup]) -> dict[str, t
             if layer in g.bns:
                 w = model.get_submodule(layer).weight.detach()
                 total.index_add_(0, root_idxs, w[idxs.to(w.device)].abs().float().cpu())
-        out[g.root] = total / len(g.bns)
+        out[g.root] = _tie_mean(total / len(g.bns), g)
     return out
 
 
@@ -306,10 +349,12 @@ def round_plan(plan: dict[str, list[int]], scores: dict[str, torch.Tensor], roun
 
 def keep_every_conv(plan: dict[str, list[int]], groups: list[ChannelGroup],
                     scores: dict[str, torch.Tensor]) -> dict[str, list[int]]:
-    """The plan, except that each conv of a group keeps its best-scored channel.
+    """The plan, except that each conv of a group keeps its best-scored channel, and
+    tied channels (``ChannelGroup.ties``) are removed only where all of them are planned.
 
     A group concatenated from several convs could otherwise lose every channel of one
-    of them (the ranking sees one group); that conv then keeps one channel.
+    of them (the ranking sees one group); that conv then keeps one channel. Removing
+    part of a tie class would remove the whole class, which could empty a layer.
     """
     out = {}
     for g in groups:
@@ -319,6 +364,9 @@ def keep_every_conv(plan: dict[str, list[int]], groups: list[ChannelGroup],
             if part_set and part_set <= removed:
                 best = max(part_set, key=lambda i: float(scores[g.root][i]))
                 removed.discard(best)
+        for tie in g.ties:
+            if not removed.issuperset(tie):
+                removed.difference_update(tie)
         out[g.root] = sorted(removed)
     return {**plan, **{k: v for k, v in out.items() if k in plan}}
 

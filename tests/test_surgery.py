@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prune_core import models
+from prune_core.groups import channel_groups, group_norms, keep_every_conv, select_per_group
 from prune_core.surgery import (
     Masks,
     SurgeryError,
@@ -97,6 +98,51 @@ def test_a_conv_and_the_input_concatenated_beside_it_are_planned_independently(i
         assert torch.allclose(masked(x), removed(x), atol=1e-5)
     assert removed.reader.in_channels == 11
     assert (removed.stem[0].out_channels, removed.dense[0].out_channels) == (6, 5)
+
+
+class _Ghost(torch.nn.Module):
+    """GhostNet's module: a primary conv's channels concatenated beside a depthwise copy
+    of them (the cheap operation), read by a depthwise conv."""
+
+    def __init__(self):
+        super().__init__()
+        def cbr(c_in, c_out, k=1, groups=1):
+            return torch.nn.Sequential(
+                torch.nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups, bias=False),
+                torch.nn.BatchNorm2d(c_out), torch.nn.ReLU())
+        self.stem = cbr(3, 8, 3)
+        self.primary = cbr(8, 6)
+        self.cheap = cbr(6, 6, 3, groups=6)
+        self.dw = cbr(12, 12, 3, groups=12)
+        self.pw = torch.nn.Conv2d(12, 16, 1)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        p = self.primary(self.stem(x))
+        return self.fc(self.pw(self.dw(torch.cat([p, self.cheap(p)], 1))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_a_channel_and_its_depthwise_copy_concatenated_beside_it_go_together(ratio):
+    # Removing primary channel i removes the cheap op's channel i too, so the group's
+    # channels i and i + 6 are one: planned apart, torch-pruning emptied the primary conv
+    # ("would remove every channel"), which refused GhostNet at every high ratio.
+    model = _randomise_bn(_Ghost())
+    groups = channel_groups(model, SHAPE)
+    ghost = next(g for g in groups if g.ties)
+    assert sorted(ghost.ties) == [[i, i + 6] for i in range(6)]
+    scores = group_norms(model, groups)
+    assert all(len(set(scores[ghost.root][t].tolist())) == 1 for t in ghost.ties)
+    plan = keep_every_conv(select_per_group(scores, ratio), groups, scores)
+    removed_idx = set(plan[ghost.root])
+    assert removed_idx and all(removed_idx.isdisjoint(t) or removed_idx.issuperset(t)
+                               for t in ghost.ties)
+    x = torch.randn(4, *SHAPE)
+    masked = mask_channels(copy.deepcopy(model), plan, SHAPE)
+    removed = remove_channels(copy.deepcopy(model), plan, SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(masked(x), removed(x), atol=1e-5)
+    assert removed.primary[0].out_channels == 6 - len(removed_idx) // 2 >= 1
 
 
 def test_convs_added_together_cannot_be_planned_apart():
