@@ -96,3 +96,33 @@ def test_magnitude_then_quantize_runs(base_vgg):
 def test_quantize_must_be_the_last_stage():
     with pytest.raises(ParamError, match="last stage"):
         parse_chain(["quantize", "slimming"])
+
+
+class _SharedRelu(nn.Module):
+    """A stem and torchvision's own ResNet block, which applies one ReLU module twice
+    (after its first conv and after the residual addition)."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+        self.block = BasicBlock(16, 16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.block(self.stem(x)).mean((2, 3)))
+
+
+def test_a_module_called_twice_quantizes(digits):
+    # The quantizer refused torchvision's ResNets: the shared ReLU made one pattern with
+    # two outputs ("Input partition has more than one output node").
+    torch.manual_seed(0)
+    model = _SharedRelu().eval()
+    q = Q.quantize_model(model, digits, calibration_batches=2, per_channel=True)
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    assert _int8_elements(q) == sum(w.numel() for w in weights)
+    x, _ = next(digits.batches("test", 64))
+    with torch.no_grad():
+        ref = model(x)
+        assert (q(x) - ref).norm() < 0.1 * ref.norm()

@@ -92,6 +92,26 @@ def _drop_unused(graph: torch.fx.GraphModule) -> None:
         delattr(graph.get_submodule(owner) if owner else graph, attr)
 
 
+def _split_shared_calls(graph: torch.fx.GraphModule) -> None:
+    """Give each call of a module called more than once its own name in the graph.
+
+    The quantizer groups nodes into patterns by the module they came from; a module
+    called twice (torchvision's ResNet blocks apply one ``self.relu`` after the first
+    conv and after the residual addition) made one group with two outputs, and
+    annotation failed ("Input partition has more than one output node"). torch.export
+    already tells the calls apart in ``nn_module_stack``'s keys (``layer1.0.relu@1``);
+    the innermost entry's name takes the same suffix.
+    """
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or not stack:
+            continue
+        key, (fqn, cls) = list(stack.items())[-1]
+        _, at, call = key.rpartition("@")
+        if at and call.isdigit():
+            stack[key] = (f"{fqn}@{call}", cls)
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, data, *, calibration_batches: int, per_channel: bool,
                    keep_float: str = "none", batch_size: int = 128,
@@ -106,6 +126,7 @@ def quantize_model(model: nn.Module, data, *, calibration_batches: int, per_chan
     example = (torch.zeros((2, *data.input_shape)),)
     batch = torch.export.Dim("batch")
     graph = torch.export.export(cpu, example, dynamic_shapes=({0: batch},)).module()
+    _split_shared_calls(graph)
     quantizer = X86InductorQuantizer().set_global(_weight_config(per_channel))
     for name in float_layers(cpu, keep_float):
         quantizer.set_module_name_qconfig(name, None)  # None: leave this layer in float
