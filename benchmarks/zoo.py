@@ -77,7 +77,7 @@ SPACES = {
              "repr.ratio": {"low": 0.1, "high": 0.5}},
     "branch": {"branch.keep_ratio": {"low": 0.25, "high": 0.75}, "branch.steps": 1,
                "branch.epochs_per_step": 1, "branch.finetune_epochs": 0},
-    "factorize": {"factorize.variant": {"choices": ["orthogonal", "separable"]},
+    "factorize": {"factorize.variant": {"choices": ["orthogonal", "separable", "lowrank"]},
                   "factorize.layers": {"low": 1, "high": 4},
                   "factorize.rank": {"low": 0.25, "high": 1.0}, "factorize.finetune_epochs": 0},
     "quantize": {"quantize.calibration_batches": 1},
@@ -88,7 +88,7 @@ POINTS = {
     "transtailor": {"transtailor.step_ratio": 0.35},
     "repr": {"repr.ratio": 0.3},
     "branch": {"branch.keep_ratio": 0.5},
-    "factorize": {"factorize.variant": "separable", "factorize.layers": 2, "factorize.rank": 0.5},
+    "factorize": {"factorize.variant": "lowrank", "factorize.layers": 2, "factorize.rank": 0.5},
 }
 
 # torchvision: every classification model at 32 px, except these sizes and settings.

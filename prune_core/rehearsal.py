@@ -28,7 +28,9 @@ from prune_core.train import TrainConfig, TrainingDiverged, seed_everything
 
 SAMPLES = 4  # images per split: one training batch
 BATCH = 4
-MAX_POINTS = 2  # points of the space rehearsed per chain
+# Points of the space rehearsed per chain: the range ends twice, and each choice of a
+# categorical of up to this many choices once.
+MAX_POINTS = 4
 # The highest learning rate a rehearsal trains at: the steps are there to run every
 # training path once, not to move the weights (batches of noise images can give
 # gradients large enough to blow a normal step up).

@@ -282,8 +282,8 @@ def check_rehearsal(c: Checker, model_name: str, model_kw: dict, data_name: str,
 
 def rehearsal_points(space: dict[str, ParamSpace], stages: list[str]) -> list[dict]:
     """Corners of the stages' space: the first takes every range's high end and each
-    parameter's first choice, the next the low ends and second choices, and so on
-    (``rehearsal.MAX_POINTS`` points)."""
+    parameter's first choice, the next the low ends and second choices, and so on until
+    every choice is taken (at least 2 points, at most ``rehearsal.MAX_POINTS``)."""
     from prune_core.rehearsal import MAX_POINTS
 
     options = {k: _corners(p) for k, p in space.items() if p.stage in stages}

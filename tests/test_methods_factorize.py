@@ -58,6 +58,39 @@ def test_largest_layers_choice_and_rank():
     assert Fz.separable_rank(conv, 0.01) == 1
 
 
+@pytest.mark.parametrize("layer", [nn.Linear(12, 7), nn.Linear(5, 9, bias=False),
+                                   nn.Conv2d(6, 4, 1, stride=2)])
+def test_lowrank_pair_is_exact_at_full_rank_and_stores_r_in_plus_out(layer):
+    torch.manual_seed(0)
+    out, inp = layer.weight.shape[:2]
+    x = torch.randn(3, inp) if isinstance(layer, nn.Linear) else torch.randn(2, inp, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(Fz.lowrank_from(layer, min(out, inp))(x), layer(x),
+                                   atol=1e-5, rtol=1e-4)
+        err = [float((Fz.lowrank_from(layer, r)(x) - layer(x)).norm()) for r in (1, 2, 3)]
+    assert err[0] > err[1] > err[2] > 0  # truncation, best first
+    pair = Fz.lowrank_from(layer, 2)
+    assert sum(m.weight.numel() for m in pair) == 2 * (inp + out)
+
+
+def test_lowrank_takes_the_largest_linear_layers_of_a_transformer():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10).eval()
+    names = Fz.largest_layers(model, "lowrank", 3)
+    assert names == ["blocks.0.mlp.fc1", "blocks.0.mlp.fc2", "blocks.1.mlp.fc1"]
+    assert Fz.lowrank_rank(model.blocks[0].mlp.fc1, 0.5) == 96  # of min(192, 768)
+    before = count_params(model)[0]
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)
+    Fz.factorize_layers(model, {"variant": "lowrank", "layers": 3, "rank": 4.0})
+    assert isinstance(model.blocks[0].mlp.fc1, nn.Sequential)
+    torch.testing.assert_close(model(x), ref, atol=1e-4, rtol=1e-4)  # full rank: exact
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10)
+    Fz.factorize_layers(model, {"variant": "lowrank", "layers": 2, "rank": 0.5})
+    # the first MLP's 192 -> 768 and 768 -> 192 layers, each to 96 inner features
+    assert count_params(model)[0] == before - 2 * 192 * 768 + 2 * 96 * (192 + 768)
+
+
 @pytest.fixture(scope="module")
 def separable(base_vgg):
     params = {"factorize.variant": "separable", "factorize.layers": 3,
@@ -111,7 +144,7 @@ def test_orthogonal_layers_are_orthogonal_and_start_at_the_polar_factor(base_vgg
     assert count_params(model)[0] == base_vgg.row["params"]
 
 
-@pytest.mark.parametrize("variant", ["separable", "orthogonal"])
+@pytest.mark.parametrize("variant", ["separable", "orthogonal", "lowrank"])
 def test_restructure_reloads_a_checkpoint_with_weights_only(variant, base_vgg, digits):
     params = get_method("factorize").resolve({"variant": variant, "layers": 2, "rank": 0.3})
     model = base_vgg.build().eval()

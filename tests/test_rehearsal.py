@@ -77,7 +77,7 @@ def test_a_model_whose_training_forward_is_not_logits_is_refused():
     assert "aux_logits: false" in str(failure)
 
 
-def test_the_rehearsal_takes_the_high_ends_then_the_low_ends_and_the_first_choices():
+def test_the_rehearsal_takes_the_high_ends_then_the_low_ends_and_every_choice():
     space = {"m.ratio": ParamSpace("m.ratio", "float", 0.1, 0.9),
              "m.epochs": ParamSpace("m.epochs", "int", 1, 5),
              "m.round_to": ParamSpace("m.round_to", "categorical", choices=(1, 8, 16)),
@@ -87,6 +87,8 @@ def test_the_rehearsal_takes_the_high_ends_then_the_low_ends_and_the_first_choic
     assert points == [
         {"m.ratio": 0.9, "m.epochs": 5, "m.round_to": 1, "m.mode": "structured"},
         {"m.ratio": 0.1, "m.epochs": 1, "m.round_to": 8, "m.mode": "structured"},
+        # a third choice is a third point: it can be the one a structure refuses
+        {"m.ratio": 0.9, "m.epochs": 5, "m.round_to": 16, "m.mode": "structured"},
     ]
 
 

@@ -1,4 +1,5 @@
-"""Factorized weights: orthogonal parametrization or separable k x 1 + 1 x k convolutions.
+"""Factorized weights: orthogonal parametrization, separable k x 1 + 1 x k convolutions, or
+low-rank linear layers.
 
 ``orthogonal`` wraps the largest layers in ``torch.nn.utils.parametrizations.orthogonal``
 (as seed 002 suggests). PyTorch makes the last two dimensions of the weight orthogonal:
@@ -7,6 +8,11 @@ stored weight is unchanged in size (the deployed model materialises it), so the 
 records its degrees of freedom instead: ``dof_params`` counts each orthogonal m x n
 matrix as m(n + 1) / 2, the seed's formula, and ``stiefel_dof_params`` as
 mn - k(k + 1) / 2 with k = min(m, n), the dimension of the set of such matrices.
+
+``lowrank`` replaces each of the largest linear layers and 1 x 1 convs (a transformer's
+MLP and attention projections, a pointwise conv) by two: ``in -> r`` then ``r -> out``,
+initialised from the weight's rank-``r`` truncated SVD (Denton et al., NeurIPS 2014),
+``r`` a share of ``min(in, out)``. Stored weights fall from ``in out`` to ``r (in + out)``.
 
 ``separable`` replaces each of the largest conv layers (kernels 3 x 3 and bigger) by a
 kh x 1 conv to ``r`` channels followed by a 1 x kw conv, the vertical-horizontal
@@ -42,7 +48,14 @@ def _eligible(model: nn.Module, variant: str) -> dict[str, nn.Module]:
               and min(m.kernel_size) >= 3 and m.padding_mode == "zeros"
               and not isinstance(m.padding, str)):
             out[name] = m
+        elif variant == "lowrank" and (isinstance(m, nn.Linear) or _pointwise(m)):
+            out[name] = m
     return out
+
+
+def _pointwise(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.groups == 1 and m.kernel_size == (1, 1)
+            and m.padding in ((0, 0), 0) and m.dilation == (1, 1))
 
 
 def largest_layers(model: nn.Module, variant: str, k: int,
@@ -95,6 +108,40 @@ def separable_from(conv: nn.Conv2d, r: int) -> nn.Sequential:
     return pair
 
 
+def lowrank_rank(layer: nn.Linear | nn.Conv2d, rank: float) -> int:
+    """Inner width: ``rank`` times ``min(in, out)``, at least 1, at most full rank."""
+    w = layer.weight
+    full = min(w.shape[0], w.shape[1])
+    return max(1, min(full, int(round(rank * full))))
+
+
+def lowrank_pair(layer: nn.Linear | nn.Conv2d, r: int) -> nn.Sequential:
+    """An uninitialised ``in -> r -> out`` pair of the layer's kind (the conv's stride on
+    the first), the bias on the second."""
+    bias = layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        first = nn.Linear(layer.in_features, r, bias=False)
+        second = nn.Linear(r, layer.out_features, bias=bias)
+    else:
+        first = nn.Conv2d(layer.in_channels, r, 1, stride=layer.stride, bias=False)
+        second = nn.Conv2d(r, layer.out_channels, 1, bias=bias)
+    return nn.Sequential(OrderedDict(down=first, up=second)).to(layer.weight.device)
+
+
+@torch.no_grad()
+def lowrank_from(layer: nn.Linear | nn.Conv2d, r: int) -> nn.Sequential:
+    """The pair initialised from the rank-``r`` truncated SVD of the layer's weight."""
+    pair = lowrank_pair(layer, r)
+    w = layer.weight.detach().float().flatten(1)  # (out, in)
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    root = s[:r].sqrt()
+    pair.down.weight.copy_((vh[:r] * root[:, None]).reshape(pair.down.weight.shape))
+    pair.up.weight.copy_((u[:, :r] * root).reshape(pair.up.weight.shape))
+    if layer.bias is not None:
+        pair.up.bias.copy_(layer.bias)
+    return pair
+
+
 def _parametrize(layer: nn.Module) -> None:
     # The matrix exponential for every shape: PyTorch's default for non-square weights,
     # Householder, reads signs from the diagonal of its parameter with int(), and a
@@ -134,6 +181,10 @@ def factorize_layers(model: nn.Module, params: dict, reference: nn.Module | None
                 make_orthogonal(mods[name])
             else:
                 _parametrize(mods[name])
+        elif params["variant"] == "lowrank":
+            r = lowrank_rank(mods[name], params["rank"])
+            build = lowrank_from if init else lowrank_pair
+            replace_module(model, name, build(mods[name], r))
         else:
             r = separable_rank(mods[name], params["rank"])
             build = separable_from if init else separable_pair
@@ -157,19 +208,23 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 @register_method(
     "factorize",
     check=compatible,
-    doc="orthogonal parametrization or separable kx1 + 1xk convs on the largest layers",
+    doc="orthogonal parametrization, separable kx1 + 1xk convs or low-rank linear layers "
+        "on the largest layers",
     seed="002",
     restructure=restructure,
     params=[
         Param(name="variant", kind="categorical", default="separable",
-              choices=("orthogonal", "separable"), doc="which factorization",
+              choices=("orthogonal", "separable", "lowrank"),
+              doc="which factorization: orthogonal layers, separable kx1 + 1xk convs, "
+                  "low-rank linear layers and 1x1 convs",
               search={"choices": ["orthogonal", "separable"]}),
         Param(name="layers", kind="int", default=2, low=1, high=1000,
               doc="how many of the largest layers (by weight count) to factorize",
               search={"low": 1, "high": 8}),
         Param(name="rank", kind="float", default=0.5, low=0, low_open=True, high=4,
               doc="separable: intermediate channels as a multiple of the layer's input "
-                  "channels (1 is the seed's layout; capped at full rank)",
+                  "channels (1 is the seed's layout); lowrank: as a share of min(in, out); "
+                  "capped at full rank",
               search={"low": 0.05, "high": 1.5, "log": True}),
         Param(name="finetune_epochs", kind="int", default=10, low=0, high=1000,
               doc="fine-tuning epochs after factorizing", search={"low": 0, "high": 20}),
@@ -203,6 +258,7 @@ def factorize(model: nn.Module, params: dict, ctx) -> nn.Module:
 
 
 __all__ = [
-    "factorize_layers", "largest_layers", "make_orthogonal", "restructure", "seed_dof",
+    "factorize_layers", "largest_layers", "lowrank_from", "lowrank_pair", "lowrank_rank",
+    "make_orthogonal", "restructure", "seed_dof",
     "separable_from", "separable_pair", "separable_rank", "stiefel_dof",
 ]
