@@ -232,10 +232,17 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], *,
     graph = graph or dependency_graph(model, input_shape)
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
+    heads = _attention_heads(model)
     out: list[ChannelGroup] = []
     for group in graph.get_all_groups(ignored_layers=output_layers(model),
                                       root_module_types=[nn.Conv2d, nn.Linear]):
         root = group[0].dep.target.module
+        if root in heads:
+            if _only_heads(graph, group, root, heads[root]):
+                g = _describe(graph, group, names, root)
+                g.ties = _head_ties(heads[root])
+                out.append(g)
+            continue
         if any(_is_grouped(item.dep.target.module) for item in group):
             continue  # left whole: channels of a grouped conv go in equal blocks
         if isinstance(root, nn.Linear) and not _hidden_linear(graph, group):
@@ -243,6 +250,40 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], *,
         if root in names and isinstance(root, CONV_LINEAR) and _width(root) >= min_size:
             out.append(_describe(graph, group, names, root))
     return sorted(out, key=lambda g: order[g.root])
+
+
+def _attention_heads(model: nn.Module) -> dict[nn.Module, nn.Module]:
+    """``{qkv layer: attention block}`` for timm's ``Attention`` blocks (ViT, DeiT and the
+    like) without per-head norms or gates: whole heads can go, the block reshapes by
+    ``num_heads`` (set again after removal, ``surgery.sync_heads``)."""
+    try:
+        from timm.layers.attention import Attention
+    except ImportError:  # timm is optional
+        return {}
+    return {m.qkv: m for m in model.modules()
+            if type(m) is Attention and getattr(m, "gate", None) is None
+            and all(isinstance(getattr(m, a, None), nn.Identity)
+                    for a in ("norm", "q_norm", "k_norm"))}
+
+
+def _only_heads(graph: tp.DependencyGraph, group: tp.Group, qkv: nn.Module,
+                attn: nn.Module) -> bool:
+    """True where the qkv group reaches only its own block's output projection."""
+    for item in group:
+        m = item.dep.target.module
+        if isinstance(m, nn.Linear) and m is not qkv and m is not attn.proj:
+            return False
+        if not isinstance(m, nn.Linear) and isinstance(m, nn.Module) and \
+                sum(1 for _ in m.parameters(recurse=False)):
+            return False
+    return True
+
+
+def _head_ties(attn: nn.Module) -> list[list[int]]:
+    """Each head's query, key and value channels of ``qkv``: one class per head."""
+    dim, hd = attn.num_heads * attn.head_dim, attn.head_dim
+    return [[s * dim + h * hd + j for s in range(3) for j in range(hd)]
+            for h in range(attn.num_heads)]
 
 
 def group_of(model: nn.Module, graph: tp.DependencyGraph, conv: str) -> ChannelGroup:

@@ -128,6 +128,25 @@ def remove_channels(
         group.prune()
         touched |= _slots(group)
         stale = True
+    sync_heads(model)
+    return model
+
+
+def sync_heads(model: nn.Module) -> nn.Module:
+    """Set each attention block's head count from its ``qkv`` layer after whole heads were
+    removed (timm's ``Attention`` reshapes by ``num_heads`` and ``attn_dim``)."""
+    for name, m in model.named_modules():
+        qkv, head_dim = getattr(m, "qkv", None), getattr(m, "head_dim", None)
+        if not isinstance(qkv, nn.Linear) or not isinstance(head_dim, int) \
+                or not isinstance(getattr(m, "num_heads", None), int):
+            continue
+        heads, rest = divmod(qkv.out_features, 3 * head_dim)
+        if rest or not heads:
+            raise SurgeryError(f"{name!r}: qkv has {qkv.out_features} outputs, not three "
+                               f"whole heads of {head_dim}")
+        m.num_heads = heads
+        if isinstance(getattr(m, "attn_dim", None), int):
+            m.attn_dim = heads * head_dim
     return model
 
 
@@ -195,7 +214,7 @@ def load_resized(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Mo
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.num_features = w.shape[0]
     model.load_state_dict(state_dict)
-    return model
+    return sync_heads(model)
 
 
 class Masks:

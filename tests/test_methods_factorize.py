@@ -171,3 +171,10 @@ def test_orthogonal_linear_survives_weight_decay_steps():
         opt.step()
     w = layer.weight.detach()
     torch.testing.assert_close(w @ w.T, torch.eye(10), atol=1e-5, rtol=0)
+
+
+def test_orthogonal_leaves_linear_layers_wider_than_its_limit():
+    model = nn.Sequential(nn.Linear(8, Fz.ORTHOGONAL_MAX + 1), nn.ReLU(),
+                          nn.Linear(Fz.ORTHOGONAL_MAX + 1, 16), nn.Linear(16, 4))
+    assert Fz.largest_layers(model, "orthogonal", 3) == ["3"]
+    assert Fz.largest_layers(model, "lowrank", 3) == ["2", "0", "3"]

@@ -145,6 +145,37 @@ def test_a_channel_and_its_depthwise_copy_concatenated_beside_it_go_together(rat
     assert removed.primary[0].out_channels == 6 - len(removed_idx) // 2 >= 1
 
 
+def test_whole_attention_heads_go_and_the_block_reshapes_by_the_heads_left():
+    timm = pytest.importorskip("timm")
+
+    def vit():
+        torch.manual_seed(0)
+        return timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10).eval()
+
+    model = vit()
+    groups = channel_groups(model, SHAPE)
+    qkv = next(g for g in groups if g.root == "blocks.0.attn.qkv")
+    # 3 heads of 64: head h is its query, key and value channels
+    assert qkv.size == 576 and len(qkv.ties) == 3
+    assert qkv.ties[1] == [*range(64, 128), *range(256, 320), *range(448, 512)]
+    assert any(g.root == "blocks.0.mlp.fc1" for g in groups)  # MLP hidden layers too
+    scores = group_norms(model, groups)
+    plan = keep_every_conv(select_per_group(scores, 0.5), groups, scores)
+    assert len(plan["blocks.0.attn.qkv"]) == 192  # 288 asked: one whole head of three
+    x = torch.randn(2, *SHAPE)
+    masked = mask_channels(copy.deepcopy(model), plan, SHAPE)
+    removed = remove_channels(copy.deepcopy(model), plan, SHAPE)
+    attn = removed.blocks[0].attn
+    assert (attn.num_heads, attn.attn_dim, attn.qkv.out_features, attn.proj.in_features) == (
+        2, 128, 384, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(removed(x), masked(x), atol=1e-5, rtol=1e-4)
+        # a checkpoint of the pruned model loads into a fresh one, head counts included
+        fresh = load_resized(vit(), removed.state_dict())
+        assert fresh.blocks[0].attn.num_heads == 2
+        torch.testing.assert_close(fresh(x), removed(x))
+
+
 def test_convs_added_together_cannot_be_planned_apart():
     model = models.build("resnet20", width=0.5)
     with pytest.raises(SurgeryError, match=r"'layer1.0.conv2' and 'conv1' write the same "
