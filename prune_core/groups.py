@@ -234,8 +234,7 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], *,
     order = {n: i for i, n in enumerate(names.values())}
     heads = _attention_heads(model)
     out: list[ChannelGroup] = []
-    for group in graph.get_all_groups(ignored_layers=output_layers(model),
-                                      root_module_types=[nn.Conv2d, nn.Linear]):
+    for group in _all_groups(graph, output_layers(model)):
         root = group[0].dep.target.module
         if root in heads:
             if _only_heads(graph, group, root, heads[root]):
@@ -245,11 +244,35 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], *,
             continue
         if any(_is_grouped(item.dep.target.module) for item in group):
             continue  # left whole: channels of a grouped conv go in equal blocks
+        if any(getattr(item.dep.target, "unmapped", False) for item in group):
+            continue  # left whole: a channel shuffle permutes them (surgery._mark_unmapped)
         if isinstance(root, nn.Linear) and not _hidden_linear(graph, group):
             continue
         if root in names and isinstance(root, CONV_LINEAR) and _width(root) >= min_size:
             out.append(_describe(graph, group, names, root))
     return sorted(out, key=lambda g: order[g.root])
+
+
+def _all_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> Iterable[tp.Group]:
+    """torch-pruning's ``get_all_groups`` for conv and linear roots, except that a group
+    whose index mapping fails (a split whose sizes it could not infer behind a channel
+    shuffle) is left out, and so left whole, instead of ending the search."""
+    ignored = [*ignored, *graph.IGNORED_LAYERS_IN_TRACING]
+    visited: set[nn.Module] = set()
+    for m in list(graph.module2node):
+        if m in ignored or m in visited or not isinstance(m, nn.Conv2d | nn.Linear):
+            continue
+        fn = out_pruning_fn(m)
+        try:
+            group = graph.get_pruning_group(m, fn, list(range(_width(m))))
+        except (IndexError, ZeroDivisionError):
+            visited.add(m)
+            continue
+        outs = {item.dep.target.module for item in group
+                if graph.is_out_channel_pruning_fn(item.dep.handler)}
+        visited |= outs
+        if not outs & set(ignored):
+            yield group
 
 
 def _attention_heads(model: nn.Module) -> dict[nn.Module, nn.Module]:
@@ -286,10 +309,16 @@ def _head_ties(attn: nn.Module) -> list[list[int]]:
             for h in range(attn.num_heads)]
 
 
-def group_of(model: nn.Module, graph: tp.DependencyGraph, conv: str) -> ChannelGroup:
-    """The group of ``conv``'s output channels, numbered by that conv's channels."""
+def group_of(model: nn.Module, graph: tp.DependencyGraph, conv: str) -> ChannelGroup | None:
+    """The group of ``conv``'s output channels, numbered by that conv's channels; None
+    where the graph cannot map them (behind a channel shuffle)."""
     m = model.get_submodule(conv)
-    group = graph.get_pruning_group(m, out_pruning_fn(m), list(range(_width(m))))
+    try:
+        group = graph.get_pruning_group(m, out_pruning_fn(m), list(range(_width(m))))
+    except (IndexError, ZeroDivisionError):
+        return None
+    if any(getattr(item.dep.target, "unmapped", False) for item in group):
+        return None
     return _describe(graph, group, {mod: n for n, mod in model.named_modules()}, m)
 
 

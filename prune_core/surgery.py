@@ -15,9 +15,34 @@ from collections.abc import Iterable
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch_pruning.dependency import index_mapping as _index_mapping
 
 from prune_core.errors import InputError
 from prune_core.train import Hooks
+
+
+def _mark_unmapped(update):
+    """torch-pruning's reshape index mapping, except that a reshape it cannot map is
+    marked (``node.unmapped``) instead of failing the whole graph.
+
+    It maps channel indices through a reshape only where the reshape flattens or
+    unflattens channels. A channel shuffle (ShuffleNet: a view to ``[b, g, c / g, h, w]``,
+    a transpose, a view back) permutes channels, and there the build raised
+    ZeroDivisionError. Groups reaching a marked reshape are left whole
+    (``prune_core.groups.channel_groups``); channels inside a branch still prune.
+    """
+    def mapped(graph, node):
+        try:
+            update(graph, node)
+        except ZeroDivisionError:
+            node.unmapped = True
+    mapped.marks_unmapped = True
+    return mapped
+
+
+if not getattr(_index_mapping.update_reshape_index_mapping, "marks_unmapped", False):
+    _index_mapping.update_reshape_index_mapping = _mark_unmapped(
+        _index_mapping.update_reshape_index_mapping)
 
 
 class SurgeryError(InputError):

@@ -176,6 +176,30 @@ def test_whole_attention_heads_go_and_the_block_reshapes_by_the_heads_left():
         torch.testing.assert_close(fresh(x), removed(x))
 
 
+@pytest.mark.parametrize("ratio", [0.5, 0.9])
+def test_channels_inside_a_shufflenet_branch_prune_and_the_shuffled_stay_whole(ratio):
+    # A channel shuffle permutes channels where torch-pruning's reshape mapping expects a
+    # flatten: its graph build failed (ZeroDivisionError) and ShuffleNetV2 was refused.
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = _randomise_bn(torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval())
+    groups = channel_groups(model, SHAPE)
+    roots = {g.root for g in groups}
+    # each block's inner 1x1 -> depthwise channels, and the stem before any shuffle
+    assert "conv1.0" in roots and "stage3.2.branch2.3" in roots
+    # a branch's last conv writes channels the shuffle permutes: left whole
+    assert not any("stage2.1.branch2.5" in g.convs for g in groups)
+    scores = {k: torch.rand_like(v) for k, v in group_norms(model, groups).items()}
+    plan = keep_every_conv(select_per_group(scores, ratio), groups, scores)
+    x = torch.randn(2, *SHAPE)
+    masked = mask_channels(copy.deepcopy(model), plan, SHAPE)
+    removed = remove_channels(copy.deepcopy(model), plan, SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(removed(x), masked(x), atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in removed.parameters()) < 0.8 * sum(
+        p.numel() for p in model.parameters())
+
+
 def test_convs_added_together_cannot_be_planned_apart():
     model = models.build("resnet20", width=0.5)
     with pytest.raises(SurgeryError, match=r"'layer1.0.conv2' and 'conv1' write the same "

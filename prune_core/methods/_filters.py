@@ -19,7 +19,8 @@ class ConvUnit:
     its filters' outputs through their weights, from the dependency graph.
 
     ``readers`` is empty where the conv adds into channels other convs write too (a
-    residual block's last conv): there no reader's input carries this conv's filter alone.
+    residual block's last conv): there no reader's input carries this conv's filter alone;
+    and where a channel shuffle permutes its channels (the graph cannot map them).
     """
 
     conv: str
@@ -39,7 +40,7 @@ def conv_units(model: nn.Module, input_shape: tuple[int, ...]) -> list[ConvUnit]
         g = group_of(model, graph, name)
         bn = follower_bn(graph, m)
         units.append(ConvUnit(name, names.get(bn) if bn is not None else None,
-                              () if g.coupled else tuple(g.readers)))
+                              () if g is None or g.coupled else tuple(g.readers)))
     return units
 
 

@@ -142,7 +142,8 @@ def branch_blocks(model: nn.Module, input_shape: tuple[int, ...]) -> list[Block]
             continue
         bn = follower_bn(graph, m)
         g = group_of(model, graph, call.name)
-        if (bn is None or g.coupled or g.convs != [call.name] or g.bns != [names[bn]]
+        if (bn is None or g is None or g.coupled or g.convs != [call.name]
+                or g.bns != [names[bn]]
                 or not g.readers
                 or any(not torch.equal(r.idxs, r.root_idxs) for r in g.readers)):
             continue
