@@ -44,9 +44,19 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, dic
     was_training = model.training
     model.eval()
     x = torch.zeros((1, *input_shape), device=device)
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
+    # With no parameter needing a gradient: the counter's module tracker hooks the
+    # gradients of inputs that need them, and failed on PiT's, a view of a parameter
+    # (its class token) passed between stages. no_grad alone leaves such views needing one.
+    needs = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in needs:
+            p.requires_grad_(False)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        for p in needs:
+            p.requires_grad_(True)
+        model.train(was_training)
     counts = counter.get_flop_counts()
     per_layer: dict[str, int] = {}
     root = type(model).__name__

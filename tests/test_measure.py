@@ -25,6 +25,38 @@ def test_nonzero_counts_follow_zeroed_weights():
     assert dense["nonzero_macs"] - sparse["nonzero_macs"] == pytest.approx(expected_drop, abs=2)
 
 
+class _TokenStages(nn.Module):
+    """PiT's pattern: a view of a parameter (a class token) handed between stages."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.zeros(1, 1, 8))
+        self.stages = nn.Sequential(_Pair(), _Pair())
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x, token = self.stages((x.flatten(2).transpose(1, 2), self.token.expand(len(x), -1, -1)))
+        return self.head(token[:, 0] + x.mean(1))
+
+
+class _Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, pair):
+        x, token = pair
+        return self.fc(x), self.fc(token)
+
+
+def test_macs_count_a_model_passing_a_parameter_view_between_modules():
+    model = _TokenStages()
+    cost = measure.count_cost(model, (8, 2, 2))
+    # per stage: 4 tokens and the class token through an 8 x 8 layer; then the head
+    assert cost["macs"] == 2 * 5 * 64 + 80
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_ops_add_one_per_activation_output():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
     row = measure.measure(model, (1, 5, 5))
