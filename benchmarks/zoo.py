@@ -31,6 +31,8 @@ written from the JSON at the end of every run, or alone with ``--report``.
     python -m benchmarks.zoo --models torchvision:resnet18,timm:convnext_atto \\
         --methods slimming,magnitude
     python -m benchmarks.zoo --report              # docs/zoo.md again from docs/zoo.json
+    python -m benchmarks.zoo --merge /tmp/timm.json  # fold a run of part of the zoo (its
+                                                   # own --json) into docs/zoo.json
     python -m benchmarks.zoo --quick --json /tmp/z.json --markdown /tmp/z.md  # a minute
 """
 
@@ -451,6 +453,25 @@ def save(doc: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def merge(path: Path, others: list[Path]) -> dict:
+    """The results at ``path`` (if any) with every model and run of ``others`` added, in
+    zoo order; a model in several keeps the cells of the last, over those before."""
+    docs = [json.loads(p.read_text()) for p in [path, *others] if p.exists()]
+    doc = docs[0]
+    for other in docs[1:]:
+        for key, record in other["models"].items():
+            old = doc["models"].get(key)
+            if old:
+                record = {**record, "cells": {**old["cells"], **record["cells"]}}
+            doc["models"][key] = record
+        doc["runs"] += other["runs"]
+        doc["settings"]["methods"] = list(dict.fromkeys(
+            [*doc["settings"]["methods"], *other["settings"]["methods"]]))
+    order = {e["model"]: i for i, e in enumerate([*zoo(), *QUICK])}
+    doc["models"] = dict(sorted(doc["models"].items(), key=lambda kv: order.get(kv[0], 1e9)))
+    return doc
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -595,6 +616,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--markdown", type=Path, help="report (default: the JSON's path, .md)")
     ap.add_argument("--resume", action="store_true", help="skip models already in the JSON")
     ap.add_argument("--report", action="store_true", help="only write the Markdown from the JSON")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                    help="fold these results (runs with their own --json, e.g. on other "
+                         "machines) into --json, then write the Markdown; their models win")
     ap.add_argument("--quick", action="store_true",
                     help=f"{len(QUICK)} small models, methods {', '.join(QUICK_METHODS)}")
     ap.add_argument("--timeout", type=float, default=TIMEOUT_S,
@@ -619,7 +643,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     json_path = args.json or DOCS / ("zoo-quick.json" if args.quick else "zoo.json")
     md_path = args.markdown or json_path.with_suffix(".md")
-    if args.report:
+    if args.merge:
+        missing = [str(p) for p in args.merge if not p.exists()]
+        if missing:
+            ap.error(f"--merge: no such file {', '.join(missing)}")
+        doc = merge(json_path, args.merge)
+        save(doc, json_path)
+    if args.report or args.merge:
         doc = json.loads(json_path.read_text())
         md_path.write_text(markdown(doc))
         return doc

@@ -133,3 +133,17 @@ def test_quick_markdown_counts_match_the_cells_and_name_every_model(quick):
     for record in doc["models"].values():
         assert f"| {record['model'].partition(':')[2]} |" in md
     assert "--quick" in md and "Total wall time" in md and "torch-pruning" in md
+
+
+def test_runs_of_parts_of_the_zoo_merge_into_one_report(quick, tmp_path):
+    doc, _ = quick
+    first, second = (tmp_path / "a.json"), (tmp_path / "b.json")
+    keys = list(doc["models"])
+    for path, part in ((first, keys[:1]), (second, keys[1:])):
+        path.write_text(json.dumps({**doc, "models": {k: doc["models"][k] for k in part}}))
+    Z.main(["--json", str(first), "--markdown", str(tmp_path / "z.md"), "--merge", str(second)])
+    merged = json.loads(first.read_text())
+    assert list(merged["models"]) == keys  # zoo order
+    assert merged["models"] == json.loads(json.dumps(doc["models"]))
+    assert len(merged["runs"]) == 2 * len(doc["runs"])
+    assert f"| {keys[-1].partition(':')[2]} |" in (tmp_path / "z.md").read_text()
