@@ -31,7 +31,7 @@ from studies._values import (
     read_yaml,
     show,
 )
-from studies.samplers import SAMPLERS, sampler_class
+from studies.samplers import AUTO, SAMPLERS, sampler_class
 
 
 def check_objectives(c: Checker, value: Any) -> dict[str, str]:
@@ -228,13 +228,18 @@ def check_sampler(c: Checker, value: Any, default_seed: Any) -> tuple[str, int, 
     seed = c.integer("sampler.seed", seed)
     if name is None:
         return "tpe", seed, {}
-    if not isinstance(name, str) or name not in SAMPLERS:
+    if not isinstance(name, str) or name not in (*SAMPLERS, AUTO):
         c.error("sampler.name" if isinstance(value, dict) else "sampler",
-                f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+                f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}, {AUTO}")
         return "tpe", seed, {}
     options = kw.pop("options", None) or {}
     for k in kw:
         c.error(f"sampler.{k}", "unknown key; allowed: name, seed, options")
+    if name == AUTO:
+        if options:
+            c.error("sampler.options", f"{AUTO} takes no options (it sets those of the "
+                                       "sampler it picks); name a sampler to set options")
+        return name, seed, {}
     if not isinstance(options, dict):
         c.error("sampler.options", f"{options!r} is not a mapping")
         return name, seed, {}

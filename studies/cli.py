@@ -176,6 +176,7 @@ def _progress(m: dict) -> str:
 
 def cmd_validate(args) -> int:
     """`prune-study validate`: every mistake in a spec, or what it would run."""
+    from studies.samplers import sampler_text
     from studies.spec import SpecError, load_spec
 
     try:
@@ -189,11 +190,13 @@ def cmd_validate(args) -> int:
     if args.json:
         emit_json({"ok": True, "errors": [], "name": spec.name, "trials": spec.trials,
                    "methods": spec.methods_label, "objectives": spec.objectives,
+                   "sampler": sampler_text(spec),
                    "space": {k: p.to_dict() for k, p in spec.space.items()}})
         return EXIT_OK
     print(f"{args.spec}: ok")
     print(f"  study {spec.name!r}: {spec.trials} trials of {spec.methods_label} on "
-          f"{spec.model} / {spec.data}, {spec.sampler} sampler (seed {spec.sampler_seed})")
+          f"{spec.model} / {spec.data}, {sampler_text(spec)} sampler "
+          f"(seed {spec.sampler_seed})")
     print(f"  objectives: {', '.join(f'{k} {m}' for k, m in spec.objectives.items())}")
     for k, p in spec.space.items():
         print(f"  {k}: {_space_text(p)}")

@@ -24,6 +24,7 @@ from ray import tune
 
 from analysis.studydir import trial_records
 from studies import progress
+from studies.samplers import AUTO, auto_choice
 from studies.spec import StudySpec
 
 # Keys Ray Tune adds to every result; they are not part of a trial's row.
@@ -81,6 +82,8 @@ def write_study_files(spec: StudySpec, study_dir: Path, base_row: dict, base_inf
         "name": spec.name,
         "objectives": dict(spec.objectives),
         "sampler": spec.sampler,
+        **({"sampler_choice": dict(zip(("sampler", "reason"), auto_choice(spec),
+                                       strict=True))} if spec.sampler == AUTO else {}),
         "sampler_seed": spec.sampler_seed,
         "trials": spec.trials,
         "methods": spec.methods_label,

@@ -50,6 +50,7 @@ from studies.record import (
     write_json,
     write_study_files,
 )
+from studies.samplers import sampler_text
 from studies.schedulers import make_scheduler
 from studies.search import check_storage_secret, make_searcher
 from studies.spec import StudyError, StudySpec, load_spec
@@ -237,8 +238,9 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
             stop={"time_total_s": limit} if limit else None,
         ),
     )
-    log(f"[{spec.name}] {spec.trials} trials of {spec.methods_label} with the {spec.sampler} "
-        f"sampler; objectives {', '.join(f'{k} {m}' for k, m in spec.objectives.items())}; "
+    log(f"[{spec.name}] {spec.trials} trials of {spec.methods_label} with the "
+        f"{sampler_text(spec)} sampler; objectives "
+        f"{', '.join(f'{k} {m}' for k, m in spec.objectives.items())}; "
         f"study directory {study_dir}")
     return _drive(tuner, spec, study_dir, log)
 

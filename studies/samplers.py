@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-__all__ = ["Constraints", "PicklableLock", "make_sampler", "picklable", "sampler_class",
+__all__ = ["AUTO", "Constraints", "GP_MAX_OBJECTIVES", "GP_MAX_TRIALS", "PicklableLock",
+           "Switching", "auto_choice", "make_sampler", "picklable", "sampler_class",
+           "sampler_text",
            "SAMPLERS"]
 
 if TYPE_CHECKING:
@@ -27,13 +29,82 @@ SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
 }
 # Samplers that steer away from trials whose told constraint values are positive.
 CONSTRAINED = ("tpe", "nsga2", "gp")
+# ``sampler: auto`` picks one of the above from the spec (``auto_choice``).
+AUTO = "auto"
+# GP's acquisition over several objectives is a hypervolume improvement, whose cost grows
+# steeply with their number; past this many, TPE.
+GP_MAX_OBJECTIVES = 3
+# GP refits its model on every finished trial (cubic in their number); past this many
+# trials the study goes on with NSGA-II.
+GP_MAX_TRIALS = 300
 
 
 def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
     """The Optuna sampler class of a spec's sampler name."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}, {AUTO}")
     return SAMPLERS[name]
+
+
+def auto_choice(spec: StudySpec) -> tuple[str, str]:
+    """What ``sampler: auto`` runs for this spec, and why.
+
+    TPE where GP does poorly: a conditional space (a choice between chains, whose
+    parameters exist only in some trials), categorical parameters, or more than
+    ``GP_MAX_OBJECTIVES`` objectives. Otherwise GP, which models the objectives over a
+    continuous space and needs the fewest trials there; ``gp+nsga2`` where the budget
+    passes ``GP_MAX_TRIALS``: GP for those, NSGA-II after.
+    """
+    searched = {k: p for k, p in spec.space.items() if p.kind != "fixed"}
+    categorical = sorted(k for k, p in searched.items() if p.kind == "categorical")
+    if len(spec.chains) > 1:
+        return "tpe", "the space is conditional (a choice between chains)"
+    if categorical:
+        return "tpe", f"categorical parameters ({', '.join(categorical)})"
+    if len(spec.objectives) > GP_MAX_OBJECTIVES:
+        return "tpe", (f"{len(spec.objectives)} objectives, more than GP's "
+                       f"{GP_MAX_OBJECTIVES}")
+    if spec.trials > GP_MAX_TRIALS:
+        return "gp+nsga2", (f"a continuous space; {spec.trials} trials, GP for the first "
+                            f"{GP_MAX_TRIALS} and NSGA-II after")
+    return "gp", "a continuous space"
+
+
+def sampler_text(spec: StudySpec) -> str:
+    """The spec's sampler by name; for ``auto``, what it picked and why."""
+    return spec.sampler if spec.sampler != AUTO else "auto ({}: {})".format(*auto_choice(spec))
+
+
+class Switching(optuna.samplers.BaseSampler):
+    """``first`` for trials numbered below ``after``, ``second`` from then on: each trial
+    is sampled by one of them throughout, and both read the whole study's history."""
+
+    def __init__(self, first: optuna.samplers.BaseSampler,
+                 second: optuna.samplers.BaseSampler, after: int):
+        self.first, self.second, self.after = first, second, after
+
+    def _for(self, trial) -> optuna.samplers.BaseSampler:
+        return self.first if trial.number < self.after else self.second
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name,
+                                                   param_distribution)
+
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._for(trial).after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.first.reseed_rng()
+        self.second.reseed_rng()
 
 
 class Constraints:
@@ -137,15 +208,28 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     NSGA-II breeds populations of 50); a 12-trial study would never leave its
     random start, so both scale with ``trials`` unless the spec sets them.
     """
-    options = dict(spec.sampler_options)
-    if spec.sampler == "tpe":
-        options.setdefault("n_startup_trials", max(3, min(10, spec.trials // 4)))
+    name = spec.sampler
+    if name == AUTO:
+        name, _ = auto_choice(spec)
+        if name == "gp+nsga2":
+            return Switching(_sampler(spec, "gp", {}),
+                             _sampler(spec, "nsga2", {}, trials=spec.trials - GP_MAX_TRIALS),
+                             GP_MAX_TRIALS)
+        return _sampler(spec, name, {})
+    return _sampler(spec, name, spec.sampler_options)
+
+
+def _sampler(spec: StudySpec, name: str, options: dict,
+             trials: int | None = None) -> optuna.samplers.BaseSampler:
+    options, trials = dict(options), trials or spec.trials
+    if name == "tpe":
+        options.setdefault("n_startup_trials", max(3, min(10, trials // 4)))
         options.setdefault("multivariate", True)
         options.setdefault("group", len(spec.chains) > 1)
-    elif spec.sampler == "nsga2":
-        options.setdefault("population_size", max(4, min(50, spec.trials // 3)))
-    elif spec.sampler == "gp":
-        options.setdefault("n_startup_trials", max(3, min(10, spec.trials // 4)))
+    elif name == "nsga2":
+        options.setdefault("population_size", max(4, min(50, trials // 3)))
+    elif name == "gp":
+        options.setdefault("n_startup_trials", max(3, min(10, trials // 4)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return picklable(sampler_class(spec.sampler)(seed=spec.sampler_seed, **options))
+        return picklable(sampler_class(name)(seed=spec.sampler_seed, **options))
