@@ -13,13 +13,14 @@ import warnings
 from typing import Any
 
 from prune_core.measure import RUNTIMES
-from prune_core.methods import ParamError, parse_chain
+from prune_core.methods import ParamError, chain_name, parse_chain
 from studies._values import (
     ASHA_OBJECTIVES,
     CONTROL,
     LOGGERS,
     MAX_TRIALS,
     OBJECTIVE_COLUMNS,
+    PIPELINE,
     SCHEDULERS,
     STAND_INS,
     URI_RE,
@@ -31,7 +32,7 @@ from studies._values import (
     read_yaml,
     show,
 )
-from studies.samplers import AUTO, SAMPLERS, sampler_class
+from studies.samplers import AUTO, GRID, SAMPLERS, sampler_class
 
 
 def check_objectives(c: Checker, value: Any) -> dict[str, str]:
@@ -228,17 +229,18 @@ def check_sampler(c: Checker, value: Any, default_seed: Any) -> tuple[str, int, 
     seed = c.integer("sampler.seed", seed)
     if name is None:
         return "tpe", seed, {}
-    if not isinstance(name, str) or name not in (*SAMPLERS, AUTO):
+    if not isinstance(name, str) or name not in (*SAMPLERS, AUTO, GRID):
         c.error("sampler.name" if isinstance(value, dict) else "sampler",
-                f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}, {AUTO}")
+                f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}, {AUTO}, {GRID}")
         return "tpe", seed, {}
     options = kw.pop("options", None) or {}
     for k in kw:
         c.error(f"sampler.{k}", "unknown key; allowed: name, seed, options")
-    if name == AUTO:
+    if name in (AUTO, GRID):
         if options:
-            c.error("sampler.options", f"{AUTO} takes no options (it sets those of the "
-                                       "sampler it picks); name a sampler to set options")
+            c.error("sampler.options", f"{name} takes no options (auto sets those of the "
+                    "sampler it picks, grid's grid is the space's choices); name another "
+                    "sampler to set options")
         return name, seed, {}
     if not isinstance(options, dict):
         c.error("sampler.options", f"{options!r} is not a mapping")
@@ -488,3 +490,69 @@ def _draw(p: ParamSpace, rng: random.Random):
     if p.kind == "int":
         return rng.randint(int(p.low), int(p.high))
     return rng.uniform(p.low, p.high)
+
+
+def check_grid(c: Checker, space: dict[str, ParamSpace], chains: tuple[tuple, ...],
+               trials: int) -> None:
+    """``sampler: grid``: every searched parameter lists its values, one chain, and
+    ``trials`` is the number of combinations (each runs once)."""
+    ranges = sorted(k for k, p in space.items() if p.kind in ("int", "float"))
+    for k in ranges:
+        c.error(f"space.{k}", "a grid needs listed values; give {choices: [...]} or one "
+                              "value, or use another sampler for ranges")
+    if len(chains) > 1:
+        c.error("methods", "a grid runs one chain; run a grid study per chain, or use "
+                           "another sampler to choose between chains")
+    if ranges or len(chains) > 1:
+        return
+    sizes = {k: len(p.choices) for k, p in space.items() if p.kind == "categorical"}
+    points = math.prod(sizes.values())
+    if trials != points:
+        shape = " x ".join(f"{k} ({n})" for k, n in sizes.items()) or "no searched parameter"
+        c.error("trials", f"{trials}, but the grid over {shape} has {points} point"
+                          f"{'s' * (points != 1)}; set trials: {points}")
+
+
+def check_enqueue(c: Checker, value: Any, space: dict[str, ParamSpace],
+                  chains: tuple[tuple, ...]) -> list[dict]:
+    """``enqueue``: exact points (``{stage.param: value}``) run first, in order; a searched
+    parameter a point leaves out is sampled."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        c.error("enqueue", f"{show(value)} is not a list of points ({{stage.param: value}})")
+        return []
+    searched = {k: p for k, p in space.items() if p.kind != "fixed"}
+    choices = [chain_name(parse_chain(list(ch))) for ch in chains] if len(chains) > 1 else []
+    out = []
+    for i, point in enumerate(value):
+        ok = True
+        for k, v in point.items():
+            where = f"enqueue[{i}].{k}"
+            if k == PIPELINE and choices:
+                if v not in choices:
+                    c.error(where, f"{show(v)} is not one of the chains: {', '.join(choices)}")
+                    ok = False
+            elif k not in searched:
+                fixed = k in space
+                c.error(where, "is fixed in the space; leave it out" if fixed else
+                        f"not a searched parameter; searched: {', '.join(searched) or 'none'}")
+                ok = False
+            elif not _fits(searched[k], v):
+                p = searched[k]
+                allowed = (", ".join(map(show, p.choices)) if p.kind == "categorical"
+                           else f"{p.kind} in [{p.low:g}, {p.high:g}]")
+                c.error(where, f"{show(v)} is outside the space; allowed: {allowed}")
+                ok = False
+        if ok:
+            out.append(dict(point))
+    return out
+
+
+def _fits(p: ParamSpace, value: Any) -> bool:
+    if p.kind == "categorical":
+        return any(value == ch and type(value) is type(ch) for ch in p.choices)
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        return False
+    return p.low <= value <= p.high and (p.kind != "int" or float(value).is_integer())

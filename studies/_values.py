@@ -46,7 +46,7 @@ TOP_KEYS = (
     "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
     "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
     "optuna_storage", "max_failures", "seed", "device", "latency", "constraints", "loggers",
-    "warm_start", "keep_models",
+    "warm_start", "enqueue", "keep_models",
 )
 LOGGERS = ("csv", "json", "tensorboard", "mlflow")
 # Which finished trials keep their compressed model in <study>/models (prune-study export).

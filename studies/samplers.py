@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-__all__ = ["AUTO", "Constraints", "GP_MAX_OBJECTIVES", "GP_MAX_TRIALS", "PicklableLock",
-           "Switching", "auto_choice", "make_sampler", "picklable", "sampler_class",
-           "sampler_text",
+__all__ = ["AUTO", "Constraints", "GP_MAX_OBJECTIVES", "GP_MAX_TRIALS", "GRID", "PicklableLock",
+           "Switching", "auto_choice", "grid_values", "make_sampler", "picklable",
+           "sampler_class", "sampler_text",
            "SAMPLERS"]
 
 if TYPE_CHECKING:
@@ -31,6 +31,9 @@ SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
 CONSTRAINED = ("tpe", "nsga2", "gp")
 # ``sampler: auto`` picks one of the above from the spec (``auto_choice``).
 AUTO = "auto"
+# ``sampler: grid`` runs every combination of the space's listed values once (an ablation):
+# Optuna's GridSampler, its grid built from the spec (``grid_space``).
+GRID = "grid"
 # GP's acquisition over several objectives is a hypervolume improvement, whose cost grows
 # steeply with their number; past this many, TPE.
 GP_MAX_OBJECTIVES = 3
@@ -42,7 +45,8 @@ GP_MAX_TRIALS = 300
 def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
     """The Optuna sampler class of a spec's sampler name."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}, {AUTO}")
+        raise ValueError(f"unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}, {AUTO}, "
+                         f"{GRID}")
     return SAMPLERS[name]
 
 
@@ -68,6 +72,12 @@ def auto_choice(spec: StudySpec) -> tuple[str, str]:
         return "gp+nsga2", (f"a continuous space; {spec.trials} trials, GP for the first "
                             f"{GP_MAX_TRIALS} and NSGA-II after")
     return "gp", "a continuous space"
+
+
+def grid_values(space: dict) -> dict[str, list]:
+    """The grid of ``sampler: grid`` over a spec's space: each searched parameter's
+    choices (ranges are refused at validate)."""
+    return {k: list(p.choices) for k, p in space.items() if p.kind == "categorical"}
 
 
 def sampler_text(spec: StudySpec) -> str:
@@ -209,6 +219,8 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     random start, so both scale with ``trials`` unless the spec sets them.
     """
     name = spec.sampler
+    if name == GRID:
+        return optuna.samplers.GridSampler(grid_values(spec.space), seed=spec.sampler_seed)
     if name == AUTO:
         name, _ = auto_choice(spec)
         if name == "gp+nsga2":

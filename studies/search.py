@@ -284,6 +284,11 @@ def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False):
         points_to_evaluate=points or None,
     )
     study = searcher._ot_study
+    # Enqueued in Optuna, not handed to Tune as points to evaluate: the sampler then sees
+    # them as its own (GridSampler counts an enqueued point as visited), and a resumed
+    # study finds the ones not yet run waiting in its storage.
+    for point in spec.enqueue:
+        study.enqueue_trial(point)
     study.set_user_attr("spec", spec.to_yaml())
     study.set_user_attr("environment", environment())
     if spec.constraints:

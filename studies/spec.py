@@ -9,6 +9,7 @@ method's declared parameters), so a spec that validates runs.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from studies._check_model import (
 from studies._check_run import (
     check_constraint_bounds,
     check_constraints,
+    check_enqueue,
+    check_grid,
     check_latency,
     check_loggers,
     check_objectives,
@@ -61,7 +64,7 @@ from studies._values import (  # noqa: F401 (re-exported: the spec's public name
     read_yaml,
     show,
 )
-from studies.samplers import SAMPLERS
+from studies.samplers import GRID, SAMPLERS, grid_values
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class StudySpec:
     loggers: dict = field(default_factory=dict)
     # {"storage": Optuna storage URL, "study": name}: whose front starts this study
     warm_start: dict | None = None
+    # exact points ({stage.param: value}) run first, in order
+    enqueue: list = field(default_factory=list)
     # front: a trial's model is kept until a feasible finished trial dominates it
     keep_models: str = "front"
     source: dict = field(default_factory=dict)  # the spec as written, for spec.yaml
@@ -318,7 +323,16 @@ def parse_spec(raw: Any, source: str = "spec", *, rehearse: bool = True) -> Stud
         else len(objectives)
     sampler, sampler_seed, sampler_options = check_sampler(c, raw.get("sampler", "tpe"),
                                                             raw.get("seed", 0))
-    trials = c.integer("trials", raw.get("trials", 20), low=1, high=MAX_TRIALS)
+    if sampler == GRID and "trials" not in raw:  # each combination once
+        trials = math.prod(len(v) for v in grid_values(space).values())
+    else:
+        trials = c.integer("trials", raw.get("trials", 20), low=1, high=MAX_TRIALS)
+    if sampler == GRID and not c.errors:
+        check_grid(c, space, chains, trials)
+    enqueue = check_enqueue(c, raw.get("enqueue"), space, chains)
+    if sampler == GRID and enqueue:
+        c.error("enqueue", "the grid runs every combination already; for exact points alone "
+                           "use another sampler (random) with trials equal to their count")
     scheduler = check_scheduler(c, raw.get("scheduler"), objectives, n_objectives)
     resources = check_resources(c, raw.get("resources") or {})
     max_concurrent = raw.get("max_concurrent")
@@ -356,7 +370,7 @@ def parse_spec(raw: Any, source: str = "spec", *, rehearse: bool = True) -> Stud
         resources=resources, max_concurrent=max_concurrent, storage=storage,
         optuna_storage=optuna_storage, max_failures=max_failures, seed=seed, device=device,
         latency=latency, constraints=constraints, loggers=loggers, warm_start=warm_start,
-        keep_models=keep_models, source=dict(raw),
+        enqueue=enqueue, keep_models=keep_models, source=dict(raw),
     )
 
 

@@ -188,3 +188,32 @@ def test_resume_refuses_a_study_with_trials_whose_tune_state_is_empty(local_ray,
     assert "tuner.pkl is empty" in err and "2 trial(s) had started" in err
     assert "prune-study run" in err and "--name NEW_NAME" in err
     assert (spec.study_dir / "tune" / "tuner.pkl").exists()  # nothing moved or removed
+
+
+def test_a_grid_study_runs_each_combination_once_and_enqueued_points_run_first(
+        local_ray, storage):
+    """Ablations: two learning rates by two fine-tuning lengths, each run once by Optuna's
+    GridSampler on Ray; and exact points given in ``enqueue``, run first."""
+    spec = parse_spec(tiny_spec(
+        "grid", storage, trials=4, finetune={}, max_concurrent=1,
+        sampler={"name": "grid", "seed": 3},
+        space={"none.finetune_epochs": {"choices": [0, 1]},
+               "none.lr": {"choices": [1e-4, 1e-3]}}))
+    summary = run_study(spec, log=lambda _m: None)
+    assert summary["complete"] and summary["finished"] == 4, summary
+    grid = [(1e-4, 0), (1e-4, 1), (1e-3, 0), (1e-3, 1)]
+    rows = [r["row"] for r in trial_records(spec.study_dir) if r["status"] == "ok"]
+    assert sorted((r["none.lr"], r["none.finetune_epochs"]) for r in rows) == grid
+
+    points = [{"none.lr": 3e-4}, {"none.lr": 2e-3}]
+    spec = parse_spec(tiny_spec(
+        "enqueued", storage, trials=3, finetune={}, max_concurrent=1,
+        sampler={"name": "tpe", "seed": 3}, enqueue=points,
+        space={"none.finetune_epochs": 0, "none.lr": {"low": 1e-4, "high": 1e-2, "log": True}}))
+    run_study(spec, log=lambda _m: None)
+    study = optuna.load_study(study_name=spec.name,
+                              storage=f"sqlite:///{spec.study_dir / 'optuna.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.params for t in trials[:2]] == points
+    assert trials[2].params["none.lr"] not in (3e-4, 2e-3)  # the sampler's own

@@ -1,5 +1,7 @@
 """``sampler: auto``: which sampler a spec's space gets, and the switch from GP to NSGA-II
-past GP_MAX_TRIALS, which keeps each trial with one sampler and pickles as Tune needs."""
+past GP_MAX_TRIALS, which keeps each trial with one sampler and pickles as Tune needs;
+``sampler: grid`` and ``enqueue``, checked at validate (their studies run in
+tests/test_sampler_studies.py)."""
 
 from __future__ import annotations
 
@@ -20,8 +22,8 @@ CONTINUOUS = {"none.finetune_epochs": 1, "none.lr": {"low": 1e-4, "high": 1e-2, 
 
 
 def _spec(**kw):
-    return parse_spec(tiny_spec("auto", Path("/nonexistent"), sampler="auto",
-                                **{"space": CONTINUOUS, **kw}))
+    return parse_spec(tiny_spec("auto", Path("/nonexistent"),
+                                **{"sampler": "auto", "space": CONTINUOUS, **kw}))
 
 
 @pytest.mark.parametrize("kw, choice, why", [
@@ -75,3 +77,42 @@ def test_auto_takes_no_options_and_validate_says_what_it_picked(tmp_path, capsys
                                              sampler="anneal")))
     assert main(["validate", str(path)]) == EXIT_BAD_INPUT
     assert "allowed: tpe, nsga2, gp, random, auto" in capsys.readouterr().err
+
+
+GRID = {"none.finetune_epochs": {"choices": [0, 1]}, "none.lr": {"choices": [1e-3, 1e-2, 0.1]}}
+
+
+@pytest.mark.parametrize("kw, errors", [
+    ({"trials": 4}, ["trials: 4, but the grid over none.finetune_epochs (2) x none.lr (3) has "
+                     "6 points; set trials: 6"]),
+    ({"space": {"none.finetune_epochs": 1, "none.lr": {"low": 1e-3, "high": 0.1}}},
+     ["space.none.lr: a grid needs listed values"]),
+    ({"methods": {"choice": ["none", "slimming"]}, "space": {}}, ["methods: a grid runs one "
+                                                                   "chain"]),
+    ({"enqueue": [{"none.lr": 0.1}]}, ["enqueue: the grid runs every combination already"]),
+])
+def test_a_grid_is_listed_values_of_one_chain_run_once_each(kw, errors):
+    raw = tiny_spec("grid", Path("/nonexistent"), sampler="grid", space=GRID)
+    raw.pop("trials")
+    spec = parse_spec(raw)  # trials left out: one per combination
+    assert spec.trials == 6 and make_sampler(spec)._search_space == {
+        "none.finetune_epochs": [0, 1], "none.lr": [1e-3, 1e-2, 0.1]}
+    with pytest.raises(SpecError) as e:
+        parse_spec({**raw, **kw})
+    assert [m for m in e.value.errors if any(m.startswith(x) for x in errors)], e.value.errors
+
+
+def test_enqueued_points_are_checked_against_the_space():
+    space = {"none.finetune_epochs": 1, "none.lr": {"low": 1e-3, "high": 0.1}}
+    spec = _spec(space=space, sampler="tpe", enqueue=[{"none.lr": 0.01}, {}])
+    assert spec.enqueue == [{"none.lr": 0.01}, {}]
+    with pytest.raises(SpecError) as e:
+        _spec(space=space, sampler="tpe", enqueue=[
+            {"none.lr": 5.0}, {"none.finetune_epochs": 2}, {"x.y": 1}, {"none.lr": True}])
+    assert e.value.errors == [
+        "enqueue[0].none.lr: 5.0 is outside the space; allowed: float in [0.001, 0.1]",
+        "enqueue[1].none.finetune_epochs: is fixed in the space; leave it out",
+        "enqueue[2].x.y: not a searched parameter; searched: none.lr",
+        "enqueue[3].none.lr: True is outside the space; allowed: float in [0.001, 0.1]"]
+    with pytest.raises(SpecError, match=r"enqueue: 'abc' is not a list of points"):
+        _spec(enqueue="abc")
