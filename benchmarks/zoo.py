@@ -17,6 +17,8 @@ and for every registered method (``prune_core.methods.list_methods()``), one cel
   model is terminal: its cell checks the output only (``quantized``).
 - **failed** after validate: validation accepted but the short run raised, or its output
   was wrong. The project's floor is zero of these: each one is a bug.
+- **diverged**: the short run's training loss went to nan or inf (``TrainingDiverged``):
+  an untrained network on 64 images, not a structural failure.
 - **timeout**: the model's worker passed ``--timeout`` (per model, all its methods).
 - **crashed**: validation raised something other than ``SpecError``, or the worker died.
 
@@ -62,7 +64,8 @@ TIMEOUT_S = 600
 THREADS = 2
 SUBSET = {"train": 64, "val": 32, "test": 32}  # digits images of the short run
 BATCH = 32
-OUTCOMES = {"pruned": "P", "refused": "R", "failed": "F", "timeout": "T", "crashed": "C"}
+OUTCOMES = {"pruned": "P", "refused": "R", "failed": "F", "diverged": "D", "timeout": "T",
+            "crashed": "C"}
 
 # The spec's space per method (its corners are rehearsed), and the point the short run
 # takes in it (a middle one).
@@ -291,7 +294,10 @@ def short_run(entry: dict, method: str, data) -> dict:
         step = "measure"
         after = count_cost(model, shape)
     except Exception as e:  # the point of the benchmark: recorded, never hidden
-        return {"outcome": "failed", "step": step, "error": _first_line(e), "where": _where(e)}
+        # The loss of an untrained network on 64 images went to nan or inf: numbers, not
+        # structure (the rehearsal does not count it either); listed apart from failures.
+        outcome = "diverged" if type(e).__name__ == "TrainingDiverged" else "failed"
+        return {"outcome": outcome, "step": step, "error": _first_line(e), "where": _where(e)}
     return {**cell, "params_after": after["params"], "macs_after": after["macs"],
             "nonzero_macs_after": after["nonzero_macs"], "train_loss": loss}
 
@@ -434,9 +440,16 @@ def run_model(entry: dict, methods: list[str], timeout: float, threads: int) -> 
     return record
 
 
+def outcome(c: dict) -> str:
+    """A cell's outcome as classified now (records written before ``diverged`` existed
+    called a TrainingDiverged run failed)."""
+    if c.get("outcome") == "failed" and c.get("error", "").startswith("TrainingDiverged"):
+        return "diverged"
+    return c.get("outcome", "-")
+
+
 def letters(record: dict, methods: list[str]) -> str:
-    return "".join(OUTCOMES.get(record["cells"].get(m, {}).get("outcome"), "-")
-                   for m in methods)
+    return "".join(OUTCOMES.get(outcome(record["cells"].get(m, {})), "-") for m in methods)
 
 
 def progress(record: dict, methods: list[str]) -> str:
@@ -494,7 +507,7 @@ def counts(doc: dict) -> dict[str, dict[str, int]]:
     out = {m: dict.fromkeys(OUTCOMES, 0) for m in methods}
     for record in doc["models"].values():
         for m, c in record["cells"].items():
-            out.setdefault(m, dict.fromkeys(OUTCOMES, 0))[c["outcome"]] += 1
+            out.setdefault(m, dict.fromkeys(OUTCOMES, 0))[outcome(c)] += 1
     return out
 
 
@@ -506,10 +519,10 @@ def _n(x: float) -> str:
 
 
 def cell_text(c: dict) -> str:
-    o = c["outcome"]
+    o = outcome(c)
     if o == "refused":
         return f"refused: {refusal_kind(c['errors'])}"
-    if o in ("failed", "crashed"):
+    if o in ("failed", "crashed", "diverged"):
         return f"{o.upper()}: {c['step']}: {c['error'][:90]}"
     if o == "timeout":
         return "timeout"
@@ -545,13 +558,16 @@ def markdown(doc: dict) -> str:
         "**failed after validate** must be 0: validation accepted the pair and the run "
         f"then raised (a bug). Here: **{failed}**. **crashed** (validation raised "
         "something other than SpecError, or the worker process died) must be 0 too: "
-        f"here {sum(v['crashed'] for v in n.values())}.", "",
-        "| method | pruned | refused | failed after validate | timeout | crashed |",
-        "|---|---|---|---|---|---|"]
+        f"here {sum(v['crashed'] for v in n.values())}. **diverged**: the short run's loss "
+        "went to nan or inf (an untrained network, 64 images, one epoch a phase: numbers, "
+        "not structure; the rehearsal does not count it either). **timeout**: the model's "
+        "worker passed its time limit before this cell.", "",
+        "| method | pruned | refused | failed after validate | diverged | timeout | crashed |",
+        "|---|---|---|---|---|---|---|"]
     for m in methods:
         v = n[m]
         lines.append(f"| {m} | {v['pruned']} | {v['refused']} | {v['failed']} | "
-                     f"{v['timeout']} | {v['crashed']} |")
+                     f"{v['diverged']} | {v['timeout']} | {v['crashed']} |")
     lines += ["", "## Refusal reasons", "", "| method | reason | models |", "|---|---|---|"]
     for m in methods:
         reasons: dict[str, int] = {}
@@ -563,9 +579,9 @@ def markdown(doc: dict) -> str:
         for reason, k in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"| {m} | {_md(reason)} | {k} |")
     bad = [(r["model"], m, c) for r in doc["models"].values() for m, c in r["cells"].items()
-           if c["outcome"] in ("failed", "crashed")]
+           if outcome(c) in ("failed", "crashed", "diverged")]
     if bad:
-        lines += ["", "## Failed after validate, and crashes", "",
+        lines += ["", "## Failed after validate, diverged, and crashes", "",
                   "| model | method | step | error | where |", "|---|---|---|---|---|"]
         lines += [f"| {model} | {m} | {c['step']} | {_md(c['error'])} | {c.get('where') or ''} |"
                   for model, m, c in bad]

@@ -122,8 +122,7 @@ def test_quick_markdown_counts_match_the_cells_and_name_every_model(quick):
     assert saved["models"] == json.loads(json.dumps(doc["models"]))
     md = (out / "zoo.md").read_text()
     for method in Z.QUICK_METHODS:
-        row = re.search(rf"^\| {method} \| (\d+) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$", md,
-                        re.M)
+        row = re.search(rf"^\| {method} \|" + r" (\d+) \|" * len(Z.OUTCOMES) + "$", md, re.M)
         assert row, method
         cells = [r["cells"][method]["outcome"] for r in doc["models"].values()]
         assert [int(n) for n in row.groups()] == [cells.count(o) for o in Z.OUTCOMES]
