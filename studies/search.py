@@ -263,16 +263,19 @@ def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False):
     """The study's searcher: StudySearch on its seeded sampler and storage, limited to
     ``max_concurrent`` trials. ``restart``: a study whose Tune state was lost before any
     trial started continues in the Optuna study it had; trials asked then never ran, and
-    are told FAIL."""
+    are told FAIL (an enqueued point among them is enqueued again)."""
     metrics, modes = objective_lists(spec)
     single = len(metrics) == 1
     storage = optuna_storage(spec, study_dir)
+    n = 0  # trials the Optuna study already holds (enqueued ones included)
     if spec.name in optuna.get_all_study_names(storage):
         old = optuna.load_study(study_name=spec.name, storage=storage)
         n = len(old.trials)
         if restart:
             for t in old.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 old.tell(t.number, state=TrialState.FAIL)
+                if "fixed_params" in t.system_attrs:  # an enqueued point: still to run
+                    old.enqueue_trial(t.system_attrs["fixed_params"])
         elif n:
             raise StudyError(f"the Optuna storage already holds a study {spec.name!r} with {n} "
                              "trials; resume that study or choose another --name")
@@ -284,10 +287,9 @@ def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False):
         points_to_evaluate=points or None,
     )
     study = searcher._ot_study
-    # Enqueued in Optuna, not handed to Tune as points to evaluate: the sampler then sees
-    # them as its own (GridSampler counts an enqueued point as visited), and a resumed
-    # study finds the ones not yet run waiting in its storage.
-    for point in spec.enqueue:
+    # Enqueued in Optuna, not handed to Tune as points to evaluate: a resumed study finds
+    # the ones not yet run waiting in its storage (a restarted one too: not again).
+    for point in spec.enqueue if not n else ():
         study.enqueue_trial(point)
     study.set_user_attr("spec", spec.to_yaml())
     study.set_user_attr("environment", environment())

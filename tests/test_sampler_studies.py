@@ -136,7 +136,11 @@ class _Unpicklable(optuna.samplers.RandomSampler):
 @pytest.mark.parametrize("damage", ["empty", "garbage"])
 def test_resume_starts_afresh_a_study_whose_start_failed_before_any_trial(
         local_ray, storage, monkeypatch, damage):
-    spec = _spec(f"lost-{damage}", storage, "random", trials=1)
+    lr = 3e-3  # an enqueued point: asked before the loss, it still runs after it
+    spec = parse_spec(tiny_spec(f"lost-{damage}", storage, trials=1, finetune={},
+                                max_concurrent=1, sampler={"name": "random", "seed": 3},
+                                space=_spec("x", storage, "random").source["space"],
+                                enqueue=[{"none.lr": lr}]))
     # The start fails as NSGA-II's did on Optuna 5.1: Tune cannot pickle the searcher and
     # leaves tune/tuner.pkl empty, after the study's files and Optuna study were written.
     with monkeypatch.context() as m:
@@ -158,6 +162,8 @@ def test_resume_starts_afresh_a_study_whose_start_failed_before_any_trial(
     # The trial asked before the loss never ran: told FAIL; the new one completed.
     study = optuna.load_study(study_name=spec.name, storage=db)
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].system_attrs["fixed_params"] == {"none.lr": lr}
+    assert study.trials[1].params["none.lr"] == lr
 
 
 def test_the_tune_state_problems_resume_sees_before_unpickling(tmp_path):
