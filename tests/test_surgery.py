@@ -176,8 +176,7 @@ def test_whole_attention_heads_go_and_the_block_reshapes_by_the_heads_left():
         torch.testing.assert_close(fresh(x), removed(x))
 
 
-@pytest.mark.parametrize("ratio", [0.5, 0.9])
-def test_channels_inside_a_shufflenet_branch_prune_and_the_shuffled_stay_whole(ratio):
+def test_channels_inside_a_shufflenet_branch_prune_and_the_shuffled_stay_whole(ratio=0.9):
     # A channel shuffle permutes channels where torch-pruning's reshape mapping expects a
     # flatten: its graph build failed (ZeroDivisionError) and ShuffleNetV2 was refused.
     torchvision = pytest.importorskip("torchvision")
