@@ -237,7 +237,7 @@ def channel_groups(model: nn.Module, input_shape: tuple[int, ...], *,
     for group in _all_groups(graph, output_layers(model)):
         root = group[0].dep.target.module
         if root in heads:
-            if _only_heads(graph, group, root, heads[root]):
+            if _only_heads(group, root, heads[root]):
                 g = _describe(graph, group, names, root)
                 g.ties = _head_ties(heads[root])
                 out.append(g)
@@ -289,15 +289,14 @@ def _attention_heads(model: nn.Module) -> dict[nn.Module, nn.Module]:
                     for a in ("norm", "q_norm", "k_norm"))}
 
 
-def _only_heads(graph: tp.DependencyGraph, group: tp.Group, qkv: nn.Module,
-                attn: nn.Module) -> bool:
-    """True where the qkv group reaches only its own block's output projection."""
+def _only_heads(group: tp.Group, qkv: nn.Module, attn: nn.Module) -> bool:
+    """True where the qkv group reaches no layer with weights but its own block's
+    output projection."""
     for item in group:
         m = item.dep.target.module
-        if isinstance(m, nn.Linear) and m is not qkv and m is not attn.proj:
-            return False
-        if not isinstance(m, nn.Linear) and isinstance(m, nn.Module) and \
-                sum(1 for _ in m.parameters(recurse=False)):
+        if m is qkv or m is attn.proj or not isinstance(m, nn.Module):
+            continue
+        if isinstance(m, nn.Linear) or next(m.parameters(recurse=False), None) is not None:
             return False
     return True
 

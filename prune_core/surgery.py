@@ -160,15 +160,14 @@ def remove_channels(
 def sync_heads(model: nn.Module) -> nn.Module:
     """Set each attention block's head count from its ``qkv`` layer after whole heads were
     removed (timm's ``Attention`` reshapes by ``num_heads`` and ``attn_dim``)."""
-    for name, m in model.named_modules():
+    for m in model.modules():
         qkv, head_dim = getattr(m, "qkv", None), getattr(m, "head_dim", None)
         if not isinstance(qkv, nn.Linear) or not isinstance(head_dim, int) \
                 or not isinstance(getattr(m, "num_heads", None), int):
             continue
         heads, rest = divmod(qkv.out_features, 3 * head_dim)
-        if rest or not heads:
-            raise SurgeryError(f"{name!r}: qkv has {qkv.out_features} outputs, not three "
-                               f"whole heads of {head_dim}")
+        if rest or not heads or heads == m.num_heads:
+            continue  # not whole heads removed (another layout of qkv): left as it is
         m.num_heads = heads
         if isinstance(getattr(m, "attn_dim", None), int):
             m.attn_dim = heads * head_dim
