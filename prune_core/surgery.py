@@ -151,9 +151,9 @@ def remove_channels(
         if not graph.check_pruning_group(group):
             raise SurgeryError("torch-pruning refused a group: it would remove every channel")
         group.prune()
+        sync_heads(model)  # before any re-trace runs the model again
         touched |= _slots(group)
         stale = True
-    sync_heads(model)
     return model
 
 

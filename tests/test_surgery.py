@@ -199,6 +199,23 @@ def test_channels_inside_a_shufflenet_branch_prune_and_the_shuffled_stay_whole(r
         p.numel() for p in model.parameters())
 
 
+def test_heads_removed_before_a_retrace_leave_a_model_that_runs():
+    # MobileViT's convs around its transformers make remove_channels trace the model again
+    # after a head group went: the block's head count must already follow its qkv layer.
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = _randomise_bn(timm.create_model("mobilevit_xxs", num_classes=10).eval())
+    groups = channel_groups(model, SHAPE)
+    scores = group_norms(model, groups)
+    plan = keep_every_conv(select_per_group(scores, 0.9), groups, scores)
+    x = torch.randn(2, *SHAPE)
+    masked = mask_channels(copy.deepcopy(model), plan, SHAPE)
+    removed = remove_channels(copy.deepcopy(model), plan, SHAPE)
+    assert removed.stages[2][1].transformer[0].attn.num_heads == 1  # of 4
+    with torch.no_grad():
+        torch.testing.assert_close(removed(x), masked(x), atol=1e-4, rtol=1e-4)
+
+
 def test_convs_added_together_cannot_be_planned_apart():
     model = models.build("resnet20", width=0.5)
     with pytest.raises(SurgeryError, match=r"'layer1.0.conv2' and 'conv1' write the same "
