@@ -146,7 +146,7 @@ def test_a_channel_and_its_depthwise_copy_concatenated_beside_it_go_together(rat
 
 
 def test_whole_attention_heads_go_and_the_block_reshapes_by_the_heads_left():
-    timm = pytest.importorskip("timm")
+    import timm
 
     def vit():
         torch.manual_seed(0)
@@ -179,7 +179,7 @@ def test_whole_attention_heads_go_and_the_block_reshapes_by_the_heads_left():
 def test_channels_inside_a_shufflenet_branch_prune_and_the_shuffled_stay_whole(ratio=0.9):
     # A channel shuffle permutes channels where torch-pruning's reshape mapping expects a
     # flatten: its graph build failed (ZeroDivisionError) and ShuffleNetV2 was refused.
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
     torch.manual_seed(0)
     model = _randomise_bn(torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval())
     groups = channel_groups(model, SHAPE)
@@ -202,7 +202,7 @@ def test_channels_inside_a_shufflenet_branch_prune_and_the_shuffled_stay_whole(r
 def test_heads_removed_before_a_retrace_leave_a_model_that_runs():
     # MobileViT's convs around its transformers make remove_channels trace the model again
     # after a head group went: the block's head count must already follow its qkv layer.
-    timm = pytest.importorskip("timm")
+    import timm
     torch.manual_seed(0)
     model = _randomise_bn(timm.create_model("mobilevit_xxs", num_classes=10).eval())
     groups = channel_groups(model, SHAPE)
