@@ -43,7 +43,9 @@ class ParetoData(NamedTuple):
 
     x: str
     y: str
-    points: pd.DataFrame  # study, method, trial_id, number, x, y, on_front, feasible, violated
+    # study, method, trial_id, number, x, y, on_front, feasible, violated, and y_sd: the
+    # spread of y over a configuration's repeats (NaN without repeats)
+    points: pd.DataFrame
     fronts: pd.DataFrame  # study, x, y: non-dominated in (x min, y max), sorted by x
     base: pd.DataFrame  # study, x, y
 
@@ -60,7 +62,9 @@ def pareto_data(studies: list[Study], x: str = "macs", y: str = "accuracy") -> P
                           "number": ok["number"], "x": pd.to_numeric(ok[x], errors="coerce"),
                           "y": pd.to_numeric(ok[y], errors="coerce"), "on_front": ok["on_front"],
                           "feasible": ok["feasible"].astype(bool) if "feasible" in ok else True,
-                          "violated": ok["violated"] if "violated" in ok else None})
+                          "violated": ok["violated"] if "violated" in ok else None,
+                          "y_sd": pd.to_numeric(ok[f"{y}_sd"], errors="coerce")
+                          if f"{y}_sd" in ok else np.nan})
         d = d[np.isfinite(d["x"]) & np.isfinite(d["y"]) & (d["x"] > 0)]
         if not len(d):
             continue
@@ -118,6 +122,11 @@ def draw_pareto(panels: list[ParetoData], colours: dict | None = None) -> Figure
                     ["study", "method"], sort=False):
                 off = d[~d["on_front"]]
                 on = d[d["on_front"]]
+                sd = d[np.isfinite(d["y_sd"])]
+                if len(sd):  # repeats: one standard deviation of y over the seeds
+                    ax.errorbar(sd["x"], sd["y"], yerr=sd["y_sd"], fmt="none",
+                                ecolor=methods[method], elinewidth=0.9, capsize=2.5,
+                                alpha=0.8, zorder=2)
                 ax.scatter(off["x"], off["y"], s=22, color=methods[method], alpha=0.45,
                            marker=markers[study], linewidths=0, zorder=2)
                 ax.scatter(on["x"], on["y"], s=42, color=methods[method], marker=markers[study],
@@ -151,6 +160,9 @@ def draw_pareto(panels: list[ParetoData], colours: dict | None = None) -> Figure
                            label="on the study's front", markersize=7),
                     Line2D([], [], marker="*", ls="", color="#f2c200", markeredgecolor="black",
                            label="base model", markersize=13)]
+        if any(np.isfinite(p.points["y_sd"]).any() for p in panels):
+            handles.append(Line2D([], [], marker="|", ls="", color="#333333", markersize=10,
+                                  label="± 1 sd over the repeats (points: means)"))
         if any((~p.points["feasible"].astype(bool)).any() for p in panels):
             handles.append(Line2D([], [], marker="x", ls="", color="#9a9a9a",
                                   label="breaks a constraint", markersize=7))

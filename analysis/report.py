@@ -148,9 +148,10 @@ def trials_table(studies: list[Study], front_only: bool = False) -> pd.DataFrame
     df = pd.concat(frames, ignore_index=True)
     if front_only:
         df = df[df["on_front"]]
-    cols = ["study", "trial_id", "number", "status", "method", *_objective_columns(studies),
-            "accuracy_low", "accuracy_high", *_param_columns(studies), "on_front",
-            "near_front", "violated", "progress", "error"]
+    objectives = _objective_columns(studies)
+    cols = ["study", "trial_id", "number", "status", "method", *objectives,
+            *[f"{c}_sd" for c in objectives], "repeats", "accuracy_low", "accuracy_high",
+            *_param_columns(studies), "on_front", "near_front", "violated", "progress", "error"]
     out = df.reindex(columns=cols)
     # A failed trial's error may carry a whole traceback: its first line names the error.
     out["error"] = out["error"].map(
@@ -184,6 +185,8 @@ def fmt(column: str, v) -> str:
     """A cell in human units: 1.23 M, 2.21 MiB, 98.3 %, 4.1x."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
+    if column.endswith("_sd"):  # the spread of a configuration's repeats
+        return "± " + fmt(column.removesuffix("_sd"), v)
     if isinstance(v, bool | np.bool_):
         return "yes" if v else ""
     if column in ("params", "nonzero_params"):
@@ -215,7 +218,8 @@ HEADERS = {"params": "params", "size_bytes": "size", "ops": "ops", "macs": "MACs
 
 
 def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    head = [HEADERS.get(c, c) for c in df.columns]
+    head = [f"{HEADERS.get(c[:-3], c[:-3])} sd" if c.endswith("_sd") else HEADERS.get(c, c)
+            for c in df.columns]
     if not len(df.columns):
         return head, [[] for _ in range(len(df))]
     # Column by column: one conversion of each column to Python values (iterating an Arrow

@@ -33,8 +33,8 @@ from analysis.studydir import (
 )
 
 __all__ = ["ID_COLUMNS", "STATUSES", "Study", "StudyDirError", "StudyDirWarning", "StudyInfo",
-           "front_mask", "history", "load", "objective_values", "open_studies", "study_info",
-           "study_reference", "summary", "trial_states"]
+           "configurations", "front_mask", "history", "load", "mean_row", "objective_values",
+           "open_studies", "study_info", "study_reference", "summary", "trial_states"]
 
 # Columns every trial table has, in this order, before the parameters and measurements.
 ID_COLUMNS = ["study", "trial_id", "number", "status", "method"]
@@ -54,6 +54,7 @@ class StudyInfo:
     sampler: str | None = None
     sampler_seed: int | None = None
     trials: int | None = None
+    repeats: int = 1  # runs of each configuration
     methods: str | list | None = None
     space: dict = field(default_factory=dict)
     created: str | None = None
@@ -69,7 +70,8 @@ def study_info(study_dir: str | Path) -> StudyInfo:
     return StudyInfo(
         path=path, name=doc.get("name") or path.name, objectives=dict(doc["objectives"]),
         sampler=doc.get("sampler"), sampler_seed=doc.get("sampler_seed"),
-        trials=doc.get("trials"), methods=doc.get("methods"), space=doc.get("space") or {},
+        trials=doc.get("trials"), repeats=int(doc.get("repeats") or 1),
+        methods=doc.get("methods"), space=doc.get("space") or {},
         created=doc.get("created"), environment=doc.get("environment") or {},
         base=read_base(path), constraints=doc.get("constraints") or {},
     )
@@ -96,6 +98,7 @@ def _trial_record(doc: dict, info: StudyInfo) -> tuple[dict, list[str]]:
     study_chain = info.methods if isinstance(info.methods, str) else None
     rec = {
         "study": info.name, "trial_id": str(doc["trial_id"]), "number": doc.get("number"),
+        **({"repeat": doc["repeat"]} if doc.get("repeat") is not None else {}),
         # The trial file's status is the truth; the row's own "status" is always "ok".
         "status": doc["status"],
         "method": _chain(row.get("method") or params.get("pipeline") or study_chain),
@@ -109,22 +112,27 @@ def _trial_record(doc: dict, info: StudyInfo) -> tuple[dict, list[str]]:
     return rec, names
 
 
-def load(study_dir: str | Path) -> pd.DataFrame:
+def load(study_dir: str | Path, runs: bool = False) -> pd.DataFrame:
     """One row per trial: ids, status, method, every parameter and measurement, on_front.
 
     Rows are in trial-number order. Trials that did not finish have NaN measurements and
     ``on_front`` False. ``df.attrs`` holds ``params`` (the searched parameter columns),
     ``objectives`` and ``study``.
+
+    In a study with ``repeats``, a row is one configuration (see :func:`configurations`);
+    ``runs`` gives one row per run instead, with its ``repeat``.
     """
-    return _load(study_info(study_dir))
+    return _load(study_info(study_dir), runs=runs)
 
 
-def _load(info: StudyInfo) -> pd.DataFrame:
+def _load(info: StudyInfo, runs: bool = False) -> pd.DataFrame:
     records, params = [], []
     for doc in trial_records(info.path, info.space):
         rec, names = _trial_record(doc, info)
         records.append(rec)
         params += [n for n in names if n not in params]
+    if info.repeats > 1 and not runs:
+        records = configurations(records, info)
     df = _table(records, info)
     flags = ["on_front", "near_front", "feasible", "violated"]
     rest = [c for c in df.columns if c not in ID_COLUMNS + params + META_COLUMNS + flags]
@@ -132,6 +140,91 @@ def _load(info: StudyInfo) -> pd.DataFrame:
     df.attrs.update({"params": params, "objectives": dict(info.objectives),
                      "study": info.name})
     return df
+
+
+# Two-sided 95 % quantiles of Student's t by degrees of freedom (1 to 30); past 30, 2.0.
+T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+       2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+       2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+# Columns of a run that are not measurements, whatever their type.
+RUN_KEYS = frozenset({*ID_COLUMNS, *META_COLUMNS, "repeat", "seed", "lost"})
+
+
+def mean_row(rows: list[dict], spread: dict | None = None) -> dict:
+    """The runs of one configuration as one row: the mean of each number that all of them
+    have and that differs between them; the rest the first run's. ``spread``, where given,
+    receives each averaged key's values."""
+    out = dict(rows[0])
+    for key in rows[0]:
+        values = [r.get(key) for r in rows]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+               for v in values) and len(set(values)) > 1:
+            out[key] = sum(values) / len(values)
+            if spread is not None:
+                spread[key] = values
+    return out
+
+
+def configurations(records: list[dict], info: StudyInfo) -> list[dict]:
+    """The runs of a study with ``repeats`` as one record per configuration (Optuna trial
+    ``number``), in order.
+
+    ``status`` is ok once every repeat finished ok; running or pending while one has not
+    ended; failed if one failed; else the first other ending (timeout, stopped). An ok
+    configuration's numbers are the means over its runs, ``<objective>_sd`` (and
+    ``accuracy_sd``) their sample standard deviations; ``trial_id`` is the run nearest the
+    mean in the objectives (scaled by their spread: the model ``export`` takes),
+    ``trial_ids`` every run, ``repeats`` how many finished ok."""
+    groups: dict = {}
+    loose = []
+    for rec in records:
+        if rec.get("lost"):
+            continue  # lost with a killed driver: its replacement is the repeat
+        if rec.get("number") is None:
+            loose.append(rec)
+        else:
+            groups.setdefault(rec["number"], []).append(rec)
+    spread = list(dict.fromkeys([*info.objectives, "accuracy"]))
+    out = []
+    for number in sorted(groups):
+        runs = sorted(groups[number], key=lambda r: r.get("repeat") or 0)
+        ok = [r for r in runs if r["status"] == "ok"]
+        states = [r["status"] for r in runs]
+        rec = {k: v for k, v in runs[0].items() if k != "repeat"}
+        rec.update(trial_ids=[r["trial_id"] for r in runs], repeats=len(ok),
+                   started=min((r["started"] for r in runs if r.get("started")), default=None),
+                   ended=max((r["ended"] for r in runs if r.get("ended")), default=None))
+        if len(ok) == info.repeats:
+            rec["status"] = "ok"
+            rec.update(mean_row([{k: v for k, v in r.items() if k not in RUN_KEYS}
+                                 for r in ok]))
+            for key in spread:
+                values = [r.get(key) for r in ok]
+                if all(isinstance(v, int | float) for v in values):
+                    rec[f"{key}_sd"] = float(np.std(values, ddof=1))
+            rec["trial_id"] = _typical(ok, rec, info.objectives)
+        elif "running" in states or "pending" in states or len(runs) < info.repeats:
+            rec["status"] = "running" if "running" in states or ok else "pending"
+        elif "failed" in states:
+            rec["status"] = "failed"
+            rec["error"] = next(r.get("error") for r in runs if r["status"] == "failed")
+        else:
+            rec["status"] = next(s for s in states if s != "ok")
+        if rec["status"] != "ok":
+            for key in list(rec):
+                if key not in RUN_KEYS and key not in ("trial_ids", "repeats") and \
+                        key not in (info.space or {}) and "." not in key:
+                    rec.pop(key)
+        out.append(rec)
+    return out + loose
+
+
+def _typical(runs: list[dict], mean: dict, objectives: dict[str, str]) -> str:
+    """The trial id of the run nearest ``mean`` in the objectives, each scaled by its sd."""
+    def distance(r: dict) -> float:
+        return sum(abs(r[k] - mean[k]) / (mean.get(f"{k}_sd") or 1.0)
+                   for k in objectives if isinstance(r.get(k), int | float))
+    return min(runs, key=distance)["trial_id"]
 
 
 def _table(records: list[dict], info: StudyInfo) -> pd.DataFrame:
@@ -155,14 +248,15 @@ def _table(records: list[dict], info: StudyInfo) -> pd.DataFrame:
 SUMMARY_COLUMNS = ("trial_id", "number", "status", "method", "accuracy", "test_images",
                    "started", "ended")
 # Bump when _trial_record changes: a trial index written for another version is rebuilt.
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 
 
 def _summary_records(info: StudyInfo) -> list[dict]:
     """Of each trial, the values of :func:`_load`'s frame that summary() uses (and whether
     it was ``lost`` with a killed driver), read through the study's trial index (see
     :func:`analysis.studydir.indexed_trials`)."""
-    keep = list(dict.fromkeys([*SUMMARY_COLUMNS, *info.objectives, *info.constraints]))
+    keep = list(dict.fromkeys([*SUMMARY_COLUMNS, "repeat", *info.objectives,
+                               *info.constraints]))
 
     def reduce(doc: dict) -> dict:
         rec, _ = _trial_record(doc, info)
@@ -174,9 +268,14 @@ def _summary_records(info: StudyInfo) -> list[dict]:
     return indexed_trials(info.path, info.space, reduce, key)
 
 
-def _summary_table(info: StudyInfo) -> pd.DataFrame:
-    """The columns of :func:`_load`'s frame that summary() uses, the same values."""
-    return _table([{"study": info.name, **r} for r in _summary_records(info)], info)
+def _summary_table(info: StudyInfo, records: list[dict] | None = None) -> pd.DataFrame:
+    """The columns of :func:`_load`'s frame that summary() uses, the same values, from
+    ``records`` (:func:`_summary_records`, read here when not given)."""
+    if records is None:
+        records = [{"study": info.name, **r} for r in _summary_records(info)]
+    if info.repeats > 1:
+        records = configurations(records, info)
+    return _table(records, info)
 
 
 def trial_states(study_dir: str | Path) -> list[dict]:
@@ -274,12 +373,24 @@ def wilson_intervals(p: np.ndarray, n: np.ndarray,
 
 
 def _add_intervals(df: pd.DataFrame) -> None:
-    """``accuracy_low``/``accuracy_high``: its 95 % Wilson interval from the test-set size."""
+    """``accuracy_low``/``accuracy_high``: its 95 % Wilson interval from the test-set size;
+    for a configuration run with several seeds, widened to cover the 95 % t interval of
+    the mean over its runs as well (the seeds' spread)."""
     acc = pd.to_numeric(df.get("accuracy", pd.Series(np.nan, index=df.index)),
                         errors="coerce").to_numpy(dtype=float)
     n = pd.to_numeric(df.get("test_images", pd.Series(np.nan, index=df.index)),
                       errors="coerce").to_numpy(dtype=float)
-    df["accuracy_low"], df["accuracy_high"] = wilson_intervals(acc, n)
+    low, high = wilson_intervals(acc, n)
+    if "accuracy_sd" in df:
+        k = pd.to_numeric(df["repeats"], errors="coerce").to_numpy(dtype=float)
+        sd = pd.to_numeric(df["accuracy_sd"], errors="coerce").to_numpy(dtype=float)
+        t = np.array([T95[int(x) - 2] if 2 <= x <= 31 else 2.0 for x in np.nan_to_num(k)])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            half = t * sd / np.sqrt(k)
+        use = np.isfinite(half) & np.isfinite(low)
+        low = np.where(use, np.minimum(low, np.maximum(0.0, acc - half)), low)
+        high = np.where(use, np.maximum(high, np.minimum(1.0, acc + half)), high)
+    df["accuracy_low"], df["accuracy_high"] = low, high
 
 
 # Rows compared with the whole front at once, in blocks: bounds the comparison's memory.
@@ -374,8 +485,9 @@ def summary(study_dir: str | Path) -> dict:
     ``within_one_point`` is the cheapest trial at most one point below the base.
     """
     info = study_info(study_dir)
-    df = _summary_table(info)
-    counts = df["status"].value_counts()
+    runs = [{"study": info.name, **r} for r in _summary_records(info)]
+    df = _summary_table(info, runs)  # configurations, in a study with repeats
+    counts = pd.Series([r["status"] for r in runs], dtype=object).value_counts()
     values = objective_values(df, info.objectives)
     ref = pareto.reference(info.objectives, info.base, values)
     k = pareto.knee(values, ref.maximise)
@@ -387,8 +499,11 @@ def summary(study_dir: str | Path) -> dict:
     return {
         "name": info.name,
         "path": str(info.path),
-        "requested": info.trials,
-        "trials": int(len(df)),
+        "requested": info.trials * info.repeats if info.trials else info.trials,
+        "trials": int(len(runs)),
+        **({"repeats": info.repeats, "configurations": int(len(df)),
+            "configurations_ok": int((df["status"] == "ok").sum())}
+           if info.repeats > 1 else {}),
         **{("finished" if s == "ok" else s): int(counts.get(s, 0)) for s in STATUSES},
         "feasible": int(((df["status"] == "ok") & df["feasible"].astype(bool)).sum()),
         "near_front": int(df["near_front"].sum()),

@@ -17,8 +17,11 @@ and for every registered method (``prune_core.methods.list_methods()``), one cel
   model is terminal: its cell checks the output only (``quantized``).
 - **failed** after validate: validation accepted but the short run raised, or its output
   was wrong. The project's floor is zero of these: each one is a bug.
-- **diverged**: the short run's training loss went to nan or inf (``TrainingDiverged``):
-  an untrained network on 64 images, not a structural failure.
+- **diverged**: the short run's training loss went to nan or inf (``TrainingDiverged``),
+  or the model's eval-mode output did after the method trained it (BatchNorm running
+  statistics of an untrained network's exploding activations; ``FloatingPointError``):
+  an untrained network on 64 images, not a structural failure. The output before the
+  method is checked finite first, so a model that starts non-finite is a failure.
 - **timeout**: the model's worker passed ``--timeout`` (per model, all its methods).
 - **crashed**: validation raised something other than ``SpecError``, or the worker died.
 
@@ -64,6 +67,8 @@ TIMEOUT_S = 600
 THREADS = 2
 SUBSET = {"train": 64, "val": 32, "test": 32}  # digits images of the short run
 BATCH = 32
+# Errors that mean the numbers went to nan or inf (the training loss, or the output).
+DIVERGED = ("TrainingDiverged", "FloatingPointError")
 OUTCOMES = {"pruned": "P", "refused": "R", "failed": "F", "diverged": "D", "timeout": "T",
             "crashed": "C"}
 
@@ -294,9 +299,10 @@ def short_run(entry: dict, method: str, data) -> dict:
         step = "measure"
         after = count_cost(model, shape)
     except Exception as e:  # the point of the benchmark: recorded, never hidden
-        # The loss of an untrained network on 64 images went to nan or inf: numbers, not
-        # structure (the rehearsal does not count it either); listed apart from failures.
-        outcome = "diverged" if type(e).__name__ == "TrainingDiverged" else "failed"
+        # The loss of an untrained network on 64 images went to nan or inf, or its output
+        # after the method's training did: numbers, not structure (the rehearsal does not
+        # count it either); listed apart from failures.
+        outcome = "diverged" if type(e).__name__ in DIVERGED else "failed"
         return {"outcome": outcome, "step": step, "error": _first_line(e), "where": _where(e)}
     return {**cell, "params_after": after["params"], "macs_after": after["macs"],
             "nonzero_macs_after": after["nonzero_macs"], "train_loss": loss}
@@ -441,9 +447,9 @@ def run_model(entry: dict, methods: list[str], timeout: float, threads: int) -> 
 
 
 def outcome(c: dict) -> str:
-    """A cell's outcome as classified now (records written before ``diverged`` existed
-    called a TrainingDiverged run failed)."""
-    if c.get("outcome") == "failed" and c.get("error", "").startswith("TrainingDiverged"):
+    """A cell's outcome as classified now (records written before ``diverged`` existed, or
+    before it counted a non-finite output, called such a run failed)."""
+    if c.get("outcome") == "failed" and c.get("error", "").startswith(DIVERGED):
         return "diverged"
     return c.get("outcome", "-")
 
@@ -558,9 +564,10 @@ def markdown(doc: dict) -> str:
         "**failed after validate** must be 0: validation accepted the pair and the run "
         f"then raised (a bug). Here: **{failed}**. **crashed** (validation raised "
         "something other than SpecError, or the worker process died) must be 0 too: "
-        f"here {sum(v['crashed'] for v in n.values())}. **diverged**: the short run's loss "
-        "went to nan or inf (an untrained network, 64 images, one epoch a phase: numbers, "
-        "not structure; the rehearsal does not count it either). **timeout**: the model's "
+        f"here {sum(v['crashed'] for v in n.values())}. **diverged**: the short run's loss, "
+        "or the model's output after the method trained it, went to nan or inf (an "
+        "untrained network, 64 images, one epoch a phase: numbers, not structure; the "
+        "rehearsal does not count it either). **timeout**: the model's "
         "worker passed its time limit before this cell.", "",
         "| method | pruned | refused | failed after validate | diverged | timeout | crashed |",
         "|---|---|---|---|---|---|---|"]

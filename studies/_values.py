@@ -41,10 +41,11 @@ PIPELINE = "pipeline"  # the categorical parameter choosing between chains
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d{1,2})?")
 MAX_TRIALS = 1_000_000
+MAX_REPEATS = 100
 MAX_INT = 2**32 - 1  # seeds and counts: what numpy and Optuna take
 TOP_KEYS = (
     "name", "data", "model", "baseline", "finetune", "methods", "space", "objectives",
-    "sampler", "trials", "scheduler", "resources", "max_concurrent", "storage",
+    "sampler", "trials", "repeats", "scheduler", "resources", "max_concurrent", "storage",
     "optuna_storage", "max_failures", "seed", "device", "latency", "constraints", "loggers",
     "warm_start", "enqueue", "keep_models",
 )

@@ -189,12 +189,15 @@ def cmd_validate(args) -> int:
         return EXIT_BAD_INPUT
     if args.json:
         emit_json({"ok": True, "errors": [], "name": spec.name, "trials": spec.trials,
+                   "repeats": spec.repeats,
                    "methods": spec.methods_label, "objectives": spec.objectives,
                    "sampler": sampler_text(spec),
                    "space": {k: p.to_dict() for k, p in spec.space.items()}})
         return EXIT_OK
     print(f"{args.spec}: ok")
-    print(f"  study {spec.name!r}: {spec.trials} trials of {spec.methods_label} on "
+    trials = f"{spec.trials} trials" if spec.repeats == 1 else \
+        f"{spec.trials} configurations x {spec.repeats} repeats"
+    print(f"  study {spec.name!r}: {trials} of {spec.methods_label} on "
           f"{spec.model} / {spec.data}, {sampler_text(spec)} sampler "
           f"(seed {spec.sampler_seed})")
     print(f"  objectives: {', '.join(f'{k} {m}' for k, m in spec.objectives.items())}")
@@ -284,8 +287,13 @@ def _status_lines(s: dict, skipped: list[str]) -> list[str]:
     out.append(f"  {ended} of {s.get('requested') or '?'} trials ended: ok, failed, timed-out "
                "and scheduler-stopped trials count toward the study's trials (a trial lost "
                "with a killed driver is replaced)")
+    if s.get("repeats"):
+        out.append(f"  configurations: {s['configurations_ok']} of {s['configurations']} with "
+                   f"all {s['repeats']} repeats ok; the front and the best values are their "
+                   "means")
     hv = s.get("hypervolume")
-    out.append(f"  front: {s['front_size']} trials"
+    unit = "configurations" if s.get("repeats") else "trials"
+    out.append(f"  front: {s['front_size']} {unit}"
                + (f", hypervolume {hv:.6g}" if hv is not None else ""))
     for k, v in (s.get("best") or {}).items():
         out.append(f"  best {k} ({s['objectives'][k]}): {v:.6g}")

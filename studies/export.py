@@ -65,6 +65,11 @@ def select_trial(study_dir: Path, *, trial: str | None = None, pick: str | None 
     records = {r["trial_id"]: r for r in trial_records(study_dir)}
     if trial is not None:
         by_number = {str(r.get("number")): r for r in records.values()}
+        if any(r.get("repeat") for r in records.values()):
+            # with repeats a number names a configuration: its run nearest the means
+            df = load(study_dir)
+            by_number = {str(n): records[t] for n, t in zip(df["number"], df["trial_id"],
+                                                            strict=True) if t in records}
         rec = records.get(trial) or by_number.get(trial)
         if rec is None:
             near = difflib.get_close_matches(trial, [*records, *by_number], n=5, cutoff=0.3)
@@ -114,8 +119,11 @@ def select_trial(study_dir: Path, *, trial: str | None = None, pick: str | None 
 
 def reproduce_command(study_dir: Path, rec: dict) -> str:
     """The one command that runs the trial again, as the study ran it."""
+    params = dict(sorted(rec.get("params", {}).items()))
+    if rec.get("repeat"):  # one run of a repeated configuration: its own seed
+        params["seed"] = (rec.get("row") or {}).get("seed")
     sets = " ".join(f"--set {shlex.quote(f'{k}={_yaml_value(v)}')}"
-                    for k, v in sorted(rec.get("params", {}).items()))
+                    for k, v in params.items() if v is not None)
     return f"prune-study trial {shlex.quote(str(study_dir / 'spec.yaml'))} {sets}".strip()
 
 

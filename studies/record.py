@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ray import tune
 
+from analysis.results import mean_row
 from analysis.studydir import trial_records
 from studies import progress
 from studies.samplers import AUTO, auto_choice
@@ -86,6 +87,7 @@ def write_study_files(spec: StudySpec, study_dir: Path, base_row: dict, base_inf
                                        strict=True))} if spec.sampler == AUTO else {}),
         "sampler_seed": spec.sampler_seed,
         "trials": spec.trials,
+        "repeats": spec.repeats,
         "methods": spec.methods_label,
         "space": {k: p.to_dict() for k, p in spec.space.items()},
         "constraints": dict(spec.constraints),
@@ -139,8 +141,9 @@ class Recorder(tune.Callback):
     def __init__(self, study_dir: Path, objectives: dict[str, str], total: int,
                  name: str = "", log: Callable[[str], None] | None = None,
                  time_limit_s: float | None = None, keep_models: str = "front",
-                 constraints: dict | None = None):
+                 constraints: dict | None = None, repeats: int = 1):
         self.study_dir = Path(study_dir)
+        self.repeats = repeats
         self.keep_models = keep_models
         self.constraints = dict(constraints or {})
         self.time_limit_s = time_limit_s
@@ -187,7 +190,9 @@ class Recorder(tune.Callback):
             config = dict(trial.config)
             number = config.pop("_number", None)
             rec = {
-                "trial_id": trial.trial_id, "number": number, "status": "pending",
+                "trial_id": trial.trial_id, "number": number,
+                **({"repeat": config["_repeat"]} if "_repeat" in config else {}),
+                "status": "pending",
                 "params": {k: v for k, v in config.items() if not k.startswith("_")},
                 "row": {}, "last": {}, "error": None, "node_id": None, "hostname": None,
                 "pid": None, "started": None, "ended": None, "retries": 0,
@@ -284,13 +289,17 @@ class Recorder(tune.Callback):
 
         limits = Constraints(self.constraints) if getattr(self, "constraints", None) else None
         modes = list(self.objectives.values())
-        feasible = [r for r in self.records.values() if r["status"] == "ok"
+        units = self._units()
+        feasible = [r for r in units.values() if r["status"] == "ok"
                     and not (limits and limits.violated(r["row"]))]
         points = {r["trial_id"]: objective_points([r["row"]], self.objectives) for r in feasible}
-        for rec in self.records.values():
-            kept = rec.get("model") or {}
+        for run in self.records.values():
+            kept = run.get("model") or {}
             if not kept.get("file") or kept.get("removed"):
                 continue
+            rec = units.get(run.get("number"), run) if getattr(self, "repeats", 1) > 1 else run
+            if rec["status"] != "ok":
+                continue  # a configuration with runs still to end: judged once they have
             mine = objective_points([rec["row"]], self.objectives)
             why = None
             if limits and limits.violated(rec["row"]):
@@ -305,8 +314,27 @@ class Recorder(tune.Callback):
                         break
             if why:
                 (self.study_dir / kept["file"]).unlink(missing_ok=True)
-                rec["model"] = {**kept, "removed": why}
-                self._save(rec)
+                run["model"] = {**kept, "removed": why}
+                self._save(run)
+
+    def _units(self) -> dict:
+        """What the front is made of: the trials, or with ``repeats`` the configurations
+        (by number; status ok with the mean row once every run finished ok)."""
+        repeats = getattr(self, "repeats", 1)  # a Recorder pickled by an older version
+        if repeats == 1:
+            return {r["trial_id"]: r for r in self.records.values()}
+        groups: dict = {}
+        for r in self.records.values():
+            if r.get("number") is not None and not r.get("lost"):
+                groups.setdefault(r["number"], []).append(r)
+        units = {}
+        for number, runs in groups.items():
+            ok = [r for r in runs if r["status"] == "ok"]
+            done = len(ok) == repeats
+            units[number] = {"trial_id": f"configuration {number}", "number": number,
+                             "status": "ok" if done else "incomplete",
+                             "row": mean_row([r["row"] for r in ok]) if done else {}}
+        return units
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         rec = self._record(trial)
@@ -349,7 +377,8 @@ class Recorder(tune.Callback):
 
     def _progress(self, rec: dict) -> None:
         c = self.counts()
-        rows = [r["row"] for r in self.records.values() if r["status"] == "ok"]
+        # the front and the best values of configurations (means) in a study with repeats
+        rows = [r["row"] for r in self._units().values() if r["status"] == "ok"]
         pts = objective_points(rows, self.objectives)
         modes = list(self.objectives.values())
         best = []

@@ -217,12 +217,13 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
                .exists() else "run the spec again to start it"))
         raise
     limit = spec.resources.get("time_limit_s")
-    recorder = Recorder(study_dir, spec.objectives, spec.trials, spec.name, time_limit_s=limit,
-                        keep_models=spec.keep_models, constraints=spec.constraints)
+    recorder = Recorder(study_dir, spec.objectives, spec.runs, spec.name, time_limit_s=limit,
+                        keep_models=spec.keep_models, constraints=spec.constraints,
+                        repeats=spec.repeats)
     tuner = tune.Tuner(
         make_trainable(spec, base),
         tune_config=tune.TuneConfig(
-            search_alg=searcher, num_samples=spec.trials,
+            search_alg=searcher, num_samples=spec.runs,
             reuse_actors=True, trial_dirname_creator=_trial_dirname,
             scheduler=make_scheduler(spec.scheduler, spec.objectives,
                                      history=study_dir / "history.jsonl"),
@@ -238,11 +239,18 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
             stop={"time_total_s": limit} if limit else None,
         ),
     )
-    log(f"[{spec.name}] {spec.trials} trials of {spec.methods_label} with the "
+    log(f"[{spec.name}] {_trials_text(spec)} of {spec.methods_label} with the "
         f"{sampler_text(spec)} sampler; objectives "
         f"{', '.join(f'{k} {m}' for k, m in spec.objectives.items())}; "
         f"study directory {study_dir}")
     return _drive(tuner, spec, study_dir, log)
+
+
+def _trials_text(spec: StudySpec) -> str:
+    if spec.repeats == 1:
+        return f"{spec.trials} trials"
+    return (f"{spec.trials} configurations x {spec.repeats} repeats ({spec.runs} trials, one "
+            "seed each)")
 
 
 def resume_study(study_dir: str | Path, *, address: str | None = None,
@@ -302,7 +310,7 @@ def resume_study(study_dir: str | Path, *, address: str | None = None,
             detail = str(e).splitlines()[0] if str(e) else ""
             return _restart(spec, study_dir, f"Ray Tune's state in {tune_dir} cannot be read "
                             f"({type(e).__name__}: {detail})", address, log)
-        log(f"[{spec.name}] resuming: {s['ended']} of {spec.trials} trials ended "
+        log(f"[{spec.name}] resuming: {s['ended']} of {spec.runs} trials ended "
             f"({s['finished']} ok, {s['failed']} failed, {s['timeout']} timed out), "
             f"{s['running']} to continue")
         return _drive(tuner, spec, study_dir, log)
@@ -364,7 +372,7 @@ def trial_slots(spec: StudySpec) -> int:
 
 def _drive(tuner, spec: StudySpec, study_dir: Path, log: Log) -> dict:
     """Fit, reconcile and summarise; raise :class:`StudyInterrupted` after a Ctrl-C."""
-    requested = spec.trials
+    requested = spec.runs
     display = active()
     if display is not None:
         display.study_started(name=spec.name, requested=requested, slots=trial_slots(spec),

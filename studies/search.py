@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
@@ -19,16 +21,17 @@ from urllib.parse import quote, unquote, urlsplit
 import optuna
 import ray
 from optuna.trial import TrialState
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis.results import mean_row
 from studies.record import OWN_KEYS, TUNE_KEYS, environment
 from studies.samplers import Constraints, make_sampler
 from studies.space import SearchSpace
 from studies.spec import PIPELINE, StudyError, StudySpec, objective_lists
 
-__all__ = ["check_storage_secret", "make_searcher", "mask_url", "optuna_storage",
-           "storage_url", "StudySearch", "warm_start_points"]
+__all__ = ["check_storage_secret", "make_searcher", "mask_url", "mean_result",
+           "optuna_storage", "RepeatSearch", "storage_url", "StudySearch", "warm_start_points"]
 
 logger = logging.getLogger(__name__)
 # Row columns too large for a user attribute (per-layer lists, histograms).
@@ -144,6 +147,92 @@ class StudySearch(OptunaSearch):
         for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number not in live:
                 self._ot_study.tell(t.number, state=TrialState.FAIL)
+
+
+def mean_result(results: list[dict]) -> dict:
+    """One result for the runs of one configuration (:func:`analysis.results.mean_row`; Tune's
+    own keys the first run's), with ``repeat_values``: every run's value of each number
+    that differs between them."""
+    own = {k: v for k, v in results[0].items() if k in TUNE_KEYS or k in OWN_KEYS}
+    spread: dict = {}
+    out = mean_row([{k: v for k, v in r.items() if k not in own} for r in results], spread)
+    return {**out, **own, "repeat_values": spread}
+
+
+class RepeatSearch(Searcher):
+    """Runs each configuration ``inner`` suggests ``repeats`` times (Ray trials with
+    ``_repeat`` 0..repeats-1, the trainable seeds each its own way) and tells ``inner``
+    once, when every run has ended: the mean of the runs when all finished ok, else
+    failed (a run failed) or pruned (a scheduler stopped one). A configuration's runs
+    are handed out before a new configuration is asked for. Its state (which run
+    belongs to which configuration) is saved with the inner searcher's."""
+
+    def __init__(self, inner: StudySearch, repeats: int):
+        super().__init__(metric=inner.metric, mode=inner.mode)
+        self.inner = inner
+        self.repeats = repeats
+        # configuration (the Ray trial id of its first run, the inner searcher's id) ->
+        # {"config": suggested config, "issued": runs handed out, "ended": {repeat: ...}}
+        self.groups: dict[str, dict] = {}
+        self.member: dict[str, tuple[str, int]] = {}  # run's trial id -> (group, repeat)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for gid, g in self.groups.items():
+            if g["issued"] < self.repeats:
+                self.member[trial_id] = (gid, g["issued"])
+                g["issued"] += 1
+                return {**g["config"], "_repeat": self.member[trial_id][1]}
+        config = self.inner.suggest(trial_id)
+        if not isinstance(config, dict):
+            return config
+        self.groups[trial_id] = {"config": dict(config), "issued": 1, "ended": {}}
+        self.member[trial_id] = (trial_id, 0)
+        return {**config, "_repeat": 0}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        gid, repeat = self.member.get(trial_id, (None, None))
+        if repeat == 0:  # the intermediate values of the configuration's first run
+            self.inner.on_trial_result(gid, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        gid, repeat = self.member.get(trial_id, (None, None))
+        g = self.groups.get(gid)
+        if g is None or repeat in g["ended"]:
+            return
+        g["ended"][repeat] = (result or {}, error)
+        if len(g["ended"]) < self.repeats:
+            return
+        runs = [g["ended"][r] for r in sorted(g["ended"])]
+        del self.groups[gid]
+        failed = next(((res, err) for res, err in runs
+                       if err or res.get("status") == "failed"), None)
+        if failed is not None:
+            self.inner.on_trial_complete(gid, failed[0], error=failed[1])
+        elif all(res.get("status") == "ok" for res, _ in runs):
+            self.inner.on_trial_complete(gid, mean_result([res for res, _ in runs]))
+        else:  # a run stopped early (scheduler or time limit): the configuration too
+            self.inner.on_trial_complete(gid, next(res for res, _ in runs
+                                                   if res.get("status") != "ok"))
+
+    def save(self, checkpoint_path: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="prune-study-searcher-") as d:
+            self.inner.save(os.path.join(d, "inner.pkl"))
+            inner = Path(d, "inner.pkl").read_bytes()
+        state = {k: v for k, v in self.__dict__.items() if k != "inner"}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"state": state, "inner": inner}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            saved = pickle.load(f)
+        self.__dict__.update({k: v for k, v in saved["state"].items() if k != "inner"})
+        with tempfile.TemporaryDirectory(prefix="prune-study-searcher-") as d:
+            Path(d, "inner.pkl").write_bytes(saved["inner"])
+            self.inner.restore(os.path.join(d, "inner.pkl"))
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -297,7 +386,8 @@ def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False):
         study.set_user_attr("constraints", spec.constraints)
     # Tune keeps only one trial pending for a searcher that has no limiter, so trials would
     # start one after another; the limiter lets as many start as the cluster holds.
-    return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent or _capacity(spec))
+    outer = RepeatSearch(searcher, spec.repeats) if spec.repeats > 1 else searcher
+    return ConcurrencyLimiter(outer, max_concurrent=spec.max_concurrent or _capacity(spec))
 
 
 def _capacity(spec: StudySpec) -> int:

@@ -50,6 +50,7 @@ from studies._values import (  # noqa: F401 (re-exported: the spec's public name
     DEVICE_RE,
     KEEP_MODELS,
     LOGGERS,
+    MAX_REPEATS,
     MAX_TRIALS,
     NAME_RE,
     OBJECTIVE_COLUMNS,
@@ -85,7 +86,8 @@ class StudySpec:
     sampler: str = "tpe"
     sampler_seed: int = 0
     sampler_options: dict = field(default_factory=dict)
-    trials: int = 20
+    trials: int = 20  # configurations the sampler chooses
+    repeats: int = 1  # runs of each configuration, seeds seed, seed + REPEAT_SEED, ...
     scheduler: dict | None = None
     resources: dict = field(default_factory=lambda: {"cpu": 1.0, "gpu": 0.0})
     max_concurrent: int | None = None
@@ -108,6 +110,11 @@ class StudySpec:
     source: dict = field(default_factory=dict)  # the spec as written, for spec.yaml
 
     # ------------------------------------------------------------------ derived
+
+    @property
+    def runs(self) -> int:
+        """Ray Tune trials the study runs: each configuration ``repeats`` times."""
+        return self.trials * self.repeats
 
     @property
     def chain_names(self) -> list[str]:
@@ -327,6 +334,10 @@ def parse_spec(raw: Any, source: str = "spec", *, rehearse: bool = True) -> Stud
         trials = math.prod(len(v) for v in grid_values(space).values())
     else:
         trials = c.integer("trials", raw.get("trials", 20), low=1, high=MAX_TRIALS)
+    repeats = c.integer("repeats", raw.get("repeats", 1), low=1, high=MAX_REPEATS)
+    if trials * repeats > MAX_TRIALS:
+        c.error("repeats", f"{trials} trials x {repeats} repeats is {trials * repeats} runs; "
+                           f"at most {MAX_TRIALS} allowed")
     if sampler == GRID and not c.errors:
         check_grid(c, space, chains, trials)
     enqueue = check_enqueue(c, raw.get("enqueue"), space, chains)
@@ -366,7 +377,7 @@ def parse_spec(raw: Any, source: str = "spec", *, rehearse: bool = True) -> Stud
         name=name, data=data_name, data_kw=data_kw, model=model_name, model_kw=model_kw,
         baseline=baseline, transfer=transfer, finetune=finetune, chains=chains, space=space,
         objectives=objectives, sampler=sampler, sampler_seed=sampler_seed,
-        sampler_options=sampler_options, trials=trials, scheduler=scheduler,
+        sampler_options=sampler_options, trials=trials, repeats=repeats, scheduler=scheduler,
         resources=resources, max_concurrent=max_concurrent, storage=storage,
         optuna_storage=optuna_storage, max_failures=max_failures, seed=seed, device=device,
         latency=latency, constraints=constraints, loggers=loggers, warm_start=warm_start,

@@ -21,10 +21,13 @@ from studies.cluster import log_stderr
 from studies.record import MODEL_FILE
 from studies.spec import StudySpec
 
-__all__ = ["CHECKPOINT_FILE", "base_latency_task", "make_trainable",
+__all__ = ["CHECKPOINT_FILE", "REPEAT_SEED", "base_latency_task", "make_trainable",
            "train_base_task", "train_trial"]
 
 CHECKPOINT_FILE = "trial.pt"
+# Repeat r of a configuration runs with the study's seed + REPEAT_SEED * r (a prime: no
+# overlap with the offsets a trial adds per stage and per training call).
+REPEAT_SEED = 104_729
 
 
 def train_base_task(study: dict, threads: int, queue=None) -> BaseModel:
@@ -121,6 +124,9 @@ def train_trial(config: dict, *, base: BaseModel, study: dict, threads: int = 1,
         with checkpoint.as_directory() as d:
             resume = safe_load(Path(d) / CHECKPOINT_FILE)
     params = {k: v for k, v in config.items() if not k.startswith("_")}
+    if "_repeat" in config:  # one run of a repeated configuration: its own seed
+        study = {**study, "seed": study["seed"] + REPEAT_SEED * int(config["_repeat"])}
+        extra["seed"] = study["seed"]
     report = _TuneReport(extra, hold_final=keep_model)
     out: dict | None = {} if keep_model else None
     try:

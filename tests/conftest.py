@@ -90,6 +90,7 @@ HEAVY_FIRST = (
     "test_runner.py",  # 430 s
     "test_any_network.py",  # 420
     "test_benchmarks.py",  # 300
+    "test_reproduce.py",  # 300: a study per seed, each rehearsed at validate
     "test_bench_studies.py",  # 240
     "test_export.py",  # 200
     "test_sampler_studies.py",  # 190

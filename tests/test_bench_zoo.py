@@ -146,3 +146,13 @@ def test_runs_of_parts_of_the_zoo_merge_into_one_report(quick, tmp_path):
     assert merged["models"] == json.loads(json.dumps(doc["models"]))
     assert len(merged["runs"]) == 2 * len(doc["runs"])
     assert f"| {keys[-1].partition(':')[2]} |" in (tmp_path / "z.md").read_text()
+
+
+def test_non_finite_numbers_count_as_diverged_and_other_errors_as_failed():
+    """An untrained network's loss or post-training output going to nan or inf is listed
+    apart from failures, also in records written before it was; anything else fails."""
+    for error in ("TrainingDiverged: training loss is nan at epoch 1",
+                  "FloatingPointError: eval-mode output is not finite"):
+        assert Z.outcome({"outcome": "failed", "error": error}) == "diverged"
+    assert Z.outcome({"outcome": "failed", "error": "ValueError: eval output shape"}) == "failed"
+    assert Z.outcome({"outcome": "pruned"}) == "pruned"

@@ -178,3 +178,16 @@ def test_orthogonal_leaves_linear_layers_wider_than_its_limit():
                           nn.Linear(Fz.ORTHOGONAL_MAX + 1, 16), nn.Linear(16, 4))
     assert Fz.largest_layers(model, "orthogonal", 3) == ["3"]
     assert Fz.largest_layers(model, "lowrank", 3) == ["2", "0", "3"]
+
+
+def test_only_limits_the_largest_layers_to_one_kind():
+    """Seed 002's "every conv" on a VGG whose classifier holds the largest matrices:
+    ``only: conv`` takes the convs, not the fully connected layers."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3), nn.AdaptiveAvgPool2d(4),
+                          nn.Flatten(), nn.Linear(256, 512), nn.Linear(512, 10))
+    assert Fz.largest_layers(model, "orthogonal", 2) == ["4", "5"]
+    assert Fz.largest_layers(model, "orthogonal", 2, only="conv") == ["1", "0"]
+    assert Fz.largest_layers(model, "orthogonal", 5, only="linear") == ["4", "5"]
+    params = get_method("factorize").resolve({"variant": "orthogonal", "layers": 2,
+                                              "only": "conv"})
+    assert Fz.factorize_layers(model, params) == ["1", "0"]

@@ -237,3 +237,60 @@ def test_holdout_checks_tau_on_data_early_stopping_never_sees(digits_split):
     assert tau.train is digits_split.train and stopping.test is digits_split.test
     same, also = _tau_splits(digits_split, "val", seed=0)
     assert same is digits_split and also is digits_split
+
+
+def test_folding_given_factors_multiplies_those_instead_of_alpha(digits_split):
+    torch.manual_seed(0)
+    net = models.build("vgg11", num_classes=5, width=0.125)
+    with torch.no_grad():
+        net(torch.randn(64, 3, 32, 32))
+    net.eval()
+    x = torch.randn(4, 3, 32, 32)
+    wrapper = AlphaScaled(net, (3, 32, 32), "random", torch.Generator().manual_seed(1))
+    factors = {k: torch.rand(a.shape, generator=torch.Generator().manual_seed(2)) * 0.1
+               for k, a in wrapper.alpha.items()}
+    with torch.no_grad():
+        for k, a in wrapper.alpha.items():
+            a.copy_(factors[k])
+        expect = wrapper(x)
+        for a in wrapper.alpha.values():
+            a.fill_(1.0)  # fold(factors) must not use what alpha holds
+    folded = wrapper.fold(factors)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), expect, atol=1e-5)
+
+
+def test_fold_beta_records_the_seeds_collapse_beside_fold_alpha(digits_split, transfer_base):
+    """The seed's second variant: folding beta (not alpha) into the weights ruins the
+    pruned model before fine-tuning; each round records the accuracy at every moment."""
+    method = get_method("transtailor")
+    out = {}
+    for fold in ("alpha", "beta"):
+        ctx = _ctx(digits_split)
+        params = method.resolve({"tau": 1.0, "step_ratio": 0.1, "max_rounds": 1,
+                                 "alpha_epochs": 1, "finetune_epochs": 1, "fold": fold,
+                                 "tau_reference": "start"})
+        method(transfer_base.build(), params, ctx)
+        (out[fold],) = ctx.results["transtailor.rounds"]
+        # alpha starts at one: the wrapped model is the starting model
+        assert out[fold]["init_score"] == pytest.approx(out[fold]["reference"])
+    assert out["alpha"]["pruned_score"] > out["alpha"]["reference"] - 0.2
+    assert out["beta"]["pruned_score"] < out["alpha"]["pruned_score"] - 0.3
+    print({f: {k: round(v, 3) for k, v in r.items() if k.endswith("score")}
+           for f, r in out.items()})
+
+
+def test_holdout_halves_a_validation_split_of_one_image_per_class(digits_split):
+    """A stratified half of a split whose every class has one image would take it all and
+    leave early stopping nothing: the split is halved as it comes instead (the rehearsal's
+    four random images are such a split)."""
+    from prune_core.data import Split
+    from prune_core.methods.transtailor import _tau_splits
+
+    val = Split(digits_split.val.x[:4], torch.arange(4))
+    tau, stopping = _tau_splits(dataclasses.replace(digits_split, val=val), "holdout", 0)
+    assert len(tau.val) == 2 and len(stopping.val) == 2
+    assert not set(tau.val.y.tolist()) & set(stopping.val.y.tolist())
+    with pytest.raises(ValueError, match="has 1 image"):
+        _tau_splits(dataclasses.replace(digits_split, val=Split(val.x[:1], val.y[:1])),
+                    "holdout", 0)

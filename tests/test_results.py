@@ -205,3 +205,43 @@ def test_cheapest_trial_within_one_point_of_the_base(tmp_path):
         assert s["within_one_point"]["macs"] == good["macs"].min()
     else:
         assert s["within_one_point"] is None
+
+
+def test_configurations_average_their_repeats_and_wait_for_every_one(tmp_path):
+    """A study with ``repeats: 3``: a configuration is ok when all three runs are, its
+    numbers their means; a failed or unfinished run makes it failed or running."""
+    info = results.StudyInfo(path=tmp_path, name="r", objectives={"accuracy": "max",
+                                                                  "macs": "min"}, repeats=3)
+
+    def run(number, repeat, status, accuracy=None, macs=100):
+        rec = {"study": "r", "trial_id": f"t{number}{repeat}", "number": number,
+               "repeat": repeat, "status": status, "method": "magnitude",
+               "magnitude.ratio": 0.5 + number / 10, "started": 10.0 + repeat,
+               "ended": 20.0 + repeat, "error": "diverged" if status == "failed" else None}
+        if status == "ok":
+            rec.update(accuracy=accuracy, macs=macs, test_images=360)
+        return rec
+
+    records = [run(0, 0, "ok", 0.90), run(0, 2, "ok", 0.96), run(0, 1, "ok", 0.92),
+               run(1, 0, "ok", 0.95), run(1, 1, "failed"), run(1, 2, "ok", 0.97),
+               run(2, 0, "ok", 0.99), run(2, 1, "running")]
+    configs = {c["number"]: c for c in results.configurations(records, info)}
+    c0 = configs[0]
+    assert c0["status"] == "ok" and c0["repeats"] == 3
+    assert c0["accuracy"] == pytest.approx(0.926666, abs=1e-5)
+    assert c0["accuracy_sd"] == pytest.approx(np.std([0.90, 0.92, 0.96], ddof=1))
+    assert c0["macs"] == 100 and c0["macs_sd"] == 0.0
+    assert c0["trial_id"] == "t01"  # 0.92: the run nearest the mean
+    assert c0["trial_ids"] == ["t00", "t01", "t02"] and "repeat" not in c0
+    assert (c0["started"], c0["ended"]) == (10.0, 22.0)
+    assert configs[1]["status"] == "failed" and configs[1]["error"] == "diverged"
+    assert configs[2]["status"] == "running"
+    for c in (configs[1], configs[2]):  # no mean of a subset stands in for the configuration
+        assert "accuracy" not in c and c["magnitude.ratio"] == 0.5 + c["number"] / 10
+
+    df = results._table(results.configurations(records, info), info)
+    assert df["on_front"].tolist() == [True, False, False]
+    # the interval covers the t interval of the mean over the seeds, beyond test-set noise
+    half = 4.303 * c0["accuracy_sd"] / 3 ** 0.5
+    assert df.loc[0, "accuracy_low"] == pytest.approx(c0["accuracy"] - half)
+    assert df.loc[0, "accuracy_high"] == pytest.approx(min(1.0, c0["accuracy"] + half))

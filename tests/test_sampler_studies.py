@@ -21,11 +21,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from analysis import results
 from studies.cli import EXIT_BAD_INPUT, main
 from studies.record import trial_records
 from studies.runner import StudyInterrupted, resume_study, run_study, tune_state_problem
 from studies.samplers import SAMPLERS, PicklableLock, make_sampler, picklable
 from studies.spec import parse_spec
+from studies.trainable import REPEAT_SEED
 from tests.test_runner import tiny_spec
 
 pytestmark = pytest.mark.slow
@@ -99,7 +101,9 @@ def _interrupt_after_first_trial(study_dir: Path) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+# The random sampler's studies are interrupted and resumed in test_runner and test_driver;
+# GP's state round-trips through pickle above, as every sampler's does.
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
 def test_a_study_with_each_sampler_runs_is_interrupted_and_resumes(local_ray, storage, name):
     spec = _spec(f"study-{name}", storage, name)
     watcher = _interrupt_after_first_trial(spec.study_dir)
@@ -223,3 +227,74 @@ def test_a_grid_study_runs_each_combination_once_and_enqueued_points_run_first(
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert [t.params for t in trials[:2]] == points
     assert trials[2].params["none.lr"] not in (3e-4, 2e-3)  # the sampler's own
+
+
+def test_repeats_run_each_configuration_with_its_own_seeds_and_tell_the_mean(local_ray,
+                                                                             storage, capsys):
+    """``repeats: 2``: each configuration the sampler chooses runs twice, seeded apart;
+    the sampler is told the mean once both ended; the front stands on the means; a study
+    interrupted after the first run of a configuration resumes into its second."""
+    spec = parse_spec(tiny_spec(
+        "repeats", storage, trials=2, repeats=2, finetune={}, max_concurrent=1,
+        sampler={"name": "tpe", "seed": 3},
+        space={"none.finetune_epochs": 1, "none.lr": {"low": 1e-4, "high": 1e-2, "log": True}}))
+    watcher = _interrupt_after_first_trial(spec.study_dir)
+    with pytest.raises(StudyInterrupted):
+        run_study(spec, log=lambda _m: None)
+    watcher.join(timeout=5)
+    assert [r["repeat"] for r in trial_records(spec.study_dir) if r["status"] == "ok"] == [0]
+
+    summary = resume_study(spec.study_dir, log=lambda _m: None)
+    assert summary["complete"] and summary["finished"] == 4, summary
+    assert summary["configurations"] == summary["configurations_ok"] == 2
+    runs = [r for r in trial_records(spec.study_dir) if r["status"] == "ok"]
+    by_number: dict = {}
+    for r in runs:
+        by_number.setdefault(r["number"], []).append(r)
+    assert sorted(by_number) == [0, 1]
+    study = optuna.load_study(study_name=spec.name,
+                              storage=f"sqlite:///{spec.study_dir / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for t in study.trials:
+        pair = sorted(by_number[t.number], key=lambda r: r["repeat"])
+        assert [r["repeat"] for r in pair] == [0, 1]
+        assert [r["row"]["seed"] for r in pair] == [0, REPEAT_SEED]
+        assert pair[0]["params"] == pair[1]["params"] == {"none.lr": t.params["none.lr"],
+                                                         "none.finetune_epochs": 1}
+        # the seeds differ, so the runs do; the sampler was told their mean
+        measured = [tuple(r["row"][k] for k in ("accuracy", "balanced_accuracy",
+                                                 "val_accuracy")) for r in pair]
+        assert measured[0] != measured[1]
+        told = dict(zip(spec.objectives, t.values, strict=True))
+        for name, value in told.items():
+            assert value == pytest.approx((pair[0]["row"][name] + pair[1]["row"][name]) / 2)
+
+    configs = results.load(spec.study_dir)
+    assert len(configs) == 2 and (configs["repeats"] == 2).all()
+    assert len(results.load(spec.study_dir, runs=True)) == 4
+    for _, c in configs.iterrows():
+        pair = by_number[c["number"]]
+        accs = [r["row"]["accuracy"] for r in pair]
+        assert c["accuracy"] == pytest.approx(sum(accs) / 2)
+        assert c["accuracy_sd"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+        assert c["trial_id"] in {r["trial_id"] for r in pair}
+        assert c["accuracy_low"] <= min(accs) and c["accuracy_high"] >= max(accs)
+    assert summary["front_size"] == int(configs["on_front"].sum()) >= 1
+    # the report shows the means with their spread and draws the error bars; status counts
+    out = spec.study_dir / "report"
+    assert main(["report", str(spec.study_dir), "-o", str(out)]) == 0
+    page = (out / "report.md").read_text()
+    assert "± " in page, page[:2000]
+    assert main(["status", str(spec.study_dir)]) == 0
+    shown = capsys.readouterr().out
+    assert "4 of 4 trials finished" in shown, shown
+    assert "configurations: 2 of 2 with all 2 repeats ok" in shown, shown
+    # keep_models: front judges configurations by their means: the run export takes from a
+    # front configuration keeps its model, and --trial NUMBER names that run
+    front = configs[configs["on_front"]].iloc[0]
+    kept = next(r for r in trial_records(spec.study_dir) if r["trial_id"] == front["trial_id"])
+    assert (spec.study_dir / kept["model"]["file"]).is_file(), kept["model"]
+    out = spec.study_dir.parent / "repeats-export"
+    assert main(["export", str(spec.study_dir), "--trial", str(int(front["number"])),
+                 "-o", str(out)]) == 0
+    assert front["trial_id"] in capsys.readouterr().err

@@ -42,10 +42,13 @@ from prune_core.train import evaluate, refresh_bn_stats
 ORTHOGONAL_MAX = 1024
 
 
-def _eligible(model: nn.Module, variant: str) -> dict[str, nn.Module]:
+KINDS = {"any": (nn.Conv2d, nn.Linear), "conv": (nn.Conv2d,), "linear": (nn.Linear,)}
+
+
+def _eligible(model: nn.Module, variant: str, only: str = "any") -> dict[str, nn.Module]:
     out = {}
     for name, m in model.named_modules():
-        if parametrize.is_parametrized(m):
+        if parametrize.is_parametrized(m) or not isinstance(m, KINDS[only]):
             continue
         if variant == "orthogonal" and isinstance(m, nn.Conv2d | nn.Linear) \
                 and max(m.weight.shape[-2:]) <= ORTHOGONAL_MAX:
@@ -65,14 +68,16 @@ def _pointwise(m: nn.Module) -> bool:
 
 
 def largest_layers(model: nn.Module, variant: str, k: int,
-                   reference: nn.Module | None = None) -> list[str]:
-    """Names of the ``k`` eligible layers with the most weights (ties: forward order).
+                   reference: nn.Module | None = None, only: str = "any") -> list[str]:
+    """Names of the ``k`` eligible layers (of the kinds ``only`` names) with the most
+    weights (ties: forward order).
 
     Sizes are read from ``reference`` (the base model) where given, so the choice does not
     depend on an earlier pruning stage and a fresh model reproduces it.
     """
-    sizes = {n: m.weight.numel() for n, m in _eligible(reference or model, variant).items()}
-    present = _eligible(model, variant)
+    sizes = {n: m.weight.numel()
+             for n, m in _eligible(reference or model, variant, only).items()}
+    present = _eligible(model, variant, only)
     order = [n for n in sizes if n in present]
     order.sort(key=lambda n: -sizes[n])  # stable: ties keep forward order
     return order[:k]
@@ -179,7 +184,8 @@ def stiefel_dof(m: int, n: int) -> int:
 def factorize_layers(model: nn.Module, params: dict, reference: nn.Module | None = None,
                      *, init: bool = True) -> list[str]:
     """Apply the variant to the ``layers`` largest layers in place; returns their names."""
-    names = largest_layers(model, params["variant"], params["layers"], reference)
+    names = largest_layers(model, params["variant"], params["layers"], reference,
+                           params.get("only", "any"))  # absent in older model files
     mods = dict(model.named_modules())
     for name in names:
         if params["variant"] == "orthogonal":
@@ -227,6 +233,10 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
         Param(name="layers", kind="int", default=2, low=1, high=1000,
               doc="how many of the largest layers (by weight count) to factorize",
               search={"low": 1, "high": 8}),
+        Param(name="only", kind="categorical", default="any", choices=tuple(KINDS),
+              doc="which layers may be chosen: conv and linear (any), or one kind; "
+                  "separable takes convs only, lowrank linear layers and 1x1 convs",
+              search={"choices": list(KINDS)}),
         Param(name="rank", kind="float", default=0.5, low=0, low_open=True, high=4,
               doc="separable: intermediate channels as a multiple of the layer's input "
                   "channels (1 is the seed's layout); lowrank: as a share of min(in, out); "

@@ -4,10 +4,11 @@ Starting from a model fine-tuned to the target task, each round trains one scali
 factor alpha per channel of each dependency group (a conv's filters with everything
 coupled to them) with every weight frozen, turns alpha into an importance
 beta by a first-order Taylor expansion of the loss, removes the globally least
-important ``step_ratio`` of the remaining filters, folds alpha into the weights and
-fine-tunes. Rounds stop once the validation accuracy (or balanced accuracy, ``metric``)
-has fallen more than ``tau`` below the last accepted model's (the seed's loop) or the
-starting model's (``tau_reference``); the last model within ``tau`` is returned.
+important ``step_ratio`` of the remaining filters, folds alpha (or, with ``fold: beta``,
+the importance beta, the seed's second variant) into the weights and fine-tunes. Rounds
+stop once the validation accuracy (or balanced accuracy, ``metric``) has fallen more
+than ``tau`` below the last accepted model's (the seed's loop) or the starting model's
+(``tau_reference``); the last model within ``tau`` is returned.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prune_core.data import Data, carve
+from prune_core.data import Data, Split, carve
 from prune_core.groups import (
     ChannelGroup,
     channel_groups,
@@ -124,8 +125,12 @@ class AlphaScaled(nn.Module):
         return self.net(x)
 
     @torch.no_grad()
-    def fold(self) -> nn.Module:
-        """Multiply alpha into the weights, drop the hooks, unfreeze; returns ``net``."""
+    def fold(self, factors: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """Multiply alpha (or ``factors``, keyed and shaped as alpha) into the weights, drop
+        the hooks, unfreeze; returns ``net``."""
+        if factors is not None:
+            for key, a in self.alpha.items():
+                a.copy_(factors[key])
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -239,6 +244,10 @@ PARAMS = [
           doc="holdout: tau is checked on a stratified half of the validation split that "
               "early stopping never sees (it watches the other half)",
           search={"choices": ["val", "holdout"]}),
+    Param(name="fold", kind="categorical", default="alpha", choices=("alpha", "beta"),
+          doc="what multiplies into the weights after each round's scoring: the trained "
+              "alpha, or the importance beta itself (the seed's second variant, which "
+              "collapsed its accuracy to under 1 %)", search={"choices": ["alpha", "beta"]}),
     Param(name="classifier_layers", kind="categorical", default="all", choices=("last", "all"),
           doc="which fully connected layers fine-tune at classifier_lr: every one (the "
               "seed's FC layers) or the last", search={"choices": ["all", "last"]}),
@@ -271,7 +280,14 @@ def _tau_splits(data: Data, how: str, seed: int) -> tuple[Data, Data]:
     if how == "val":
         return data, data
     device = data.val.x.device
-    rest, held = carve(data.val.x.cpu(), data.val.y.cpu(), 0.5, seed=seed)
+    x, y = data.val.x.cpu(), data.val.y.cpu()
+    if len(y) < 2:
+        raise ValueError(f"tau_split: holdout halves the validation split, which has "
+                         f"{len(y)} image(s); use tau_split: val or a larger split")
+    rest, held = carve(x, y, 0.5, seed=seed)
+    if not len(rest):  # every class has one image: the stratified draw took them all
+        half = len(y) // 2
+        rest, held = Split(x[half:], y[half:]), Split(x[:half], y[:half])
     return replace(data, val=held.to(device)), replace(data, val=rest.to(device))
 
 
@@ -291,6 +307,11 @@ def _rounds(model: nn.Module, params: dict, ctx, score) -> nn.Module:
         # one generator per round: a resumed trial draws the same random alpha
         gen = torch.Generator().manual_seed(ctx.seed * 1009 + r)
         wrapper = AlphaScaled(candidate, ctx.input_shape, params["alpha_init"], gen)
+        if ctx.resume is None:
+            marks = {"init_score": score(wrapper)}  # alpha as drawn, not yet trained
+            ctx.keep("round_marks", dict(marks))
+        else:  # replaying, or resuming inside this round: the checkpoint carries them
+            marks = dict(ctx.kept.get("round_marks", {}))
         ctx.fit(wrapper, params["alpha_epochs"], phase="alpha", lr=params["alpha_lr"],
                 classifier_lr=params["alpha_lr"], weight_decay=0.0, extra=_alpha_stats,
                 hooks=wrapper.hooks())
@@ -304,12 +325,15 @@ def _rounds(model: nn.Module, params: dict, ctx, score) -> nn.Module:
         plan = keep_every_conv({g.root: plan[AlphaScaled.key(g.root)] for g in wrapper.groups},
                                wrapper.groups,
                                {g.root: scores[AlphaScaled.key(g.root)] for g in wrapper.groups})
-        candidate = wrapper.fold()
+        candidate = wrapper.fold(scores if params["fold"] == "beta" else None)
         if not any(plan.values()):
             break  # every layer is down to one filter
         remove_channels(candidate, {k: v for k, v in plan.items() if v}, ctx.input_shape)
         carry = _Carry(kept, candidate)
         skipped = ctx.replaying  # a resumed trial re-runs this call instantly
+        if ctx.resume is None:
+            marks["pruned_score"] = score(candidate)  # before fine-tuning
+            ctx.keep("round_marks", dict(marks))
         ctx.fit(carry, params["finetune_epochs"], phase="finetune", **train)
         for p in kept.parameters():
             p.requires_grad_(True)
@@ -319,8 +343,9 @@ def _rounds(model: nn.Module, params: dict, ctx, score) -> nn.Module:
         else:
             value = score(candidate)
             drop = reference - value
-            record = {"round": r, "filters": total_filters(candidate), "score": value,
-                      "reference": reference, "drop": drop, "accepted": drop <= params["tau"]}
+            record = {"round": r, "filters": total_filters(candidate), **marks,
+                      "score": value, "reference": reference, "drop": drop,
+                      "accepted": drop <= params["tau"]}
             ctx.report({"phase": "round", **{k: v for k, v in record.items()
                                              if k != "accepted"},
                         "accepted": float(record["accepted"])})
