@@ -1,10 +1,18 @@
-"""Epoch time of the tensor-resident loader against torchvision's DataLoader.
+"""The data pipeline: the tensor loader against torchvision's DataLoader, and the node's
+decoded-data cache against decoding in every trial.
 
-Both pipelines serve the same CIFAR-shaped data (random 32x32 uint8 images, no
-download) with the same augmentation: random crop with 4 pixels of zero padding,
+Part 1 serves CIFAR-shaped data (random 32x32 uint8 images, no download) through both
+pipelines with the same augmentation: random crop with 4 pixels of zero padding,
 horizontal flip, normalisation. Only the data pipeline runs, no model.
 
-    python -m benchmarks.bench_data            # 10,000 images, 5 timed epochs
+Part 2 fabricates an ImageFolder of JPEGs (50,000 at 64 px by default) and measures a
+trial's data load: the first (decoding into the cache) and later ones (mapping it, in
+fresh processes), against torchvision's ImageFolder + DataLoader reading the folder once;
+the resident and proportional set sizes (RSS, PSS from /proc) of 4 concurrent trial
+processes against one; and training throughput when the data is larger than the memory
+budget and streamed from the mapped file, against the resident path.
+
+    python -m benchmarks.bench_data            # both parts, a few minutes
     python -m benchmarks.bench_data --tiny     # seconds; used by the tests
 """
 
@@ -88,6 +96,216 @@ def timed(epoch) -> float:
     return time.perf_counter() - t0
 
 
+# --------------------------------------------------------------------------- part 2: cache
+
+
+def write_folder(root: Path, images: int, size: int, classes: int = 10, seed: int = 0) -> None:
+    """An ImageFolder of ``images`` JPEGs of ``size`` px: smooth random colour fields with
+    noise (so the files compress like photos, not like flat colour), threads encoding."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    for c in range(classes):
+        (root / f"class{c:03d}").mkdir(parents=True)
+
+    def write(i: int) -> None:
+        rng = np.random.default_rng(seed + i)
+        coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        img = np.kron(coarse, np.ones((size // 4, size // 4, 1), dtype=np.uint8))
+        img = np.clip(img.astype(np.int16) + rng.integers(-24, 24, img.shape), 0, 255)
+        Image.fromarray(img.astype(np.uint8)).save(
+            root / f"class{i % classes:03d}" / f"{i:06d}.jpg", quality=90)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(write, range(images)))
+
+
+def _memory() -> dict[str, int]:
+    """This process's resident and proportional set sizes in bytes (smaps_rollup)."""
+    out = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Rss", "Pss"):
+            out[key.lower()] = int(value.split()[0]) * 1024
+    return out
+
+
+def _trial_process(root: str, cache: str, size: int, barrier, results) -> None:
+    """What a trial does with its data: load it (map the cache), read every image once;
+    memory read at moments when every process of the group is at the same point."""
+    import PIL.Image  # noqa: F401  (imported before the first reading: not data)
+    import torchvision.datasets  # noqa: F401
+
+    from prune_core import data as datasets
+
+    barrier.wait()  # all imported: shared libraries are shared by all when measured
+    before = _memory()
+    barrier.wait()
+    t0 = time.perf_counter()
+    d = datasets.load("imagefolder", root=root, image_size=size, cache_dir=cache)
+    seconds = time.perf_counter() - t0
+    checksum = sum(int(d.split(s).x.sum()) for s in ("train", "val", "test"))
+    barrier.wait()  # every process has mapped and read it all
+    after = _memory()
+    barrier.wait()
+    results.put({"load_s": seconds, "built": d.info["cache_built"], "checksum": checksum,
+                 "rss_before": before["rss"], "pss_before": before["pss"],
+                 "rss_after": after["rss"], "pss_after": after["pss"]})
+
+
+def trial_processes(root: Path, cache: Path, size: int, n: int) -> list[dict]:
+    """``n`` concurrent trial processes (spawned, as Ray's workers are separate
+    processes) loading the cached data; each one's load time and memory."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_trial_process,
+                         args=(str(root), str(cache), size, barrier, results))
+             for _ in range(n)]
+    for p in procs:
+        p.start()
+    out = [results.get(timeout=1800) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    return out
+
+
+def torchvision_pass(root: Path, size: int, workers: int, batch_size: int) -> float:
+    """Seconds for torchvision's ImageFolder + DataLoader to read every image once (what
+    a trial using it pays every epoch): decode, resize, crop, to tensor, normalise."""
+    from torchvision.datasets import ImageFolder
+
+    tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
+                             transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    t0 = time.perf_counter()
+    loader = DataLoader(ImageFolder(str(root), transform=tf), batch_size=batch_size,
+                        num_workers=workers)
+    seen = sum(len(y) for _, y in loader)
+    assert seen > 0
+    return time.perf_counter() - t0
+
+
+def train_throughput(data, batches: int, batch_size: int) -> float:
+    """Images per second of a small conv net's training steps on ``data``."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, data.num_classes))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(0)
+    seen, t0 = 0, time.perf_counter()
+    for i, (x, y) in enumerate(data.batches("train", batch_size, generator=g)):
+        if i == batches:
+            break
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        seen += len(y)
+    return seen / (time.perf_counter() - t0)
+
+
+def cache_part(a, tmp: Path) -> dict:
+    """Part 2's measurements (see the module docstring)."""
+    from prune_core import data as datasets
+
+    root, cache = tmp / "folder", tmp / "cache"
+    t0 = time.perf_counter()
+    write_folder(root, a.folder_images, a.size)
+    fabricate_s = time.perf_counter() - t0
+    print(f"fabricated {a.folder_images} JPEGs at {a.size} px in {fabricate_s:.0f} s")
+
+    t0 = time.perf_counter()
+    first = datasets.load("imagefolder", root=root, image_size=a.size, cache_dir=cache)
+    decode_s = time.perf_counter() - t0
+    assert first.info["cache_built"]
+    nbytes = first.nbytes
+    del first
+    print(f"first load (decode into the cache): {decode_s:.1f} s")
+
+    one = trial_processes(root, cache, a.size, 1)
+    group = trial_processes(root, cache, a.size, a.concurrent)
+    assert not any(r["built"] for r in one + group)
+    assert len({r["checksum"] for r in one + group}) == 1
+    mapped = [r["load_s"] for r in one + group]
+    print(f"later loads (map): median {statistics.median(mapped):.3f} s")
+
+    tv_s = torchvision_pass(root, a.size, a.workers, 256)
+    print(f"torchvision ImageFolder + DataLoader, one pass: {tv_s:.1f} s")
+
+    resident = datasets.load("imagefolder", root=root, image_size=a.size, cache_dir=cache)
+    streamed = datasets.load("imagefolder", root=root, image_size=a.size, cache_dir=cache,
+                             max_memory_bytes=nbytes // 4)
+    assert streamed.streaming and not resident.streaming
+    arms = {"resident": [], "streamed": []}
+    for _ in range(a.repeats):  # interleaved
+        arms["resident"].append(train_throughput(resident, a.train_batches, 128))
+        arms["streamed"].append(train_throughput(streamed, a.train_batches, 128))
+    res_ips, str_ips = (statistics.median(v) for v in arms.values())
+    print(f"training: resident {res_ips:.0f} images/s, streamed {str_ips:.0f} images/s")
+
+    def delta(rows: list[dict], key: str) -> int:
+        return sum(r[f"{key}_after"] - r[f"{key}_before"] for r in rows)
+
+    return {
+        "folder_images": a.folder_images, "image_size": a.size, "data_bytes": nbytes,
+        "fabricate_s": fabricate_s, "decode_s": decode_s, "mapped_load_s": mapped,
+        "mapped_load_median_s": statistics.median(mapped),
+        "decode_over_mapped": decode_s / statistics.median(mapped),
+        "torchvision_pass_s": tv_s, "concurrent": a.concurrent,
+        "one_pss_delta": delta(one, "pss"), "one_rss_delta": delta(one, "rss"),
+        "group_pss_delta": delta(group, "pss"), "group_rss_delta": delta(group, "rss"),
+        "group_pss_over_one_copy": delta(group, "pss") / nbytes,
+        "train_batches": a.train_batches, "train_images_per_s": arms,
+        "resident_images_per_s": res_ips, "streamed_images_per_s": str_ips,
+        "streamed_over_resident": str_ips / res_ips, "memory_budget_bytes": nbytes // 4,
+    }
+
+
+def cache_markdown(c: dict) -> str:
+    mib = 2**20
+    return f"""
+## The decoded-data cache: a trial's data load and memory
+
+An ImageFolder of {c['folder_images']:,} JPEGs at {c['image_size']} px (fabricated by the
+benchmark, 10 classes), {c['data_bytes'] / mib:,.0f} MiB once decoded as uint8.
+
+| a trial's data | seconds |
+|---|---|
+| first load: list, decode, write the cache (threads) | {c['decode_s']:.2f} |
+| later load: map the cache, in a fresh process (median of {len(c['mapped_load_s'])}) | \
+{c['mapped_load_median_s']:.3f} |
+| torchvision `ImageFolder` + `DataLoader`, {c.get('workers', 2)} workers: one pass over \
+the folder (paid every epoch) | {c['torchvision_pass_s']:.2f} |
+
+first decode / mapped load: **{c['decode_over_mapped']:.0f}x** (floor 50x)
+
+Memory growth from loading the data and reading every image once, summed over the
+processes (PSS divides each shared page between the processes that map it):
+
+| trial processes | RSS growth (MiB) | PSS growth (MiB) | PSS / one copy |
+|---|---|---|---|
+| 1 | {c['one_rss_delta'] / mib:,.0f} | {c['one_pss_delta'] / mib:,.0f} | \
+{c['one_pss_delta'] / c['data_bytes']:.2f} |
+| {c['concurrent']} at once | {c['group_rss_delta'] / mib:,.0f} | \
+{c['group_pss_delta'] / mib:,.0f} | **{c['group_pss_over_one_copy']:.2f}** (floor < 1.5) |
+
+Training a small conv net ({c['train_batches']} batches of 128) on the data held within the
+memory budget and on the data streamed from the mapped file under a budget of a quarter of
+its size:
+
+| path | images/s (median) |
+|---|---|
+| resident (mapped, within budget) | {c['resident_images_per_s']:,.0f} |
+| streamed (budget {c['memory_budget_bytes'] / mib:,.0f} MiB, background reads) | \
+{c['streamed_images_per_s']:,.0f} |
+
+streamed / resident: **{c['streamed_over_resident']:.2f}** (floor 0.5)
+"""
+
+
 def main(argv: list[str] | None = None) -> dict:
     started = Run(__file__, argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -98,11 +316,21 @@ def main(argv: list[str] | None = None) -> dict:
     # One intra-op thread by default: the tensor loader then uses one core while the
     # DataLoader gets its worker processes (a comparison that favours the DataLoader).
     p.add_argument("--threads", type=int, default=1, help="torch threads for the tensor loader")
-    p.add_argument("--tiny", action="store_true", help="512 images, 2 epochs")
+    p.add_argument("--folder-images", type=int, default=50_000,
+                   help="part 2: JPEGs in the fabricated ImageFolder")
+    p.add_argument("--size", type=int, default=64, help="part 2: image size in pixels")
+    p.add_argument("--concurrent", type=int, default=4,
+                   help="part 2: trial processes loading the cached data at once")
+    p.add_argument("--train-batches", type=int, default=100,
+                   help="part 2: training steps timed per path and repeat")
+    p.add_argument("--repeats", type=int, default=3, help="part 2: timed repeats per path")
+    p.add_argument("--tiny", action="store_true",
+                   help="512 images, 2 epochs; part 2 with 600 images at 32 px")
     p.add_argument("--out", type=Path, default=DOCS)
     a = p.parse_args(argv)
     if a.tiny:
         a.images, a.epochs, a.batch_size = 512, 2, 128
+        a.folder_images, a.size, a.train_batches, a.repeats = 600, 32, 4, 1
     torch.set_num_threads(a.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
             t_ours.append(timed(ours))
             t_theirs.append(timed(theirs))
 
+        cache = cache_part(a, Path(tmp))
+
     med_ours, med_theirs = statistics.median(t_ours), statistics.median(t_theirs)
     result = {
         "images": a.images, "epochs": a.epochs, "batch_size": a.batch_size,
@@ -122,8 +352,11 @@ def main(argv: list[str] | None = None) -> dict:
         "tensor_epoch_s": med_ours, "torchvision_epoch_s": med_theirs,
         "speedup": med_theirs / med_ours,
         "tensor_epochs_s": t_ours, "torchvision_epochs_s": t_theirs,
+        "cache": {**cache, "workers": a.workers},
     }
-    md = f"""# Data pipeline: tensor-resident loader vs torchvision DataLoader
+    md = f"""# Data pipeline: the tensor loader and the decoded-data cache
+
+## Tensor-resident loader vs torchvision DataLoader
 
 {a.images:,} random CIFAR-shaped images (3x32x32 uint8), batch size {a.batch_size},
 augmentation random crop (padding 4) + horizontal flip + normalisation, no model.
@@ -138,7 +371,7 @@ The tensor loader runs with {a.threads} torch thread(s).
 {min(t_theirs):.4f}, {max(t_theirs):.4f} | {a.images / med_theirs:,.0f} |
 
 speedup: **{med_theirs / med_ours:.1f}x**
-"""
+""" + cache_markdown(result["cache"])
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load > cores:
         md += f"""

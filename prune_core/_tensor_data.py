@@ -2,15 +2,17 @@
 
 Batching, shuffling, random crop with padding, horizontal flip and normalisation are
 whole-batch tensor operations: no per-sample Python in the training loop. Data that
-stays in CPU memory is streamed: each batch is gathered on the CPU, pinned, and copied
-to the device asynchronously while the previous batch is in use. The batches are the
-same. :mod:`prune_core.data` loads datasets into these and re-exports them.
+is streamed (it stays in CPU memory, or in a mapped cache file larger than the memory
+budget) has each batch gathered on a background thread and copied to the device
+asynchronously while the previous batch is in use. The batches are the same.
+:mod:`prune_core.data` loads datasets into these and re-exports them.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -154,15 +156,30 @@ class Data:
 def _prefetch(
     chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Start copying batch i+1 to ``device`` before batch i is handed out."""
+    """Batch i+1 is gathered (read from the mapped cache file, where the data is mapped)
+    and pinned on a background thread, and its copy to ``device`` started, while batch i
+    is in use. Only the gathering moves off the training thread: the order and every
+    random draw stay where they were, so the batches are the resident path's."""
     pending = None
-    for x, y in chunks:
+    for x, y in _ahead(chunks):
         nxt = (_copy_to(x, device), _copy_to(y, device))
         if pending is not None:
             yield pending
         pending = nxt
     if pending is not None:
         yield pending
+
+
+def _ahead(items: Iterable) -> Iterator:
+    """``items`` produced one ahead on a background thread (tensor gathers and page-ins
+    release the GIL, so the reading overlaps the training step)."""
+    it = iter(items)
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        nxt = pool.submit(next, it, done)
+        while (item := nxt.result()) is not done:
+            nxt = pool.submit(next, it, done)
+            yield item
 
 
 def _copy_to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -213,22 +230,27 @@ def _affine(
     return scale, shift.view(1, -1, 1, 1)
 
 
+def carve_index(y: np.ndarray, fraction: float, seed: int = SPLIT_SEED
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of labels ``y`` split into (rest, carved), both sorted: a stratified, seeded
+    draw of ``fraction`` of each class (at least one image)."""
+    g = np.random.default_rng(seed)
+    carved = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        g.shuffle(idx)
+        carved.extend(idx[: max(1, round(len(idx) * fraction))].tolist())
+    mask = np.ones(len(y), dtype=bool)
+    mask[carved] = False
+    return np.flatnonzero(mask), np.sort(np.array(carved, dtype=np.int64))
+
+
 def carve(
     x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int = SPLIT_SEED
 ) -> tuple[Split, Split]:
     """Split (x, y) into (rest, carved) with a stratified, seeded draw of ``fraction``."""
-    g = np.random.default_rng(seed)
-    yn = y.numpy()
-    carved = []
-    for c in np.unique(yn):
-        idx = np.flatnonzero(yn == c)
-        g.shuffle(idx)
-        carved.extend(idx[: max(1, round(len(idx) * fraction))].tolist())
-    mask = np.ones(len(yn), dtype=bool)
-    mask[carved] = False
-    keep = torch.from_numpy(np.flatnonzero(mask))
-    cut = torch.from_numpy(np.sort(np.array(carved, dtype=np.int64)))
+    keep, cut = (torch.from_numpy(i) for i in carve_index(y.numpy(), fraction, seed))
     return Split(x[keep], y[keep]), Split(x[cut], y[cut])
 
 
-__all__ = ["SPLIT_SEED", "Data", "Split", "augment_batch", "carve"]
+__all__ = ["SPLIT_SEED", "Data", "Split", "augment_batch", "carve", "carve_index"]

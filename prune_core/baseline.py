@@ -22,7 +22,7 @@ from torch import nn
 
 import prune_core.models as models
 from prune_core._io import CheckpointError, atomic_save, safe_load
-from prune_core.data import Data
+from prune_core.data import Data, data_key
 from prune_core.measure import measure
 from prune_core.train import TrainConfig, evaluate, fit, seed_everything
 
@@ -49,7 +49,7 @@ class BaseSpec:
                 "model": self.model,
                 "model_kw": self.model_kw,
                 "data": self.data,
-                "data_kw": {k: v for k, v in self.data_kw.items() if k != "download"},
+                "data_kw": data_key(self.data, self.data_kw),
                 "train": self.train.key_dict(),
                 "transfer": self.transfer.key_dict() if self.transfer else None,
             },

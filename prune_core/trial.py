@@ -95,7 +95,10 @@ def load_data(spec: TrialSpec) -> datasets.Data:
     device = spec.torch_device()
     key = (spec.data, repr(sorted(spec.data_kw.items())), str(device))
     if key not in _DATA_CACHE:
-        _DATA_CACHE[key] = datasets.load(spec.data, device=device, **spec.data_kw)
+        # Decoded files go to the node's data cache beside the base models, mapped by
+        # every trial on the node after the first.
+        _DATA_CACHE[key] = datasets.load(spec.data, device=device,
+                                         cache_dir=Path(spec.cache_dir) / "data", **spec.data_kw)
     return _DATA_CACHE[key]
 
 

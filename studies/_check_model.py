@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from prune_core import data as datasets
@@ -58,8 +59,35 @@ def check_data(c: Checker, value: Any) -> tuple[str, dict]:
     for flag in ("download", "augment"):
         if not isinstance(kw.get(flag, False), bool):
             c.error(f"data.{flag}", f"{show(kw[flag])} is not true or false")
+    for k, allowed in (("resize", datasets.RESIZE), ("bad_images", datasets.BAD_IMAGES)):
+        if k in kw and kw[k] not in allowed:
+            c.error(f"data.{k}", f"{show(kw[k])} is not one of {', '.join(allowed)}")
+    for k in ("mean", "std"):
+        v = kw.get(k)
+        if v is not None and not (
+                isinstance(v, list) and len(v) == 3
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+                and (k == "mean" or min(v) > 0)):
+            c.error(f"data.{k}", f"{show(v)} is not three numbers, one per RGB channel"
+                                 f"{' (each > 0)' if k == 'std' else ''}; leave it out to use "
+                                 "the training split's own")
+    if kw.get("max_memory_bytes") is not None:
+        kw["max_memory_bytes"] = c.integer("data.max_memory_bytes", kw["max_memory_bytes"],
+                                           high=2**62)
     download = kw.get("download", False) is True
     root = kw.get("root")
+    files = kw.get("split_files")
+    if files is not None and (not isinstance(files, dict) or not {"train", "test"} <= set(files)
+                              or not set(files) <= {"train", "val", "test"}):
+        c.error("data.split_files", f"{show(files)} is not a mapping of train, test and "
+                                    "optionally val to files listing <class>/<image> paths")
+    elif files is not None and root is not None:
+        for k, f in files.items():
+            path = Path(str(f)).expanduser()
+            if not (path if path.is_absolute() else Path(str(root)).expanduser() / path
+                    ).is_file():
+                c.error(f"data.split_files.{k}", f"{show(f)} is not a file (relative paths "
+                                                 "are under data.root)")
     if root is None:
         if datasets.needs_root(name):
             c.error("data.root", f"dataset {name!r} needs a root directory; set data.root")

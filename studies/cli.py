@@ -14,7 +14,9 @@ import json
 import math
 import os
 import sys
+import time
 import traceback
+from pathlib import Path
 
 from prune_core.errors import InputError, PruneStudyError, StudyFilesError
 
@@ -271,6 +273,7 @@ def cmd_status(args) -> int:
         return _watch_status(study_dir, args.watch, args.json)
     with skipped_files(lambda m: log(f"warning: {m}")) as skipped:
         s = summary(study_dir)
+    s["cache"] = _cache_summary(Path(study_dir).parent / "_cache")
     if args.json:
         emit_json({**s, "warnings": skipped})
     else:
@@ -301,9 +304,22 @@ def _status_lines(s: dict, skipped: list[str]) -> list[str]:
     if kept.get("count"):
         out.append(f"  kept models: {kept['count']} in {s['path']}/models, "
                    f"{kept['bytes'] / 2**20:.1f} MiB (prune-study export takes one away)")
+    cache = s.get("cache")
+    if cache:
+        out.append(f"  cache {cache['path']}: " + ", ".join(
+            f"{v['count']} {k} {v['bytes'] / 2**20:.1f} MiB" for k, v in
+            (("base model(s)", cache["base"]), ("dataset(s)", cache["data"])))
+            + " (prune-study cache list|clear)")
     if skipped:
         out.append(f"  {len(skipped)} damaged file(s) or line(s) skipped (warnings on stderr)")
     return out
+
+
+def _cache_summary(cache_dir: Path) -> dict | None:
+    """The storage's cache: where, and how many base models and datasets of what size."""
+    from studies.caches import totals
+
+    return {"path": str(cache_dir), **totals(cache_dir)} if cache_dir.is_dir() else None
 
 
 def _watch_status(study_dir, every: float, as_json: bool) -> int:
@@ -443,6 +459,30 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_cache(args) -> int:
+    """`prune-study cache list|clear`: the storage's cached base models and datasets."""
+    from studies import caches
+
+    cache_dir = Path(args.storage).expanduser() / "_cache"
+    kinds = tuple(args.kind or caches.KINDS)
+    if args.action == "clear":
+        rows = caches.clear(cache_dir, kinds, args.older_than)
+    else:
+        rows = [r for r in caches.items(cache_dir) if r["kind"] in kinds]
+    if args.json:
+        emit_json({"cache": str(cache_dir), "action": args.action, "entries": rows})
+        return EXIT_OK
+    verb = "removed" if args.action == "clear" else "holds"
+    total = sum(r["bytes"] for r in rows)
+    print(f"{cache_dir} {verb} {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}, "
+          f"{total / 2**20:.1f} MiB")
+    for r in rows:
+        age = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["modified"]))
+        print(f"  {r['kind']:4}  {r['bytes'] / 2**20:9.1f} MiB  {age}  {r['name']}: "
+              f"{r['detail']}")
+    return EXIT_OK
+
+
 def _study_dir(path: str):
     from pathlib import Path
 
@@ -467,6 +507,22 @@ def _seconds(text: str) -> float:
     if not 0.1 <= value <= 86400:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds in "
                                          "[0.1, 86400]")
+    return value
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``90``, ``30m``, ``12h`` or ``7d`` as seconds."""
+    unit = text[-1:] if text[-1:] in _UNITS else "s"
+    try:
+        value = float(text[:-1] if text[-1:] in _UNITS else text) * _UNITS[unit]
+    except ValueError:
+        value = math.nan
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration such as 90, 30m, "
+                                         "12h or 7d")
     return value
 
 
@@ -586,6 +642,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true",
                    help="print one JSON document (with --watch: one JSON line per redraw)")
     s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser(
+        "cache", help="list or clear the cached base models and decoded datasets",
+        description="A storage's cache (<storage>/_cache) holds the trained base models, by "
+        "a hash of everything that determines them, and the datasets decoded once per node "
+        "into uint8 files that every trial maps (data/). Both are rebuilt on their next use "
+        "once cleared; clearing never disturbs a running trial.")
+    s.add_argument("action", choices=("list", "clear"))
+    s.add_argument("--storage", default="runs",
+                   help="the storage directory whose _cache to use (default: runs)")
+    s.add_argument("--kind", choices=("base", "data"), action="append",
+                   help="only base models or only datasets (repeatable; default: both)")
+    s.add_argument("--older-than", type=_duration, metavar="DURATION",
+                   help="clear: only entries not modified for this long (e.g. 7d, 12h, 30m)")
+    s.add_argument("--json", action="store_true", help="print one JSON document")
+    s.set_defaults(fn=cmd_cache)
 
     s = sub.add_parser(
         "export", help="write one trial's model (torch.export, ONNX, safetensors) and check it",

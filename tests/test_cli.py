@@ -113,6 +113,14 @@ def test_status_json_is_one_document_with_the_counts(tmp_path, capsys):
     assert "hypervolume" in doc
     assert main(["status", str(d)]) == EXIT_OK
     assert "3 of 6 trials finished, 1 running, 1 failed" in capsys.readouterr().out
+    assert doc["cache"] is None  # the storage has no cache yet
+    # With a base model and a decoded dataset in the storage's cache, status shows both.
+    (tmp_path / "_cache" / "data" / "x-8px-0").mkdir(parents=True)
+    (tmp_path / "_cache" / "data" / "x-8px-0" / "images.u8").write_bytes(bytes(3 * 2**20))
+    (tmp_path / "_cache" / "base-vgg11-digits-0.pt").write_bytes(bytes(2**20))
+    assert main(["status", str(d)]) == EXIT_OK
+    assert (f"cache {tmp_path / '_cache'}: 1 base model(s) 1.0 MiB, 1 dataset(s) 3.0 MiB"
+            in capsys.readouterr().out)
 
 
 def test_study_commands_reject_a_directory_that_is_not_a_study(tmp_path, capsys):

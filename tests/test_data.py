@@ -186,10 +186,12 @@ def test_registry_lists_every_dataset():
         assert name in names and datasets.dataset_doc(name)
     assert datasets.list_datasets("cifar*") == ["cifar10", "cifar100"]
     assert datasets.needs_root("cub200") and not datasets.needs_root("digits")
-    # What a spec may set: load()'s own keywords plus each dataset's options.
+    # What a spec may set: load()'s own keywords plus each dataset's options; the cache
+    # directory is the trial's to give, never a dataset option.
     own = set(inspect.signature(datasets.load).parameters) - {"name", "device", "kw"}
-    assert own == set(datasets.LOAD_OPTIONS)
-    assert datasets.dataset_options("cub200") == {"image_size": 224}
+    assert own == {*datasets.LOAD_OPTIONS, "cache_dir"}
+    assert datasets.dataset_options("cub200") == {
+        "image_size": 224, "resize": "crop", "bad_images": "refuse", "mean": None, "std": None}
     assert datasets.dataset_options("cifar10") == {}
 
 
@@ -388,7 +390,11 @@ def test_cub200_loads_real_format(cub):
     d = datasets.load("cub200", root=parent, image_size=16)  # parent of CUB_200_2011
     assert (d.num_classes, d.input_shape, d.crop_padding) == (3, (3, 16, 16), 2)
     assert d.info["classes"] == CUB_CLASSES
-    assert d.mean == IMAGENET_MEAN and d.std == IMAGENET_STD
+    # Normalised with the training split's own statistics, not ImageNet's.
+    train = d.train.x.double() / 255
+    assert d.mean == pytest.approx(train.mean(dim=(0, 2, 3)).tolist(), abs=1e-9)
+    assert d.std == pytest.approx(train.std(dim=(0, 2, 3), correction=0).tolist(), abs=1e-6)
+    assert d.mean != pytest.approx(IMAGENET_MEAN, abs=1e-3)
     assert (len(d.train), len(d.val), len(d.test)) == (9, 3, 12)
     ids = {s: _image_ids(d.split(s)) for s in ("train", "val", "test")}
     assert sorted(ids["test"]) == [i for i, (_, tr) in truth.items() if not tr]
@@ -400,7 +406,10 @@ def test_cub200_loads_real_format(cub):
     assert float(every[:, :, 1:-1, 1:-1].float().std(dim=(2, 3)).max()) < 6
     gray = every[(ids["train"] + ids["val"] + ids["test"]).index(7)]  # a grayscale JPEG
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[0], gray[2])
-    # Normalised with ImageNet statistics.
+    # Statistics given in the spec are used instead.
+    d = datasets.load("cub200", root=parent, image_size=16, mean=list(IMAGENET_MEAN),
+                      std=list(IMAGENET_STD))
+    assert d.mean == IMAGENET_MEAN and d.std == IMAGENET_STD
     x, _ = next(d.batches("test", 4))
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -489,6 +498,14 @@ def test_benchmark_tiny(tmp_path):
         result["torchvision_epoch_s"] / result["tensor_epoch_s"], rel=1e-6)
     assert "-m benchmarks.bench_data --tiny" in result["command"]
     assert "speedup" in (tmp_path / "data.md").read_text()
+    # Part 2: one decode, then 1 + 4 trial processes that each mapped the cache.
+    cache = result["cache"]
+    assert cache["folder_images"] == 600 and cache["data_bytes"] == 600 * 3 * 32 * 32 + 600 * 8
+    assert len(cache["mapped_load_s"]) == 1 + cache["concurrent"] == 5
+    assert cache["decode_over_mapped"] == pytest.approx(
+        cache["decode_s"] / cache["mapped_load_median_s"])
+    assert cache["streamed_images_per_s"] > 0 and cache["resident_images_per_s"] > 0
+    assert "PSS / one copy" in (tmp_path / "data.md").read_text()
 
 
 def test_augment_false_trains_without_crop_and_flip():

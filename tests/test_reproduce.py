@@ -92,6 +92,10 @@ def test_seed_000_runs_each_point_with_two_seeds_resumes_and_reads_the_seeds_mom
     _check(result, tmp_path / "out", "000", seeds=2)
     ok = {r["trial_id"]: r["row"] for r in trial_records(study_dir) if r["status"] == "ok"}
     assert len(ok) == 6 and all(ok[t] == row for t, row in first.items())
+    # The trials decoded CUB once into the storage's data cache and mapped it after that.
+    cached = [d for d in (tmp_path / "runs" / "_cache" / "data").iterdir() if d.is_dir()]
+    assert [json.loads((d / "manifest.json").read_text())["dataset"] for d in cached] == [
+        "cub200"]
     assert all(r["accuracy sd"] is not None for r in result["rows"])
     spec = (tmp_path / "out" / "reproduce-000.yaml").read_text()
     assert "repeats: 2" in spec and "enqueue:" in spec

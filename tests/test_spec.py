@@ -81,6 +81,28 @@ def test_every_error_is_reported_at_once():
     assert len(errs) == len(expect)
 
 
+def test_folder_data_options_are_checked_by_name(tmp_path):
+    (tmp_path / "train.txt").write_text("a/1.png\n")
+    errs = errors_of(good(data={
+        "name": "imagefolder", "root": str(tmp_path), "resize": "zoom", "bad_images": "ignore",
+        "mean": [0.5, 0.5], "std": [0.2, 0.0, 0.2], "max_memory_bytes": -1,
+        "split_files": {"train": "train.txt", "test": "test.txt"}}))
+    assert errs == [
+        "data.resize: 'zoom' is not one of crop, stretch, pad",
+        "data.bad_images: 'ignore' is not one of refuse, skip",
+        "data.mean: [0.5, 0.5] is not three numbers, one per RGB channel; leave it out to "
+        "use the training split's own",
+        "data.std: [0.2, 0.0, 0.2] is not three numbers, one per RGB channel (each > 0); "
+        "leave it out to use the training split's own",
+        "data.max_memory_bytes: -1 is not valid; allowed: an integer in [0, 4611686018427387904]",
+        "data.split_files.test: 'test.txt' is not a file (relative paths are under data.root)",
+    ]
+    errs = errors_of(good(data={"name": "imagefolder", "root": str(tmp_path),
+                                "split_files": {"val": "train.txt"}}))
+    assert errs[0].startswith("data.split_files: {'val': 'train.txt'} is not a mapping of "
+                              "train, test and optionally val")
+
+
 def test_missing_data_root_is_reported(tmp_path):
     errs = errors_of(good(data={"name": "cifar10"}))
     assert errs == ["data.root: dataset 'cifar10' needs a root directory; set data.root"]
