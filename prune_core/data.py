@@ -311,6 +311,10 @@ def _cifar100(*, root=None, download=False, val_fraction=0.1, cache_dir=None) ->
 
 RESIZE = ("crop", "stretch", "pad")
 BAD_IMAGES = ("refuse", "skip")
+# gpu: JPEG decoding (nvJPEG) and resizing on the CUDA device while the cache is built.
+# Its pixels differ slightly from PIL's (another IDCT and resize filter), so it is a
+# separate cache entry, and a choice: every node of a study should decode alike.
+DECODE = ("cpu", "gpu")
 
 
 def _read_image(path: Path, size: int, resize: str = "crop") -> np.ndarray:
@@ -340,11 +344,14 @@ def _read_image(path: Path, size: int, resize: str = "crop") -> np.ndarray:
 
 
 def decode_into(out: np.ndarray, paths: list[Path], size: int, resize: str = "crop",
-                log: Callable[[str], None] | None = None) -> dict[int, str]:
+                log: Callable[[str], None] | None = None,
+                rows: list[int] | None = None) -> dict[int, str]:
     """Decode image files into ``out[i]`` (uint8 [N, 3, size, size], an array or a mapped
-    file) on threads; returns {index: why} for the files that could not be read."""
+    file) on threads, for every ``i`` in ``rows`` (default: all); returns {index: why}
+    for the files that could not be read."""
     failed: dict[int, str] = {}
     t0 = last = time.monotonic()
+    rows = list(range(len(paths))) if rows is None else rows
 
     def read(i: int) -> None:
         try:
@@ -355,11 +362,73 @@ def decode_into(out: np.ndarray, paths: list[Path], size: int, resize: str = "cr
 
     # PIL releases the GIL while decoding and resizing, so threads use every core.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for done, _ in enumerate(pool.map(read, range(len(paths))), 1):
+        for done, _ in enumerate(pool.map(read, rows), 1):
             if log is not None and time.monotonic() - last > 10:
                 last = time.monotonic()
-                log(f"decoded {done} of {len(paths)} images ({last - t0:.0f} s)")
+                log(f"decoded {done} of {len(rows)} images ({last - t0:.0f} s)")
     return failed
+
+
+def _fit_tensor(img: torch.Tensor, size: int, resize: str) -> torch.Tensor:
+    """:func:`_read_image`'s resize policies, placed as PIL's ``ImageOps`` places them, on
+    a uint8 [3, h, w] tensor on its device."""
+    x = img.unsqueeze(0).float()
+    h, w = img.shape[1:]
+
+    def scaled(t: torch.Tensor, nh: int, nw: int) -> torch.Tensor:
+        return F.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True,
+                             align_corners=False)
+
+    if resize == "stretch" or h == w:
+        y = scaled(x, size, size)
+    elif resize == "pad":  # the longer side to size, centred on black
+        nh, nw = (size, max(1, round(w / h * size))) if h > w else \
+            (max(1, round(h / w * size)), size)
+        y = x.new_zeros(1, 3, size, size)
+        top, left = round((size - nh) * 0.5), round((size - nw) * 0.5)
+        y[..., top : top + nh, left : left + nw] = scaled(x, nh, nw)
+    else:  # the centre square of the source, then to size
+        side = min(h, w)
+        top, left = int((h - side) * 0.5), int((w - side) * 0.5)
+        y = scaled(x[..., top : top + side, left : left + side], size, size)
+    return y.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+def decode_on_device(out: np.ndarray, paths: list[Path], size: int, resize: str,
+                     device: torch.device | str, batch: int = 256,
+                     log: Callable[[str], None] | None = None) -> dict[int, str]:
+    """:func:`decode_into` with JPEG files decoded and resized by torchvision on
+    ``device`` (nvJPEG on a CUDA device), ``batch`` files at a time; other formats, and
+    files it cannot decode, go through :func:`decode_into` (which names the bad ones)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpeg = [i for i, p in enumerate(paths) if p.suffix.lower() in (".jpg", ".jpeg")]
+    rest = sorted(set(range(len(paths))) - set(jpeg))
+    for start in range(0, len(jpeg), batch):
+        rows = jpeg[start : start + batch]
+        raw = []
+        for i in rows:
+            try:
+                raw.append(torch.from_numpy(np.fromfile(paths[i], dtype=np.uint8)))
+            except OSError:
+                raw.append(torch.empty(0, dtype=torch.uint8))
+        try:
+            images: list = decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:  # one bad file fails the batch: decode them one by one
+            images = []
+            for r in raw:
+                try:
+                    images.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    images.append(None)
+        for i, img in zip(rows, images, strict=True):
+            if img is None:
+                rest.append(i)
+            else:
+                out[i] = _fit_tensor(img, size, resize).cpu().numpy()
+        if log is not None and len(jpeg) > 10 * batch and (start // batch) % 20 == 19:
+            log(f"decoded {start + len(rows)} of {len(jpeg)} JPEG images on {device}")
+    return decode_into(out, paths, size, resize, log, rows=sorted(rest))
 
 
 def read_images(paths: list[Path], size: int, resize: str = "crop") -> torch.Tensor:
@@ -405,6 +474,7 @@ class ImagePlan:
     bad_images: str = "refuse"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    decode: str = "cpu"  # cpu: PIL on threads; gpu: torchvision's nvJPEG on the CUDA device
     key: dict = field(default_factory=dict)  # options that shape the splits
     extra_sources: list[Path] = field(default_factory=list)  # metadata files
     info: dict = field(default_factory=dict)
@@ -412,7 +482,7 @@ class ImagePlan:
     def cache_key(self) -> dict:
         return {"dataset": self.name, "root": str(self.root.resolve()),
                 "image_size": self.image_size, "resize": self.resize,
-                "bad_images": self.bad_images, **self.key}
+                "bad_images": self.bad_images, "decode": self.decode, **self.key}
 
     def files(self) -> list[Path]:
         return [p for s in SPLIT_NAMES for p in self.splits[s][0]]
@@ -427,7 +497,11 @@ class ImagePlan:
         labels = np.array([t for s in SPLIT_NAMES for t in self.splits[s][1]], dtype=np.int64)
         if len(paths) > 1000:
             log(f"decoding {len(paths)} images of {self.name} at {self.image_size} px")
-        failed = decode_into(images, paths, self.image_size, self.resize, log)
+        if self.decode == "gpu":
+            failed = decode_on_device(images, paths, self.image_size, self.resize,
+                                      torch.device("cuda"), log=log)
+        else:
+            failed = decode_into(images, paths, self.image_size, self.resize, log)
         if failed and self.bad_images == "refuse":
             shown = "; ".join(failed[i] for i in sorted(failed)[:5])
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
@@ -503,6 +577,14 @@ def _check_choice(field_: str, value: object, allowed: tuple[str, ...]) -> str:
     return str(value)
 
 
+def _check_decode(value: object) -> str:
+    decode = _check_choice("decode", value, DECODE)
+    if decode == "gpu" and not torch.cuda.is_available():
+        raise DataError("decode: gpu needs a CUDA device, and this node has none; set "
+                        "decode: cpu (the default), or run the study on GPU nodes only")
+    return decode
+
+
 def _check_stats(field_: str, value: object) -> tuple[float, ...] | None:
     if value is None:
         return None
@@ -539,7 +621,7 @@ def _cub_table(path: Path, how: str) -> dict[int, str]:
 @register_dataset("cub200", "CUB-200-2011 birds from its folder, resized and center-cropped")
 def _cub200(*, root=None, download=False, val_fraction=0.1, image_size: int = 224,
             resize: str = "crop", bad_images: str = "refuse", mean=None, std=None,
-            cache_dir=None) -> Data:
+            decode: str = "cpu", cache_dir=None) -> Data:
     how = (
         f"download CUB_200_2011.tgz from {CUB_URL} and extract it; "
         "data.root is the CUB_200_2011 folder or the folder that holds it"
@@ -572,7 +654,7 @@ def _cub200(*, root=None, download=False, val_fraction=0.1, image_size: int = 22
         {s: ([paths[i] for i in rows], y[rows].tolist()) for s, rows in order.items()},
         size, _check_choice("resize", resize, RESIZE),
         _check_choice("bad_images", bad_images, BAD_IMAGES),
-        _check_stats("mean", mean), _check_stats("std", std),
+        _check_stats("mean", mean), _check_stats("std", std), _check_decode(decode),
         key={"val_fraction": val_fraction}, extra_sources=meta, info={"root": str(base)})
     return _decoded(plan, cache_dir)
 
@@ -613,7 +695,7 @@ def _split_file(base: Path, path: object, how: str) -> tuple[Path, list[tuple[in
 def _imagefolder(
     *, root=None, download=False, val_fraction=0.1, image_size: int = 224,
     test_fraction: float = 0.2, resize: str = "crop", bad_images: str = "refuse",
-    mean=None, std=None, split_files=None, cache_dir=None,
+    mean=None, std=None, split_files=None, decode: str = "cpu", cache_dir=None,
 ) -> Data:
     how = (
         "data.root must hold one folder of images per class (root/<class>/<image>), "
@@ -628,7 +710,7 @@ def _imagefolder(
     base = _require_root("imagefolder", root, how)
     options = (_check_choice("resize", resize, RESIZE),
                _check_choice("bad_images", bad_images, BAD_IMAGES),
-               _check_stats("mean", mean), _check_stats("std", std))
+               _check_stats("mean", mean), _check_stats("std", std), _check_decode(decode))
     held = next((base / d for d in ("test", "val") if (base / d).is_dir()), None)
 
     def plan(splits, classes, layout, key, extra=()) -> Data:
@@ -688,9 +770,10 @@ def _imagefolder(
 
 
 __all__ = [
-    "BAD_IMAGES", "CIFAR_MEAN", "CIFAR_STD", "CUB_URL", "DEVICE_FRACTION", "IMAGENET_MEAN",
-    "IMAGENET_STD", "LOAD_OPTIONS", "MEMORY_FRACTION", "RESIZE", "SPLIT_SEED", "Data",
-    "DataError", "ImagePlan", "Split", "augment_batch", "carve", "carve_index", "data_key",
-    "dataset_doc", "dataset_options", "decode_into", "device_budget", "list_datasets", "load",
-    "memory_budget", "needs_root", "read_images", "register_dataset",
+    "BAD_IMAGES", "CIFAR_MEAN", "CIFAR_STD", "CUB_URL", "DECODE", "DEVICE_FRACTION",
+    "IMAGENET_MEAN", "IMAGENET_STD", "LOAD_OPTIONS", "MEMORY_FRACTION", "RESIZE",
+    "SPLIT_SEED", "Data", "DataError", "ImagePlan", "Split", "augment_batch", "carve",
+    "carve_index", "data_key", "dataset_doc", "dataset_options", "decode_into",
+    "decode_on_device", "device_budget", "list_datasets", "load", "memory_budget",
+    "needs_root", "read_images", "register_dataset",
 ]

@@ -59,7 +59,8 @@ def check_data(c: Checker, value: Any) -> tuple[str, dict]:
     for flag in ("download", "augment"):
         if not isinstance(kw.get(flag, False), bool):
             c.error(f"data.{flag}", f"{show(kw[flag])} is not true or false")
-    for k, allowed in (("resize", datasets.RESIZE), ("bad_images", datasets.BAD_IMAGES)):
+    for k, allowed in (("resize", datasets.RESIZE), ("bad_images", datasets.BAD_IMAGES),
+                       ("decode", datasets.DECODE)):
         if k in kw and kw[k] not in allowed:
             c.error(f"data.{k}", f"{show(kw[k])} is not one of {', '.join(allowed)}")
     for k in ("mean", "std"):

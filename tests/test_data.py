@@ -191,7 +191,8 @@ def test_registry_lists_every_dataset():
     own = set(inspect.signature(datasets.load).parameters) - {"name", "device", "kw"}
     assert own == {*datasets.LOAD_OPTIONS, "cache_dir"}
     assert datasets.dataset_options("cub200") == {
-        "image_size": 224, "resize": "crop", "bad_images": "refuse", "mean": None, "std": None}
+        "image_size": 224, "resize": "crop", "bad_images": "refuse", "mean": None, "std": None,
+        "decode": "cpu"}
     assert datasets.dataset_options("cifar10") == {}
 
 

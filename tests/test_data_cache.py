@@ -289,3 +289,39 @@ def test_cache_command_lists_and_clears(folder, tmp_path):
     bad = subprocess.run([*cli, "clear", "--storage", str(storage), "--older-than", "soon"],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "expected a duration such as 90, 30m, 12h or 7d" in bad.stderr
+
+
+def test_device_decoding_matches_pil_and_names_the_same_bad_files(tmp_path):
+    """decode: gpu's code path (torchvision's decode_jpeg and resize), run on the CPU:
+    JPEGs within a few levels of PIL's pixels under every resize policy, other formats
+    through PIL exactly, and the same unreadable files named."""
+    paths = []
+    # Shorter sides under twice the size: PIL decodes them at full scale (no JPEG draft
+    # reduction), so only the resize filters differ.
+    for i, (h, w) in enumerate([(40, 50), (64, 32), (30, 90), (24, 24), (33, 47)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([255 * xx / w, 255 * yy / h, 128 + 100 * np.sin(xx / 7 + i)], -1)
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(img.astype(np.uint8)).save(paths[-1], quality=95)
+    paths.append(tmp_path / "plain.png")
+    Image.fromarray(img.astype(np.uint8)).save(paths[-1])
+    paths.append(tmp_path / "bad.jpg")
+    paths[-1].write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    for resize in datasets.RESIZE:
+        pil = np.zeros((len(paths), 3, 24, 24), np.uint8)
+        dev = np.zeros_like(pil)
+        assert sorted(datasets.decode_into(pil, paths, 24, resize)) == [6]
+        failed = datasets.decode_on_device(dev, paths, 24, resize, "cpu", batch=4)
+        assert list(failed) == [6] and "bad.jpg" in failed[6]
+        # A placement one pixel off costs 5 to 17 levels on these gradients.
+        diff = np.abs(pil[:5].astype(int) - dev[:5]).mean(axis=(1, 2, 3))
+        assert diff.max() < 1, (resize, diff)
+        assert np.array_equal(pil[5], dev[5])  # the PNG: PIL in both
+
+
+def test_gpu_decoding_without_a_gpu_is_refused(folder):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")  # the CPU-only refusal only
+    with pytest.raises(DataError, match="decode: gpu needs a CUDA device, and this node has "
+                                        "none; set decode: cpu"):
+        datasets.load("imagefolder", root=folder, image_size=16, decode="gpu")
