@@ -92,6 +92,9 @@ _REPR = {
 }
 _VALID_TEXT = yaml.safe_dump(BASE, sort_keys=False).encode()
 
+# an existing folder as data.root: the mistakes below are in other fields
+_IMAGEFOLDER = {"name": "imagefolder", "root": str(Path(__file__).resolve().parent)}
+
 BAD_SPECS: dict[str, BadSpec] = {
     # the file itself
     "empty file": BadSpec("spec", text=b""),
@@ -130,6 +133,21 @@ BAD_SPECS: dict[str, BadSpec] = {
     "data as a list": BadSpec("data", _with(data=["digits"])),
     "data.download a string": BadSpec("data.download", _set("data.download", "yes")),
     "data.augment a string": BadSpec("data.augment", _set("data.augment", "no")),
+    "data.resize unknown": BadSpec("data.resize", _with(
+        data={**_IMAGEFOLDER, "resize": "zoom"})),
+    "data.bad_images unknown": BadSpec("data.bad_images", _with(
+        data={**_IMAGEFOLDER, "bad_images": "ignore"})),
+    "data.decode unknown": BadSpec("data.decode", _with(
+        data={**_IMAGEFOLDER, "decode": "fpga"})),
+    "data.mean two numbers": BadSpec("data.mean", _with(
+        data={**_IMAGEFOLDER, "mean": [0.5, 0.5]})),
+    "data.std zero": BadSpec("data.std", _with(
+        data={**_IMAGEFOLDER, "std": [0.2, 0, 0.2]})),
+    "data.split_files missing file": BadSpec("data.split_files.test", _with(
+        data={**_IMAGEFOLDER, "split_files": {"train": "__init__.py",
+                                              "test": "no-such-list.txt"}})),
+    "data.max_memory_bytes negative": BadSpec("data.max_memory_bytes",
+                                              _set("data.max_memory_bytes", -1)),
     # model
     "unknown model": BadSpec("model.name", _with(model="resnet9000")),
     "model.width 0": BadSpec("model.width", _set("model.width", 0)),
@@ -304,7 +322,6 @@ HUGE = 10**400  # a 401-digit integer: float() and math.isfinite() of it raise O
 BAD_NUMBERS = {"a 401-digit integer": HUGE, "true": True, "1e400 (text: infinity)": "1e400"}
 _IMPORT_MODEL = {"import": "tests.user_models:small_net"}
 _ASHA = {"objectives": {"accuracy": "max"}}
-_IMAGEFOLDER = {"name": "imagefolder", "root": str(Path(__file__).resolve().parent)}
 # field the error must name -> how to put a value there
 NUMERIC_FIELDS: dict[str, Callable[[Any], Callable[[dict], Any]]] = {
     "space.slimming.sparsity_epochs.high": lambda v: _space(

@@ -54,6 +54,23 @@ def _round1(key: str) -> Callable[[dict], float | None]:
     return read
 
 
+def _first_reinit(row: dict) -> float | None:
+    """Validation accuracy right after RePr's first re-initialisation."""
+    values = row.get("repr.reinit_val_accuracy_per_cycle") or []
+    return values[0] if values else None
+
+
+def _alpha_step(pick: Callable[[list[dict]], dict | None]) -> Callable[[dict], float | None]:
+    """Validation accuracy at one alpha step of the branch schedule's last pass (the
+    whole network's when every layer goes at once)."""
+    def read(row: dict) -> float | None:
+        steps = row.get("branch.val_accuracy_per_step") or []
+        last = [s for s in steps if s.get("pass") == steps[-1].get("pass")] if steps else []
+        step = pick(last) if last else None
+        return step.get("val_accuracy") if step else None
+    return read
+
+
 @dataclass(frozen=True)
 class Seed:
     title: str
@@ -124,7 +141,8 @@ SEEDS: dict[str, Seed] = {
          Point("int8", {"pipeline": "quantize"}))),
     "003": Seed(
         "RePr on CIFAR-10, C3(32), 100 epochs, S1 = 20, S2 = 10", "repr-cifar10.yaml",
-        ("accuracy", "repr.plain_accuracy"),
+        ("accuracy", "repr.train_accuracy", "repr.plain_accuracy", "repr.plain_train_accuracy",
+         "cycle 1: right after re-initialisation (val)"),
         (Point("RePr", {"repr.drop": "overlapping", "repr.zero_next": True},
                "seed: 74.05 % against 77.84 % plain; paper: 76.4 % against 72.1 %"),
          Point("next layer's channels not zeroed", {"repr.drop": "overlapping",
@@ -135,10 +153,13 @@ SEEDS: dict[str, Seed] = {
                "the control (plain training) did well; the inverted ranking did not"),
          Point("no random crop", {"repr.drop": "overlapping", "repr.zero_next": True},
                "training accuracy near 100 %, test about 60 %, falling after pruning",
-               data={"augment": False}))),
+               data={"augment": False})),
+        derived={"cycle 1: right after re-initialisation (val)": _first_reinit}),
     "004": Seed(
         "Parallel-branch pruning on CIFAR-10, VGG-16, 75 % of each layer",
-        "branch-cifar10.yaml", ("accuracy", "base_accuracy", "macs", "params"),
+        "branch-cifar10.yaml",
+        ("first alpha step (val)", "alpha nearest 0.4 (val)", "alpha 0 (val)",
+         "branch.merged_accuracy", "accuracy", "base_accuracy", "macs", "params"),
         (Point("alpha 0.9, 0.8, ..., 0, every layer at once",
                {"branch.alpha_schedule": "linear", "branch.order": "all",
                 "branch.epochs_per_step": 1},
@@ -148,7 +169,13 @@ SEEDS: dict[str, Seed] = {
                 "branch.epochs_per_step": 1}),
          Point("alpha 0.9, ..., 0, one layer after another",
                {"branch.alpha_schedule": "linear", "branch.order": "sequential",
-                "branch.epochs_per_step": 1}, "the seed's plan for the next week"))),
+                "branch.epochs_per_step": 1}, "the seed's plan for the next week")),
+        # The seed reports accuracy along the schedule and after merging, without
+        # fine-tuning: merged_accuracy is that moment; accuracy is after fine-tuning.
+        derived={"first alpha step (val)": _alpha_step(lambda s: s[0]),
+                 "alpha nearest 0.4 (val)": _alpha_step(
+                     lambda s: min(s, key=lambda x: abs(x["alpha"] - 0.4))),
+                 "alpha 0 (val)": _alpha_step(lambda s: s[-1])}),
 }
 
 # --tiny: what a CPU runs in seconds. Models shrink, every epoch count becomes 1.

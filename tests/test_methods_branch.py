@@ -125,6 +125,11 @@ def test_keep_three_quarters_on_digits_stays_within_two_points(base_vgg, digits)
     assert layers["features.conv0"] / base_layers["features.conv0"] == pytest.approx(0.75)
     assert [r["alpha"] for r in rows if r["phase"] == "branch"] == \
         pytest.approx(alpha_values("cosine", 4))
+    # the schedule's trajectory: validation accuracy at the end of each alpha step
+    steps = ctx.results["branch.val_accuracy_per_step"]
+    assert [s["alpha"] for s in steps] == pytest.approx(alpha_values("cosine", 4))
+    assert [s["val_accuracy"] for s in steps] == [r["val_accuracy"] for r in rows
+                                                  if r["phase"] == "branch"]
     assert [r["phase"] for r in rows][-4:] == ["branch"] + ["finetune"] * 3
 
 
@@ -142,6 +147,9 @@ def test_sequential_order_converts_one_layer_per_pass(base_vgg, digits):
     widths = [getattr(out.features, f"conv{i}").out_channels for i in range(8)]
     full = [getattr(base_vgg.build().features, f"conv{i}").out_channels for i in range(8)]
     assert widths == [round(0.5 * c) for c in full]
+    # without fine-tuning, the merged accuracy is the returned model's
+    assert ctx.results["branch.merged_accuracy"] == evaluate(out, small, "test")["accuracy"]
+    assert [s["pass"] for s in ctx.results["branch.val_accuracy_per_step"]] == list(range(8))
 
 
 def test_vgg_blocks_have_their_pooling_on_the_path(digits):

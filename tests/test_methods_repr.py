@@ -21,7 +21,7 @@ from prune_core.methods.repr import (
     orthogonality_scores,
     reinit_filters,
 )
-from prune_core.train import Hooks, TrainConfig, fit, make_optimizer
+from prune_core.train import Hooks, TrainConfig, evaluate, fit, make_optimizer
 from tests.conftest import ROOT
 
 
@@ -212,8 +212,13 @@ def test_repr_trains_and_reports_beside_plain(digits):
     (shares,) = ctx.results["repr.pruned_share_per_cycle"]
     assert set(shares) == {"features.conv0", "features.conv1", "features.conv2"}
     assert sum(shares.values()) * 8 == pytest.approx(round(0.25 * 24))
-    for key in ("repr.plain_accuracy", "repr.plain_balanced_accuracy"):
+    for key in ("repr.plain_accuracy", "repr.plain_balanced_accuracy",
+                "repr.plain_train_accuracy"):
         assert 0.0 <= ctx.results[key] <= 1.0
+    # train accuracy of the returned model, at the moment its test accuracy is measured
+    assert ctx.results["repr.train_accuracy"] == evaluate(out, digits, "train")["accuracy"]
+    (reinit,) = ctx.results["repr.reinit_val_accuracy_per_cycle"]  # one per cycle
+    assert 0.0 <= reinit <= 1.0
     # the filters came back: nothing is zero any more in the returned model
     assert all(m.weight.reshape(m.out_channels, -1).abs().sum(1).min() > 0
                for m in out.modules() if isinstance(m, nn.Conv2d))

@@ -72,6 +72,10 @@ def test_cifar_seeds_run_every_point_as_a_study(seed, cifar_root, tmp_path,  # n
     if seed == "003":  # one study per data setting: random crops, and none
         assert [s["study"] for s in result["rows"]].count("reproduce-003-augment-false") == 1
         assert all(r["repr.plain_accuracy"] is not None for r in rows.values())
+        # train beside test accuracy, and the moment right after re-initialisation
+        for column in ("repr.train_accuracy", "repr.plain_train_accuracy",
+                       "cycle 1: right after re-initialisation (val)"):
+            assert all(0.0 <= r[column] <= 1.0 for r in rows.values()), column
 
 
 def test_seed_000_runs_each_point_with_two_seeds_resumes_and_reads_the_seeds_moments(
@@ -132,3 +136,19 @@ def test_missing_root_and_weights_are_refused_before_anything_runs(tmp_path, cap
     with pytest.raises(SystemExit) as e:
         reproduce.main(["000", "--root", str(tmp_path), "--weights", str(tmp_path / "w.pth")])
     assert e.value.code == 2 and "--weights" in capsys.readouterr().err
+
+
+def test_seed_004_columns_read_the_last_pass_of_the_alpha_schedule():
+    derived = reproduce.SEEDS["004"].derived
+    row = {"branch.val_accuracy_per_step": [
+        {"pass": 0, "alpha": 0.5, "val_accuracy": 0.1}, {"pass": 0, "alpha": 0.0,
+                                                         "val_accuracy": 0.2},
+        {"pass": 1, "alpha": 0.9, "val_accuracy": 0.9}, {"pass": 1, "alpha": 0.45,
+                                                         "val_accuracy": 0.7},
+        {"pass": 1, "alpha": 0.0, "val_accuracy": 0.3}]}
+    assert [derived[c](row) for c in ("first alpha step (val)", "alpha nearest 0.4 (val)",
+                                      "alpha 0 (val)")] == [0.9, 0.7, 0.3]
+    assert all(f({}) is None for f in derived.values())
+    first = reproduce.SEEDS["003"].derived["cycle 1: right after re-initialisation (val)"]
+    assert first({"repr.reinit_val_accuracy_per_cycle": [0.4, 0.6]}) == 0.4
+    assert first({}) is None

@@ -33,6 +33,7 @@ from torch import nn
 
 from prune_core.errors import InputError
 from prune_core.groups import CONV_LINEAR, dependency_graph, follower_bn, group_of
+from prune_core.methods._filters import saved_result
 from prune_core.methods._registry import Param, register_method
 from prune_core.surgery import example_input, replace_module
 
@@ -350,16 +351,29 @@ def branch(model: nn.Module, params: dict, ctx) -> nn.Module:
                           f"(see prune_core.methods.branch.branch_blocks)")
     passes = [convs] if params["order"] == "all" else [[c] for c in convs]
     net = model
+    saved = saved_result(ctx, "val_accuracy_per_step", [])
+    steps: list[dict] = []
     for i, layers in enumerate(passes):
         branched = Branched(net, params["keep_ratio"], ctx.input_shape, layers)
         for a in alphas:
             branched.set_alpha(a)
-            ctx.fit(branched, params["epochs_per_step"], phase="branch", lr=params["lr"],
-                    extra=lambda _m, _a=a, _i=i: {"alpha": _a, "pass": _i})
+            skipped = ctx.replaying
+            rows = ctx.fit(branched, params["epochs_per_step"], phase="branch",
+                           lr=params["lr"], extra=lambda _m, _a=a, _i=i: {"alpha": _a,
+                                                                          "pass": _i})
+            # Validation accuracy at the end of each alpha step (the seed's trajectory);
+            # a replayed step returns no rows and keeps its saved value.
+            k = len(steps)
+            acc = rows[-1]["val_accuracy"] if rows else (
+                saved[k]["val_accuracy"] if k < len(saved) else None)
+            steps.append({"pass": i, "alpha": a, "val_accuracy": acc})
+            ctx.result("val_accuracy_per_step", list(steps))
         for layer in layers:
             branched.merge(layer)
         net = branched.net
     ctx.result("layers_branched", convs)
+    if not skipped:  # the merged model's weights are real (not a replay): before fine-tuning
+        ctx.result("merged_accuracy", ctx.evaluate(net, "test")["accuracy"])
     if params["finetune_epochs"]:
         ctx.fit(net, params["finetune_epochs"], phase="finetune", lr=params["lr"])
     return net

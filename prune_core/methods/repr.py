@@ -268,12 +268,16 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
         ctx.result("plain_accuracy", test["accuracy"])
         ctx.result("plain_balanced_accuracy", test["balanced_accuracy"])
         ctx.result("plain_val_accuracy", ctx.evaluate(plain, "val")["accuracy"])
+        # Training-split accuracy beside test accuracy: the generalisation gap RePr is about.
+        ctx.result("plain_train_accuracy", ctx.evaluate(plain, "train")["accuracy"])
     del plain
 
     net = fresh
     units = conv_units(net, ctx.input_shape)
     saved = saved_result(ctx, "pruned_share_per_cycle", [])
+    saved_reinit = saved_result(ctx, "reinit_val_accuracy_per_cycle", [])
     shares: list[dict[str, float]] = []
+    reinit_acc: list[float] = []
     for c in range(cycles):
         ctx.fit(net, s1, phase="s1", **train)
         drop = FilterDrop(units, drop_plan(net, units, params["ratio"], params["rank"],
@@ -298,9 +302,14 @@ def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
             reinit_filters(net, u, drop.plan[u.conv], variant=params["reinit"],
                            clip=params["clip"], generator=gen, previous=previous[u.conv],
                            zero_next=params["zero_next"])
+        # Validation accuracy right after the re-initialisation, before training resumes.
+        reinit_acc.append(saved_reinit[c] if skipped and c < len(saved_reinit)
+                          else ctx.evaluate(net, "val")["accuracy"])
+        ctx.result("reinit_val_accuracy_per_cycle", list(reinit_acc))
     rest = epochs - cycles * (s1 + s2)
     if rest:
         ctx.fit(net, rest, phase="final", **train)
+    ctx.result("train_accuracy", ctx.evaluate(net, "train")["accuracy"])
     return net
 
 
