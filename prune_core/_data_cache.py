@@ -66,15 +66,19 @@ class Entry:
         return int(np.prod(self.manifest["shape"]))
 
 
-def fingerprint(files: Iterable[Path], root: Path | None = None) -> str:
+def fingerprint(files: Iterable[str | Path], root: str | Path | None = None) -> str:
     """SHA-256 of each file's name (relative to ``root``), size and modification time,
-    in the order given: any added, removed, replaced or touched file changes it."""
-    h = hashlib.sha256()
+    in the order given: any added, removed, replaced or touched file changes it. Plain
+    strings and one stat per file: a mapped load of 50,000 images spends most of its
+    time here."""
+    prefix = len(os.path.join(str(root), "")) if root is not None else 0
+    parts = []
     for f in files:
+        f = str(f)
         st = os.stat(f)
-        name = str(f.relative_to(root)) if root is not None else str(f)
-        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+        name = f[prefix:] if prefix and f.startswith(str(root)) else f
+        parts.append(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n")
+    return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
 def entry_dir(cache_dir: Path, dataset: str, size: int | None, key: dict) -> Path:

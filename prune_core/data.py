@@ -317,7 +317,7 @@ BAD_IMAGES = ("refuse", "skip")
 DECODE = ("cpu", "gpu")
 
 
-def _read_image(path: Path, size: int, resize: str = "crop") -> np.ndarray:
+def _read_image(path: str | Path, size: int, resize: str = "crop") -> np.ndarray:
     """One image file -> [size, size, 3] uint8. ``crop``: shorter side to ``size``, then
     the center square; ``stretch``: the whole image squeezed to a square; ``pad``: the
     longer side to ``size``, the rest black."""
@@ -343,7 +343,7 @@ def _read_image(path: Path, size: int, resize: str = "crop") -> np.ndarray:
     return np.asarray(fitted, dtype=np.uint8)
 
 
-def decode_into(out: np.ndarray, paths: list[Path], size: int, resize: str = "crop",
+def decode_into(out: np.ndarray, paths: list[str], size: int, resize: str = "crop",
                 log: Callable[[str], None] | None = None,
                 rows: list[int] | None = None) -> dict[int, str]:
     """Decode image files into ``out[i]`` (uint8 [N, 3, size, size], an array or a mapped
@@ -394,7 +394,7 @@ def _fit_tensor(img: torch.Tensor, size: int, resize: str) -> torch.Tensor:
     return y.round_().clamp_(0, 255).to(torch.uint8)[0]
 
 
-def decode_on_device(out: np.ndarray, paths: list[Path], size: int, resize: str,
+def decode_on_device(out: np.ndarray, paths: list[str], size: int, resize: str,
                      device: torch.device | str, batch: int = 256,
                      log: Callable[[str], None] | None = None) -> dict[int, str]:
     """:func:`decode_into` with JPEG files decoded and resized by torchvision on
@@ -402,7 +402,8 @@ def decode_on_device(out: np.ndarray, paths: list[Path], size: int, resize: str,
     files it cannot decode, go through :func:`decode_into` (which names the bad ones)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    jpeg = [i for i, p in enumerate(paths) if p.suffix.lower() in (".jpg", ".jpeg")]
+    jpeg = [i for i, p in enumerate(paths)
+            if os.path.splitext(p)[1].lower() in (".jpg", ".jpeg")]
     rest = sorted(set(range(len(paths))) - set(jpeg))
     for start in range(0, len(jpeg), batch):
         rows = jpeg[start : start + batch]
@@ -431,7 +432,7 @@ def decode_on_device(out: np.ndarray, paths: list[Path], size: int, resize: str,
     return decode_into(out, paths, size, resize, log, rows=sorted(rest))
 
 
-def read_images(paths: list[Path], size: int, resize: str = "crop") -> torch.Tensor:
+def read_images(paths: list[str], size: int, resize: str = "crop") -> torch.Tensor:
     """Decode image files once into a uint8 [N, 3, size, size] tensor (threads decode);
     the first unreadable file is refused."""
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
@@ -468,7 +469,8 @@ class ImagePlan:
     name: str
     root: Path
     classes: list[str]
-    splits: dict[str, tuple[list[Path], list[int]]]
+    # file paths as strings: tens of thousands of Path objects cost a mapped load its speed
+    splits: dict[str, tuple[list[str], list[int]]]
     image_size: int
     resize: str = "crop"
     bad_images: str = "refuse"
@@ -484,7 +486,7 @@ class ImagePlan:
                 "image_size": self.image_size, "resize": self.resize,
                 "bad_images": self.bad_images, "decode": self.decode, **self.key}
 
-    def files(self) -> list[Path]:
+    def files(self) -> list[str]:
         return [p for s in SPLIT_NAMES for p in self.splits[s][0]]
 
     def source(self) -> str:
@@ -531,7 +533,7 @@ class ImagePlan:
             "dataset": self.name, "root": str(self.root), "classes": self.classes,
             "splits": bounds, "mean": mean, "std": std, "image_size": self.image_size,
             "resize": self.resize,
-            "skipped": {str(paths[i].relative_to(self.root)): failed[i] for i in sorted(failed)},
+            "skipped": {os.path.relpath(paths[i], self.root): failed[i] for i in sorted(failed)},
         }
         return manifest, labels[keep]
 
@@ -644,7 +646,7 @@ def _cub200(*, root=None, download=False, val_fraction=0.1, image_size: int = 22
     num_classes = len(classes) if classes else int(y.max()) + 1
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise DataError(f"{str(meta[2])!r}: class labels must be 1..{num_classes}")
-    paths = [base / "images" / files[i] for i in ids]
+    paths = [os.path.join(base, "images", files[i]) for i in ids]
     train_rows = np.flatnonzero([is_train[i] == "1" for i in ids])
     test_rows = np.flatnonzero([is_train[i] != "1" for i in ids])
     keep, cut = carve_index(y[train_rows], val_fraction, SPLIT_SEED)
@@ -662,14 +664,14 @@ def _cub200(*, root=None, download=False, val_fraction=0.1, image_size: int = 22
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def _folder(path: Path, how: str) -> tuple[list[Path], list[int], list[str]]:
+def _folder(path: Path, how: str) -> tuple[list[str], list[int], list[str]]:
     from torchvision.datasets import ImageFolder
 
     try:
         ds = ImageFolder(str(path))
     except FileNotFoundError as e:  # no class folders, or no image files in them
         raise DataError(f"data.root {str(path)!r}: {e}; {how}") from e
-    return [Path(p) for p, _ in ds.samples], [t for _, t in ds.samples], list(ds.classes)
+    return [p for p, _ in ds.samples], [t for _, t in ds.samples], list(ds.classes)
 
 
 def _split_file(base: Path, path: object, how: str) -> tuple[Path, list[tuple[int, str]]]:
@@ -718,7 +720,7 @@ def _imagefolder(
                                   key={"layout": layout, **key}, extra_sources=list(extra),
                                   info={"layout": layout}), cache_dir)
 
-    def pick(paths, targets, rows) -> tuple[list[Path], list[int]]:
+    def pick(paths, targets, rows) -> tuple[list[str], list[int]]:
         return [paths[i] for i in rows], [targets[i] for i in rows]
 
     if split_files is not None:
@@ -729,7 +731,7 @@ def _imagefolder(
         read = {s: _split_file(base, f, how) for s, f in sorted(split_files.items())}
         classes = sorted({Path(rel).parts[-2] for _, lines in read.values() for _, rel in lines})
         index = {c: i for i, c in enumerate(classes)}
-        lists = {s: ([base / rel for _, rel in lines],
+        lists = {s: ([os.path.join(base, rel) for _, rel in lines],
                      [index[Path(rel).parts[-2]] for _, rel in lines])
                  for s, (_, lines) in read.items()}
         if "val" not in lists:
@@ -753,7 +755,7 @@ def _imagefolder(
     paths, targets, classes = _folder(base / "train", how)
     index = {c: i for i, c in enumerate(classes)}
 
-    def held_split(path: Path) -> tuple[list[Path], list[int]]:
+    def held_split(path: Path) -> tuple[list[str], list[int]]:
         hp, ht, hc = _folder(path, how)
         extra = sorted(set(hc) - set(index))
         if extra:

@@ -502,7 +502,7 @@ def test_benchmark_tiny(tmp_path):
     # Part 2: one decode, then 1 + 4 trial processes that each mapped the cache.
     cache = result["cache"]
     assert cache["folder_images"] == 600 and cache["data_bytes"] == 600 * 3 * 32 * 32 + 600 * 8
-    assert len(cache["mapped_load_s"]) == 1 + cache["concurrent"] == 5
+    assert len(cache["mapped_load_s"]) == 1 and len(cache["concurrent_load_s"]) == 4
     assert cache["decode_over_mapped"] == pytest.approx(
         cache["decode_s"] / cache["mapped_load_median_s"])
     assert cache["streamed_images_per_s"] > 0 and cache["resident_images_per_s"] > 0
