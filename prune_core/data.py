@@ -278,7 +278,8 @@ def _cifar(name: str, cls, root, download: bool, val_fraction: float,
             writer = Writer(tmp, x.shape)
             writer.images[:] = x
             return writer.finish(y, len(y), {"dataset": name, "root": str(path),
-                                             "classes": classes, "splits": bounds})
+                                             "classes": classes, "splits": bounds,
+                                             "split_seed": SPLIT_SEED})
 
         files = [path / cls.base_folder / f for f in names]
         entry = open_entry(
@@ -532,7 +533,7 @@ class ImagePlan:
         manifest = {
             "dataset": self.name, "root": str(self.root), "classes": self.classes,
             "splits": bounds, "mean": mean, "std": std, "image_size": self.image_size,
-            "resize": self.resize,
+            "resize": self.resize, "split_seed": SPLIT_SEED,
             "skipped": {os.path.relpath(paths[i], self.root): failed[i] for i in sorted(failed)},
         }
         return manifest, labels[keep]
