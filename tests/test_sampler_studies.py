@@ -200,6 +200,46 @@ def test_resume_refuses_a_study_with_trials_whose_tune_state_is_empty(local_ray,
     assert (spec.study_dir / "tune" / "tuner.pkl").exists()  # nothing moved or removed
 
 
+
+def test_mo_asha_judges_each_run_and_a_stopped_run_prunes_its_configuration(local_ray,
+                                                                            storage):
+    """``repeats: 2`` under mo_asha: every run is judged on its own epochs; a
+    configuration with a stopped run is told PRUNED, one whose runs all finished is told
+    the mean; the configurations' table counts only the complete ones."""
+    spec = parse_spec(tiny_spec(
+        "moasha-repeats", storage, methods="magnitude", finetune={}, max_concurrent=1,
+        trials=2, repeats=2, sampler={"name": "random", "seed": 5},
+        objectives={"accuracy": "max", "nonzero_macs": "min"},
+        space={"magnitude.ratio": {"low": 0.3, "high": 0.95}, "magnitude.finetune_epochs": 2},
+        scheduler={"name": "mo_asha", "grace_period": 1, "reduction_factor": 2}))
+    summary = run_study(spec, log=lambda _m: None)
+    assert summary["complete"]
+    runs: dict = {}
+    for r in trial_records(spec.study_dir):
+        runs.setdefault(r["number"], []).append(r)
+    assert sorted(runs) == [0, 1]
+    assert all(sorted(x["repeat"] for x in group) == [0, 1] for group in runs.values())
+    study = optuna.load_study(study_name=spec.name,
+                              storage=f"sqlite:///{spec.study_dir / 'optuna.db'}")
+    states = {}
+    for t in study.trials:
+        group = runs[t.number]
+        statuses = {x["status"] for x in group}
+        assert statuses <= {"ok", "stopped"}
+        if "stopped" in statuses:
+            assert t.state == TrialState.PRUNED
+        else:
+            assert t.state == TrialState.COMPLETE
+            for name, value in zip(spec.objectives, t.values, strict=True):
+                assert value == pytest.approx(sum(x["row"][name] for x in group) / 2)
+        states[t.number] = t.state
+    assert TrialState.PRUNED in states.values()  # the scheduler stopped at least one run
+    complete = {n for n, s in states.items() if s == TrialState.COMPLETE}
+    assert summary["configurations_ok"] == len(complete)
+    configs = results.load(spec.study_dir)
+    assert {int(n): s for n, s in zip(configs["number"], configs["status"], strict=True)} == {
+        n: "ok" if s == TrialState.COMPLETE else "stopped" for n, s in states.items()}
+
 def test_a_grid_study_runs_each_combination_once_and_enqueued_points_run_first(
         local_ray, storage):
     """Ablations: two learning rates by two fine-tuning lengths, each run once by Optuna's
