@@ -513,18 +513,17 @@ class ImagePlan:
                 f"{shown}{more}. Replace them, or set data.bad_images: skip to train "
                 "without them")
         keep = [i for i in range(len(paths)) if i not in failed]
-        for new, old in enumerate(keep):  # move the rest down over the unreadable rows
-            if new != old:
+        if failed:  # move the rest down over the unreadable rows
+            for new, old in enumerate(keep):
                 images[new] = images[old]
-        bounds, start = {}, 0
+        bounds, start, kept_before = {}, 0, 0
         for s in SPLIT_NAMES:
-            lo, hi = start, start + len(self.splits[s][0])
-            kept = sum(1 for i in range(lo, hi) if i not in failed)
+            n = len(self.splits[s][0])
+            kept = n - sum(1 for i in failed if start <= i < start + n)
             if kept == 0:
                 raise DataError(f"the {s} split of {self.name} has no readable image")
-            bounds[s] = [len([i for i in keep if i < lo]), len([i for i in keep if i < lo])
-                         + kept]
-            start = hi
+            bounds[s] = [kept_before, kept_before + kept]
+            start, kept_before = start + n, kept_before + kept
         if failed:
             log(f"warning: {len(failed)} unreadable image(s) of {self.name} left out "
                 f"(data.bad_images: skip), the first: {failed[min(failed)]}")

@@ -465,6 +465,10 @@ def cmd_cache(args) -> int:
 
     cache_dir = Path(args.storage).expanduser() / "_cache"
     kinds = tuple(args.kind or caches.KINDS)
+    if not cache_dir.is_dir() and not args.json:
+        print(f"{cache_dir} does not exist: nothing is cached there yet (is --storage the "
+              "storage your studies ran in?)")
+        return EXIT_OK
     if args.action == "clear":
         rows = caches.clear(cache_dir, kinds, args.older_than)
     else:
