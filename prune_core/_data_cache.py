@@ -135,27 +135,29 @@ def check(path: Path, source: str) -> Entry:
 
 class Writer:
     """Builds an entry in a temporary directory: ``images`` is the mapped output array
-    the build decodes into; :meth:`finish` writes labels and manifest."""
+    the build decodes into; :meth:`finish` writes the labels and returns the manifest
+    (:func:`open_entry` writes it last, with the source's fingerprint)."""
 
     def __init__(self, tmp: Path, shape: tuple[int, ...]):
         self.tmp = tmp
         self.shape = tuple(int(v) for v in shape)
         self.images = np.memmap(tmp / IMAGES, dtype=np.uint8, mode="w+", shape=self.shape)
 
-    def finish(self, labels: np.ndarray, rows: int, manifest: dict) -> dict:
-        """Keep the first ``rows`` images (a build that left images out moved the rest
-        down), write labels and manifest; returns the manifest."""
+    def finish(self, labels: np.ndarray, manifest: dict) -> dict:
+        """Keep as many images as there are ``labels`` (a build that left images out
+        moved the rest down), write the labels; returns the manifest with the files'
+        checks."""
         self.images.flush()
         del self.images
+        rows = len(labels)
         shape = (rows, *self.shape[1:])
         nbytes = int(np.prod(shape))
         os.truncate(self.tmp / IMAGES, nbytes)
-        labels = np.ascontiguousarray(labels[:rows], dtype=np.int64)
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
         np.save(self.tmp / LABELS, labels)
         manifest = {**manifest, "format": FORMAT, "shape": list(shape),
                     "images_edges": _edges(self.tmp / IMAGES, nbytes),
                     "labels_sha256": _labels_hash(labels), "built": time.time()}
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         return manifest
 
 
@@ -170,8 +172,8 @@ def open_entry(
     missing or damaged. One process on a node builds; the others wait and map it."""
     try:
         return check(path, source)
-    except CacheDamaged as first:
-        why = first
+    except CacheDamaged:
+        pass  # built under the lock below, unless another process does it first
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         try:

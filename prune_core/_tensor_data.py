@@ -156,10 +156,10 @@ class Data:
 def _prefetch(
     chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batch i+1 is gathered (read from the mapped cache file, where the data is mapped)
-    and pinned on a background thread, and its copy to ``device`` started, while batch i
-    is in use. Only the gathering moves off the training thread: the order and every
-    random draw stay where they were, so the batches are the resident path's."""
+    """Batch i+1 is gathered on a background thread (read from the cache file, where the
+    data is mapped), then pinned and its copy to ``device`` started, while batch i is in
+    use. Only the gathering moves off the training thread: the order and every random
+    draw stay where they were, so the batches are the resident path's."""
     pending = None
     for x, y in _ahead(chunks):
         nxt = (_copy_to(x, device), _copy_to(y, device))

@@ -277,9 +277,8 @@ def _cifar(name: str, cls, root, download: bool, val_fraction: float,
             x, y, bounds, classes = read()
             writer = Writer(tmp, x.shape)
             writer.images[:] = x
-            return writer.finish(y, len(y), {"dataset": name, "root": str(path),
-                                             "classes": classes, "splits": bounds,
-                                             "split_seed": SPLIT_SEED})
+            return writer.finish(y, {"dataset": name, "root": str(path), "classes": classes,
+                                     "splits": bounds, "split_seed": SPLIT_SEED})
 
         files = [path / cls.base_folder / f for f in names]
         entry = open_entry(
@@ -556,7 +555,7 @@ def _decoded(plan: ImagePlan, cache_dir: Path | None) -> Data:
         def build(tmp: Path) -> dict:
             writer = Writer(tmp, shape)
             manifest, labels = plan.build(writer.images, _log)
-            return writer.finish(labels, len(labels), manifest)
+            return writer.finish(labels, manifest)
 
         entry = open_entry(entry_dir(cache_dir, plan.name, plan.image_size, plan.cache_key()),
                            plan.source(), build, _log)
