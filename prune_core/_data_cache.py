@@ -31,14 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
+from prune_core.errors import StudyFilesError
+
 FORMAT = 1
 IMAGES, LABELS, MANIFEST = "images.u8", "labels.npy", "manifest.json"
 SPLITS = ("train", "val", "test")
 _EDGE = 1 << 16  # bytes at each end of images.u8 that the manifest checks on every load
 
 
-class CacheDamaged(Exception):
-    """An entry that must be rebuilt; the message says why."""
+class CacheDamaged(StudyFilesError):
+    """An entry that must be rebuilt; the message says why. Loads rebuild such an entry;
+    only one that fails its check right after being built reaches the user."""
 
 
 @dataclass
