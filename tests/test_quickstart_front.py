@@ -26,6 +26,8 @@ def test_the_paragraph_states_the_studys_own_front(tmp_path):
     assert text.startswith("intro\n<!-- quickstart-front -->\nThe front")
     assert "old words" not in text
     assert text.endswith("<!-- /quickstart-front -->\n![front](docs/images/q.png)\n")
+    assert max(len(line) for line in text.splitlines()) <= 88
+    text = " ".join(text.split())  # the paragraph is wrapped; its words are what count
     # the numbers, recomputed here from the study's files
     df = load(study)
     base = json.loads((study / "base.json").read_text())

@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if not need.is_file():
             print(f"error: {need} is missing; {how}", file=sys.stderr)
             return 2
-    text = paragraph(front_points(a.study_dir))
+    text = textwrap.fill(paragraph(front_points(a.study_dir)), width=88,
+                         break_on_hyphens=False)
     a.readme.write_text(rewrite(a.readme.read_text(), text))
     a.figure.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(report_fig, a.figure)
