@@ -319,9 +319,15 @@ def test_device_decoding_matches_pil_and_names_the_same_bad_files(tmp_path):
         assert np.array_equal(pil[5], dev[5])  # the PNG: PIL in both
 
 
-def test_gpu_decoding_without_a_gpu_is_refused(folder):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")  # the CPU-only refusal only
+def test_gpu_decoding_runs_on_a_gpu_node_and_is_refused_elsewhere(folder, tmp_path):
+    if torch.cuda.is_available():  # its own cache entry, pixels close to PIL's
+        gpu = datasets.load("imagefolder", root=folder, image_size=16, decode="gpu",
+                            cache_dir=tmp_path / "c")
+        cpu = datasets.load("imagefolder", root=folder, image_size=16, cache_dir=tmp_path / "c")
+        assert gpu.info["cache"] != cpu.info["cache"]
+        diff = (gpu.train.x.float() - cpu.train.x.float()).abs().mean()
+        assert float(diff) < 3
+        return
     with pytest.raises(DataError, match="decode: gpu needs a CUDA device, and this node has "
                                         "none; set decode: cpu"):
         datasets.load("imagefolder", root=folder, image_size=16, decode="gpu")
