@@ -44,6 +44,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check prune_core studies analysis benchmarks tests tools
 	$(BIN)/deptry .
+	$(BIN)/python -m tools.docs_check
 
 # The newest versions pyproject.toml's ranges allow, resolved into $(LATEST)/requirements.lock,
 # installed into a throwaway venv, and the suite run there; then which pins differ from the

@@ -22,6 +22,9 @@ def test_the_paragraph_states_the_studys_own_front(tmp_path):
     assert quickstart_front.main([str(study), "--readme", str(readme),
                                   "--figure", str(figure)]) == 0
     assert figure.read_bytes() == b"\x89PNG front"
+    data = json.loads((figure.parent / "quickstart-front.json").read_text())
+    assert data["command"] == f"python -m tools.quickstart_front {study}"
+    assert data == {**quickstart_front.front_points(study), "command": data["command"]}
     text = readme.read_text()
     assert text.startswith("intro\n<!-- quickstart-front -->\nThe front")
     assert "old words" not in text
@@ -35,6 +38,7 @@ def test_the_paragraph_states_the_studys_own_front(tmp_path):
     assert f"{len(df)} trials, {int((df['status'] == 'ok').sum())} ok, {len(front)} on" in text
     assert f"{base['accuracy']:.1%}".replace("%", " %") in text
     assert quickstart_front.front_points(study)["points"]  # at least one is stated
+    assert "([numbers](docs/images/quickstart-front.json))" in text
     for drop in quickstart_front.WITHIN:
         close = front[front["accuracy"] >= base["accuracy"] - drop]
         if len(close):
