@@ -74,7 +74,7 @@ def _repo(tmp_path, monkeypatch):
     (repo / "docs" / "benchmarks").mkdir(parents=True)
     (repo / "benchmarks" / "bench_fake.py").write_text("SPEED = 1\n")
     (repo / "prune_core").mkdir()
-    (repo / "prune_core" / "fast.py").write_text("x = 1\n")
+    (repo / "prune_core" / "fast.py").write_text("x = 1\ndef f(a):\n    return a * 2\n")
     data = repo / "docs" / "benchmarks" / "fake.json"
     data.write_text(json.dumps({"speedup": 2.5, "command": "python -m benchmarks.bench_fake"}))
     (repo / "docs" / "results.md").write_text(
@@ -91,7 +91,13 @@ def _repo(tmp_path, monkeypatch):
 def test_data_older_than_the_code_it_measures_is_stale(tmp_path, monkeypatch):
     repo, data = _repo(tmp_path, monkeypatch)
     assert check_fresh(repo) == []
-    (repo / "prune_core" / "fast.py").write_text("x = 2\n")
+    # words and types only: no number can move
+    (repo / "prune_core" / "fast.py").write_text(
+        '"""Fast."""\n\n\nx: int = 1  # the speed\n\n\ndef f(a: int) -> int:\n'
+        '    """Twice."""\n    return a * 2\n')
+    _git(repo, "commit", "-qam", "words")
+    assert check_fresh(repo) == [], "a docstring, comment or annotation is not a change"
+    (repo / "prune_core" / "fast.py").write_text("x = 2\ndef f(a):\n    return a * 2\n")
     _git(repo, "commit", "-qam", "faster")
     (problem,) = check_fresh(repo)
     assert problem.startswith("docs/benchmarks/fake.json: older than prune_core/fast.py")

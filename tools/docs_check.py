@@ -28,13 +28,16 @@ nowhere in the data (a typo, a number from an earlier run, one never measured) c
 cite, the files its numbers depend on (the module itself included; a path may be a folder
 or a glob). A JSON file written by such a module (its ``command`` says which) is stale when
 one of those files changed in a commit after the last commit of the JSON itself: rerun the
-module. Data written by a module missing from the table is a problem too. The check needs
+module. A change that cannot move a number does not count: Python compared as syntax trees
+without docstrings, comments, annotations and layout, YAML as the data it holds. Data
+written by a module missing from the table is a problem too. The check needs
 the repository's history (a full clone).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import math
@@ -457,6 +460,51 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {
 }
 
 
+class _Plain(ast.NodeTransformer):
+    """Drops what cannot change a number: docstrings and type annotations."""
+
+    def visit_AnnAssign(self, node):  # noqa: N802 (ast's naming)
+        self.generic_visit(node)
+        if node.value is None:
+            return None
+        return ast.Assign(targets=[node.target], value=node.value, lineno=node.lineno)
+
+    def visit_arg(self, node):  # noqa: N802
+        node.annotation = None
+        return node
+
+    def _body(self, node):
+        self.generic_visit(node)
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+        if hasattr(node, "returns"):
+            node.returns = None
+        return node
+
+    visit_Module = visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _body
+
+
+def _meaning(root: Path, commit: str, path: str) -> str | None:
+    """``path`` at ``commit`` as far as a measurement can tell: a Python module's syntax
+    tree without docstrings, comments, annotations or layout; a YAML file's data; other
+    files as they are. None where the file does not exist there."""
+    text = _git("show", f"{commit}:{path}", root=root)
+    if text is None:
+        return None
+    try:
+        if path.endswith(".py"):
+            return ast.dump(_Plain().visit(ast.parse(text)))
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            return json.dumps(yaml.safe_load(text), sort_keys=True)
+    except (SyntaxError, ValueError, ImportError):
+        pass
+    return text
+
+
 def check_fresh(root: Path = ROOT) -> list[str]:
     problems = []
     if _git("rev-parse", "--is-shallow-repository", root=root) not in ("false\n",):
@@ -479,8 +527,9 @@ def check_fresh(root: Path = ROOT) -> list[str]:
             if not last:
                 problems.append(f"{f}: not committed yet")
                 continue
-            changed = (_git("diff", "--name-only", last, "HEAD", "--", *present,
-                            root=root) or "").split()
+            changed = [c for c in (_git("diff", "--name-only", last, "HEAD", "--", *present,
+                                        root=root) or "").split()
+                       if _meaning(root, last, c) != _meaning(root, "HEAD", c)]
             if changed:
                 package = "tools" if name == "quickstart_front" else "benchmarks"
                 problems.append(f"{f}: older than {', '.join(changed)} (changed since "
