@@ -129,6 +129,18 @@ def test_every_method_runs_on_every_network(model, method, digits):
             assert again[key] == row[key], (key, ckpt["stage"], ckpt["step"])
 
 
+def test_the_matrix_covers_every_registered_method():
+    """A new method gets a cell here (its short setting) or this fails: the matrix is not a
+    hand-kept list that can leave a method out without a word."""
+    from prune_core.methods import list_methods
+
+    assert sorted(CELLS) == list_methods(), (
+        "add a short setting for each new method to CELLS (and STRUCTURED if it removes "
+        f"channels): missing {sorted(set(list_methods()) - set(CELLS))}, "
+        f"unknown {sorted(set(CELLS) - set(list_methods()))}")
+    assert set(STRUCTURED) <= set(CELLS) and {m for m, _ in REFUSED} <= set(MODELS)
+
+
 def test_validate_refuses_a_method_with_nothing_to_act_on(tmp_path):
     spec = {"name": "c3-slimming", "model": {"name": "c3", "k": 8},
             "methods": ["slimming", "branch"], "trials": 1,

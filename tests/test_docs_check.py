@@ -93,7 +93,9 @@ def test_data_older_than_the_code_it_measures_is_stale(tmp_path, monkeypatch):
     assert check_fresh(repo) == []
     # words and types only: no number can move
     (repo / "prune_core" / "fast.py").write_text(
-        '"""Fast."""\n\n\nx: int = 1  # the speed\n\n\ndef f(a: int) -> int:\n'
+        '"""Fast."""\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n'
+        '    from prune_core.x import Speed\n\nx: int = 1  # the speed\n\n\n'
+        'def f(a: Speed) -> int:\n'
         '    """Twice."""\n    return a * 2\n')
     _git(repo, "commit", "-qam", "words")
     assert check_fresh(repo) == [], "a docstring, comment or annotation is not a change"

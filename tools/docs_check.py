@@ -461,7 +461,8 @@ MEASURED_CODE: dict[str, tuple[str, ...]] = {
 
 
 class _Plain(ast.NodeTransformer):
-    """Drops what cannot change a number: docstrings and type annotations."""
+    """Drops what cannot change a number: docstrings, type annotations and the imports
+    made for them (``typing``, ``if TYPE_CHECKING:``)."""
 
     def visit_AnnAssign(self, node):  # noqa: N802 (ast's naming)
         self.generic_visit(node)
@@ -472,6 +473,15 @@ class _Plain(ast.NodeTransformer):
     def visit_arg(self, node):  # noqa: N802
         node.annotation = None
         return node
+
+    def visit_If(self, node):  # noqa: N802 (imports for type checkers only)
+        test = node.test
+        if getattr(test, "id", getattr(test, "attr", None)) == "TYPE_CHECKING":
+            return node.orelse or None
+        return self.generic_visit(node)
+
+    def visit_ImportFrom(self, node):  # noqa: N802
+        return None if node.module == "typing" else node
 
     def _body(self, node):
         self.generic_visit(node)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 import prune_core.models as models
 from prune_core.groups import Reader, dependency_graph, follower_bn, group_of, output_layers
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
     return fresh.to(device)
 
 
-def saved_result(ctx, key: str, default=None):
+def saved_result(ctx: Context, key: str, default=None):
     """A result column saved before a checkpoint (what a resumed method replays over)."""
     full = f"{ctx.stage}.{key}" if ctx.stage else key
     return ctx.results.get(full, default)

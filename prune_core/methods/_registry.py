@@ -12,11 +12,14 @@ import fnmatch
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from prune_core.errors import InputError
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 KINDS = ("float", "int", "categorical", "bool")
 
@@ -164,7 +167,7 @@ class Method:
             raise ParamError(f"{stage}.{why}")
         return resolved
 
-    def __call__(self, model: nn.Module, params: dict, ctx: Any) -> nn.Module:
+    def __call__(self, model: nn.Module, params: dict, ctx: Context) -> nn.Module:
         return self.fn(model, params, ctx)
 
 

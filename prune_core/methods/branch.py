@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -36,6 +37,9 @@ from prune_core.groups import CONV_LINEAR, dependency_graph, follower_bn, group_
 from prune_core.methods._filters import saved_result
 from prune_core.methods._registry import Param, register_method
 from prune_core.surgery import example_input, replace_module
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 # Modules that act on each channel alone (so they commute with removing channels).
 CHANNELWISE = (
@@ -342,7 +346,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 
 @register_method("branch", params=PARAMS, seed="004", check=compatible,
                  doc="parallel narrow branches replace each conv layer as alpha goes to 0")
-def branch(model: nn.Module, params: dict, ctx) -> nn.Module:
+def branch(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Train parallel branches while alpha follows its schedule to 0, then merge them."""
     alphas = alpha_values(params["alpha_schedule"], params["steps"])
     convs = [b.conv for b in branch_blocks(model, ctx.input_shape)]

@@ -25,6 +25,7 @@ weights fall from C_out C_in kh kw to r (C_in kh + C_out kw) per layer.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -35,6 +36,9 @@ from prune_core.measure import count_params
 from prune_core.methods._registry import Param, register_method
 from prune_core.surgery import replace_module
 from prune_core.train import evaluate, refresh_bn_stats
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 # The largest matrix side ``orthogonal`` takes: PyTorch's map builds an n x n matrix
 # (n the larger side) and takes its exponential at every forward pass, O(n^3): 0.5 s
@@ -248,7 +252,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
               doc="learning rate of fine-tuning", search={"low": 1e-3, "high": 0.1, "log": True}),
     ],
 )
-def factorize(model: nn.Module, params: dict, ctx) -> nn.Module:
+def factorize(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Factorize the largest layers, then fine-tune."""
     names = factorize_layers(model, params, ctx.base_model)
     model.to(ctx.device)

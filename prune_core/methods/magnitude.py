@@ -20,6 +20,8 @@ another seed: both are draws from the same initialisation, one reproducible per 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -32,6 +34,9 @@ from prune_core.groups import (
 )
 from prune_core.methods._registry import ROUND_TO, Param, ParamError, register_method
 from prune_core.surgery import Masks, remove_channels
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 RANDOM_SEED_OFFSET = 7919  # ``random`` re-initialises under seed + this, ``rewind`` under seed
 
@@ -76,7 +81,7 @@ def filter_plan(model: nn.Module, ratio: float, n: float, input_shape: tuple[int
     return keep_every_conv(plan, groups, scores)
 
 
-def _reinitialised(model: nn.Module, how: str, ctx) -> nn.Module:
+def _reinitialised(model: nn.Module, how: str, ctx: Context) -> nn.Module:
     if how == "keep":
         return model
     if ctx.fresh_model is None:
@@ -130,7 +135,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
         ROUND_TO,
     ],
 )
-def magnitude(model: nn.Module, params: dict, ctx) -> nn.Module:
+def magnitude(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Prune by weight magnitude (single weights or whole filters), then fine-tune."""
     before = _sizes(model)
     hooks = None

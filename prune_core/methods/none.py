@@ -6,9 +6,14 @@ beat: the same extra training, no compression.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from prune_core.methods._registry import Param, register_method
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 
 @register_method(
@@ -23,7 +28,7 @@ from prune_core.methods._registry import Param, register_method
                                                                   "log": True}),
     ],
 )
-def none(model: nn.Module, params: dict, ctx) -> nn.Module:
+def none(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """The base model, trained ``finetune_epochs`` more."""
     if params["finetune_epochs"] > 0:
         ctx.fit(model, params["finetune_epochs"], lr=params["lr"], phase="finetune")

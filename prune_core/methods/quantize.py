@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from prune_core.measure import deployable
 from prune_core.methods._registry import Param, register_method
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 KEEP_FLOAT = ("none", "first", "last", "first_last")
 
@@ -171,7 +175,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
               search={"choices": list(KEEP_FLOAT)}),
     ],
 )
-def quantize(model: nn.Module, params: dict, ctx) -> nn.Module:
+def quantize(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Quantize the model to static int8 after calibration."""
     q = quantize_model(model, ctx.data, calibration_batches=params["calibration_batches"],
                        per_channel=params["per_channel"], keep_float=params["keep_float"],

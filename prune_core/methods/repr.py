@@ -12,6 +12,7 @@ copy is also trained plainly for ``epochs`` (the control), reported as
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ from prune_core.methods._filters import (
 )
 from prune_core.methods._registry import Param, register_method
 from prune_core.train import Hooks
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 
 def orthogonality_scores(weight: torch.Tensor) -> torch.Tensor:
@@ -253,7 +257,7 @@ def epoch_budget(params: dict) -> str | None:
 
 @register_method("repr", params=PARAMS, seed="003", check=compatible, constraint=epoch_budget,
                  doc="RePr training (drop overlapping filters, re-initialise) vs plain training")
-def repr_training(model: nn.Module, params: dict, ctx) -> nn.Module:
+def repr_training(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """RePr training of a fresh copy, with a plainly trained copy as the control."""
     epochs, s1, s2, cycles = params["epochs"], params["s1"], params["s2"], params["cycles"]
     # Both runs use one constant rate: a per-phase schedule would restart at each phase

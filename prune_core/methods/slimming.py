@@ -13,6 +13,8 @@ unpruned model where the removed scale factors were near zero.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -30,6 +32,9 @@ from prune_core.methods._filters import fresh_copy
 from prune_core.methods._registry import ROUND_TO, Param, register_method
 from prune_core.surgery import remove_channels
 from prune_core.train import Hooks, evaluate, refresh_bn_stats
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 # A scale factor counts as near zero below this share of the mean |gamma| the model had
 # when sparsity training started (a fixed reference, so the curve is comparable by epoch).
@@ -171,7 +176,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
                           "untrained network; give sparsity_epochs >= 1")
     if p["from_scratch"] and p["sparsity_epochs"] == 0 else None,
 )
-def slimming(model: nn.Module, params: dict, ctx) -> nn.Module:
+def slimming(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Sparsity training, global |gamma| pruning with removal, then fine-tuning."""
     if params["from_scratch"]:
         model = fresh_copy(model, ctx.seed)

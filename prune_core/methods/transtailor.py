@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,9 @@ from prune_core.methods._filters import saved_result, total_filters
 from prune_core.methods._registry import ROUND_TO, Param, register_method
 from prune_core.surgery import load_resized, remove_channels
 from prune_core.train import Hooks, evaluate
+
+if TYPE_CHECKING:
+    from prune_core.methods._context import Context
 
 
 class AlphaScaled(nn.Module):
@@ -264,7 +268,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 
 @register_method("transtailor", params=PARAMS, seed="000", check=compatible,
                  doc="target-aware filter pruning by trained scaling factors (TransTailor)")
-def transtailor(model: nn.Module, params: dict, ctx) -> nn.Module:
+def transtailor(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Prune-and-fine-tune rounds while the validation drop stays within tau."""
     metric = params["metric"]
     tau_data, stopping_data = _tau_splits(ctx.data, params["tau_split"], ctx.seed)
@@ -291,7 +295,7 @@ def _tau_splits(data: Data, how: str, seed: int) -> tuple[Data, Data]:
     return replace(data, val=held.to(device)), replace(data, val=rest.to(device))
 
 
-def _rounds(model: nn.Module, params: dict, ctx, score) -> nn.Module:
+def _rounds(model: nn.Module, params: dict, ctx: Context, score) -> nn.Module:
     """Prune-and-fine-tune rounds while the drop of ``score(model)`` stays within tau."""
     reference = score(model)
     start_filters = total_filters(model)
