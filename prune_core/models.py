@@ -377,15 +377,10 @@ def replace_classifier(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-def prunable_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Conv layers in forward order (registration order), with their qualified names."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-
-
 __all__ = [
     "MAX_LISTED", "SOURCES", "VGG", "VGG_CFGS", "BasicBlock", "C3", "CifarResNet",
     "ModelError", "build", "c3", "classifier_name", "list_models", "load_weights",
-    "model_doc", "model_kwargs", "model_source", "model_source_help", "prunable_convs",
+    "model_doc", "model_kwargs", "model_source", "model_source_help",
     "register_model", "replace_classifier", "resnet18", "resnet20", "resnet56", "vgg11",
     "vgg13", "vgg16", "vgg16_bn", "vgg19",
 ]

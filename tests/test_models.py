@@ -13,6 +13,11 @@ from prune_core.baseline import CheckpointError
 SMALL_INPUT = {"vgg16_bn": (3, 64, 64), "resnet18": (3, 64, 64)}
 
 
+def convs(model: torch.nn.Module) -> list[tuple[str, torch.nn.Conv2d]]:
+    """Conv layers in registration order, with their qualified names."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+
+
 @pytest.mark.parametrize("name", models.list_models())
 def test_every_model_builds_and_classifies(name):
     model = models.build(name, num_classes=7).eval()
@@ -21,7 +26,7 @@ def test_every_model_builds_and_classifies(name):
         out = model(torch.randn(2, *shape))
     assert out.shape == (2, 7)
     assert models.classifier_name(model)
-    assert models.prunable_convs(model), "every model has conv layers to prune"
+    assert convs(model), "every model has conv layers to prune"
 
 
 def test_list_models_filters_by_wildcard():
@@ -42,8 +47,8 @@ def test_unknown_argument_names_what_is_taken():
 
 
 def test_width_multiplier_scales_every_conv():
-    full = dict(models.prunable_convs(models.build("vgg11")))
-    quarter = dict(models.prunable_convs(models.build("vgg11", width=0.25)))
+    full = dict(convs(models.build("vgg11")))
+    quarter = dict(convs(models.build("vgg11", width=0.25)))
     for name, conv in full.items():
         assert quarter[name].out_channels == round(conv.out_channels / 4)
 
@@ -60,10 +65,10 @@ def test_counts_match_published_figures(name, shape, classes, params, macs):
 
 def test_replace_classifier_changes_outputs_only():
     model = models.build("vgg11", width=0.25, num_classes=5)
-    convs_before = {n: m.weight.clone() for n, m in models.prunable_convs(model)}
+    convs_before = {n: m.weight.clone() for n, m in convs(model)}
     models.replace_classifier(model, 3)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
-    for n, m in models.prunable_convs(model):
+    for n, m in convs(model):
         assert torch.equal(m.weight, convs_before[n])
 
 
