@@ -29,7 +29,7 @@ __all__ = ["INDEX", "check_history_line", "check_trial", "history_records", "ind
            "StudyDirWarning", "trial_records"]
 
 STATUSES = ("ok", "failed", "running", "pending", "stopped", "timeout")
-# Result-row and base.json columns with a fixed meaning (DESIGN.md, measurement table).
+# Result-row and base.json columns with a fixed meaning (docs/study-directory.md).
 COUNTS = ("params", "nonzero_params", "macs", "nonzero_macs", "ops", "size_bytes")
 SHARES = ("accuracy", "balanced_accuracy", "val_accuracy", "base_accuracy")
 NON_NEGATIVE = ("compression", "speedup", "train_seconds", "latency_ms")

@@ -134,7 +134,7 @@ def run_trial(
     log: Callable[[str], None] = lambda _m: None,
     model_out: dict | None = None,
 ) -> dict:
-    """Run one trial and return its result row (see DESIGN.md, Measurement).
+    """Run one trial and return its result row (docs/study-directory.md, The result row).
 
     ``model_out``, where given, receives the final model under ``"model"`` and its
     description (:func:`prune_core.compressed.architecture`) under ``"architecture"``.

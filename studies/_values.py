@@ -14,7 +14,7 @@ import yaml
 
 from prune_core.errors import InputError, StudyFilesError
 
-# Columns of the result row a study may optimise (DESIGN.md, Measurement).
+# Columns of the result row a study may optimise (docs/study-directory.md, The result row).
 OBJECTIVE_COLUMNS = (
     "accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop", "params",
     "nonzero_params", "macs", "nonzero_macs", "ops", "size_bytes", "latency_ms",

@@ -1,5 +1,6 @@
-"""Filter-level helpers shared by TransTailor and RePr: every conv layer, the BatchNorm
-that follows it and the layers that read its filters, found on the dependency graph."""
+"""Filter-level helpers shared by the methods that rank or replace filters (TransTailor,
+RePr, branch, slimming): every conv layer, the BatchNorm that follows it and the layers
+that read its filters, found on the dependency graph."""
 
 from __future__ import annotations
 
