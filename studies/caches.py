@@ -1,5 +1,6 @@
-"""What a storage's cache holds (``<storage>/_cache``): trained base models and decoded
-datasets; listed by ``prune-study cache list`` and ``status``, removed by ``cache clear``.
+"""What a storage's cache holds (``<storage>/_cache``): trained base models, decoded
+datasets and sensitivity scans; listed by ``prune-study cache list`` and ``status``,
+removed by ``cache clear``.
 
 Removing an entry never disturbs a running trial: a trial maps or has loaded its files,
 and a later trial rebuilds what it needs (a base model is trained again, a dataset
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from prune_core._data_cache import dir_bytes, entries
 
-KINDS = ("base", "data")
+KINDS = ("base", "data", "sensitivity")
 
 
 def items(cache_dir: Path) -> list[dict]:
@@ -43,6 +44,12 @@ def items(cache_dir: Path) -> list[dict]:
         rows.append({"kind": "data", "name": d.name, "path": str(d), "bytes": dir_bytes(d),
                      "modified": d.stat().st_mtime, "partial": True,
                      "detail": "left half-built by a killed process"})
+    for f in sorted((cache_dir / "sensitivity").glob("*.json")) \
+            if (cache_dir / "sensitivity").is_dir() else []:
+        st = f.stat()
+        rows.append({"kind": "sensitivity", "name": f.stem, "path": str(f),
+                     "bytes": st.st_size, "modified": st.st_mtime,
+                     "detail": "sensitivity scan of a base model"})
     return rows
 
 

@@ -306,9 +306,11 @@ def _status_lines(s: dict, skipped: list[str]) -> list[str]:
                    f"{kept['bytes'] / 2**20:.1f} MiB (prune-study export takes one away)")
     cache = s.get("cache")
     if cache:
+        shown = [("base model(s)", cache["base"]), ("dataset(s)", cache["data"])]
+        if cache["sensitivity"]["count"]:
+            shown.append(("sensitivity scan(s)", cache["sensitivity"]))
         out.append(f"  cache {cache['path']}: " + ", ".join(
-            f"{v['count']} {k} {v['bytes'] / 2**20:.1f} MiB" for k, v in
-            (("base model(s)", cache["base"]), ("dataset(s)", cache["data"])))
+            f"{v['count']} {k} {v['bytes'] / 2**20:.1f} MiB" for k, v in shown)
             + " (prune-study cache list|clear)")
     if skipped:
         out.append(f"  {len(skipped)} damaged file(s) or line(s) skipped (warnings on stderr)")
@@ -459,6 +461,37 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def cmd_sensitivity(args) -> int:
+    """`prune-study sensitivity`: each channel group's accuracy as its channels go."""
+    from studies.sensitivity import method_of, run_scan, table, write_outputs
+    from studies.spec import load_spec
+
+    try:
+        ratios = tuple(float(r) for r in args.ratios.split(","))
+    except ValueError:
+        raise BadInput(f"--ratios {args.ratios!r}: expected comma-separated shares of a "
+                       "group's channels, e.g. 0.1,0.3,0.5") from None
+    if not ratios or not all(0 < r < 1 for r in ratios):
+        raise BadInput(f"--ratios {args.ratios!r}: every share must lie between 0 and 1 "
+                       "(0.5 removes half of a group's channels)")
+    spec = load_spec(args.spec, settings=args.set or ())
+    try:
+        method = method_of(spec, args.method)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    doc = run_scan(spec, method, tuple(sorted(set(ratios))), address=args.address, log=log)
+    out = Path(args.output) if args.output else spec.study_dir
+    data_path, figure = write_outputs(doc, out)
+    if args.json:
+        emit_json({**doc, "json": str(data_path), "figure": str(figure)})
+        return EXIT_OK
+    print(table(doc))
+    print(f"validation accuracy lost, in points, after removing each share of one group's "
+          f"channels (base {doc['base']['val_accuracy']:.3f}, no fine-tuning)")
+    print(f"{data_path}\n{figure}")
+    return EXIT_OK
+
+
 def cmd_cache(args) -> int:
     """`prune-study cache list|clear`: the storage's cached base models and datasets."""
     from studies import caches
@@ -590,6 +623,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the row as one JSON document")
     s.set_defaults(fn=cmd_trial)
 
+    s = sub.add_parser(
+        "sensitivity", help="each channel group's validation accuracy as its channels are "
+        "removed, without fine-tuning (a heat map)",
+        description="Scan the spec's base model (trained once and cached, as a study "
+        "does) one channel group at a time: remove each share of the group's channels as "
+        "the method ranks them (slimming: BatchNorm scales, with its bias folding; "
+        "magnitude and transtailor: filter L1 norms), with coupled channels together, and "
+        "measure validation accuracy and MACs without fine-tuning. Groups run in parallel "
+        "as Ray tasks; the scan is cached in <storage>/_cache/sensitivity by base model, "
+        "method and ratios. Writes sensitivity-<method>.json and a heat map "
+        "sensitivity-<method>.png into the study directory (or --output).")
+    s.add_argument("spec", help="study spec (YAML)")
+    s.add_argument("--method", help="slimming, magnitude or transtailor (default: the "
+                   "first of them in the spec's methods)")
+    s.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+                   help="shares of a group's channels to remove (default 0.1 to 0.9)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a spec field, e.g. baseline.epochs=5 (repeatable)")
+    s.add_argument("--address", help="join a running Ray cluster instead of a local Ray")
+    s.add_argument("-o", "--output", help="directory for the JSON and the heat map "
+                   "(default: the study directory, <storage>/<name>)")
+    s.add_argument("--json", action="store_true", help="print the scan as one JSON document")
+    s.set_defaults(fn=cmd_sensitivity)
+
     s = sub.add_parser("validate", help="check a spec and print every error (exit 2); "
                        "starts nothing")
     s.add_argument("spec", help="study spec (YAML)")
@@ -656,8 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=("list", "clear"))
     s.add_argument("--storage", default="runs",
                    help="the storage directory whose _cache to use (default: runs)")
-    s.add_argument("--kind", choices=("base", "data"), action="append",
-                   help="only base models or only datasets (repeatable; default: both)")
+    s.add_argument("--kind", choices=("base", "data", "sensitivity"), action="append",
+                   help="only base models, datasets or sensitivity scans (repeatable; "
+                   "default: all)")
     s.add_argument("--older-than", type=_duration, metavar="DURATION",
                    help="clear: only entries not modified for this long (e.g. 7d, 12h, 30m)")
     s.add_argument("--json", action="store_true", help="print one JSON document")

@@ -1,0 +1,156 @@
+"""How much of each channel group a model can lose before fine-tuning: a sensitivity scan.
+
+For one channel group at a time (:mod:`prune_core.groups`: channels coupled through
+additions, concatenations and depthwise convs go together), :func:`scan_group` removes
+10 %, 20 % ... 90 % of its channels from a copy of the trained model, ranked as the method
+ranks them, and measures validation accuracy and MACs without any fine-tuning. Network
+Slimming ranks by the BatchNorm scale factors and folds the removed channels' mean signal
+into the layers reading them, as its removal does; structured magnitude pruning and
+TransTailor rank by the filters' L1 norm (TransTailor's own ranking, its trained alpha,
+needs training a scan does not do). Every group keeps at least one channel.
+
+Each group also gets its *stage*: the groups whose root conv writes at one spatial
+resolution, in forward order (a ResNet stage, a VGG block between poolings).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prune_core.groups import (
+    ChannelGroup,
+    channel_groups,
+    fold_removed,
+    group_bn_scales,
+    group_norms,
+    select_per_group,
+)
+from prune_core.measure import count_cost
+from prune_core.surgery import example_input, remove_channels
+from prune_core.train import evaluate
+
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# How each method ranks a group's channels, and whether its removal folds their mean signal.
+RANKING = {"slimming": ("bn_scale", True), "magnitude": ("l1", False),
+           "transtailor": ("l1", False)}
+
+
+class SensitivityError(ValueError):
+    """The scan cannot run as asked."""
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A group as the scan reports it."""
+
+    root: str
+    size: int
+    stage: str
+    convs: list[str]
+    coupled: bool
+
+
+def scannable(model: nn.Module, input_shape: tuple[int, ...], method: str
+              ) -> list[ChannelGroup]:
+    """The groups ``method`` prunes in ``model``, in forward order."""
+    if method not in RANKING:
+        raise SensitivityError(f"method {method!r} has no sensitivity scan; choose one of "
+                               f"{', '.join(sorted(RANKING))}")
+    groups = channel_groups(model, input_shape, min_size=2)
+    if RANKING[method][0] == "bn_scale":
+        groups = [g for g in groups if g.bns]
+    if not groups:
+        raise SensitivityError(f"{type(model).__name__} has no channel group that "
+                               f"{method} can prune")
+    return groups
+
+
+@torch.no_grad()
+def stages(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...]
+           ) -> dict[str, str]:
+    """``{group root: stage name}``: groups numbered by the spatial size their root conv
+    writes, a new stage at each change of it along the forward pass."""
+    sizes: dict[str, tuple[int, ...]] = {}
+    roots = {g.root for g in groups}
+
+    def seen(name: str):
+        def hook(_m, _i, out) -> None:
+            sizes.setdefault(name, tuple(out.shape[2:]))
+        return hook
+
+    handles = [m.register_forward_hook(seen(n)) for n, m in model.named_modules()
+               if n in roots]
+    was = model.training
+    model.eval()
+    try:
+        model(example_input(model, input_shape))
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    out, last, k = {}, None, 0
+    for root in sorted(roots, key=lambda r: list(sizes).index(r) if r in sizes else 1 << 30):
+        size = sizes.get(root, ())
+        if last is not None and size != last:
+            k += 1
+        last = size
+        out[root] = f"stage{k + 1} ({'x'.join(map(str, size)) or 'flat'})"
+    return out
+
+
+def group_info(model: nn.Module, input_shape: tuple[int, ...], method: str
+               ) -> list[GroupInfo]:
+    """The groups a scan covers, with their stage."""
+    groups = scannable(model, input_shape, method)
+    stage = stages(model, groups, input_shape)
+    order = {r: i for i, r in enumerate(stage)}
+    groups.sort(key=lambda g: order[g.root])
+    return [GroupInfo(g.root, g.size, stage[g.root], list(g.convs), g.coupled)
+            for g in groups]
+
+
+def _scores(model: nn.Module, group: ChannelGroup, ranking: str) -> torch.Tensor:
+    if ranking == "bn_scale":
+        return group_bn_scales(model, [group])[group.root]
+    return group_norms(model, [group], p=1)[group.root]
+
+
+def scan_group(model: nn.Module, data, method: str, root: str,
+               ratios: tuple[float, ...] = RATIOS) -> list[dict]:
+    """One row per ratio: ``{"group", "ratio", "removed", "val_accuracy", "macs"}`` after
+    removing that share of group ``root``'s channels from a copy of ``model`` (which is
+    left untouched), with no fine-tuning."""
+    ranking, fold = RANKING[method]
+    shape = data.input_shape
+    groups = {g.root: g for g in scannable(model, shape, method)}
+    if root not in groups:
+        raise SensitivityError(f"{root!r} is not a channel group {method} prunes; groups: "
+                               f"{', '.join(groups)}")
+    group = groups[root]
+    scores = _scores(model, group, ranking)
+    rows = []
+    for ratio in ratios:
+        pruned = copy.deepcopy(model)
+        plan = select_per_group({root: scores}, float(ratio))
+        if fold and plan[root]:
+            fold_removed(pruned, [group], plan, data)
+        if plan[root]:
+            remove_channels(pruned, plan, shape)
+        rows.append({"group": root, "ratio": float(ratio), "removed": len(plan[root]),
+                     "val_accuracy": evaluate(pruned, data, "val")["accuracy"],
+                     "macs": count_cost(pruned, shape)["macs"]})
+    return rows
+
+
+def reference(model: nn.Module, data) -> dict:
+    """The unpruned model's validation accuracy and MACs, the scan's zero."""
+    return {"val_accuracy": evaluate(model, data, "val")["accuracy"],
+            "macs": count_cost(model, data.input_shape)["macs"]}
+
+
+__all__ = ["RANKING", "RATIOS", "GroupInfo", "SensitivityError", "group_info", "reference",
+           "scan_group", "scannable", "stages"]

@@ -1,0 +1,155 @@
+"""`prune-study sensitivity`: a study's base model scanned group by group, on Ray.
+
+The spec names the model, data and base model; :func:`run_scan` trains or finds the base
+model as a study does (:func:`studies.runner.ensure_base`), lists the channel groups the
+method prunes with their stages, and scans each group as its own Ray task
+(:func:`prune_core.sensitivity.scan_group`), so the groups run in parallel over the
+cluster's CPUs. The result is cached under ``<storage>/_cache/sensitivity/`` by base
+model, method and ratios: a second scan of the same base is read back, not recomputed.
+It is written beside the study as ``sensitivity-<method>.json`` and drawn as a heat map
+(groups x ratio, the validation accuracy lost) in ``sensitivity-<method>.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from prune_core.sensitivity import RANKING, RATIOS
+
+CACHE = "sensitivity"
+VERSION = 1  # of the scan's rows: a change to what a row means starts a new cache entry
+
+Log = Callable[[str], None]
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _groups_task(ts: dict, base, method: str, threads: int) -> dict:
+    import torch
+
+    from prune_core.sensitivity import group_info, reference
+    from prune_core.trial import TrialSpec, load_data
+
+    torch.set_num_threads(threads)
+    data = load_data(TrialSpec.from_dict(ts))
+    model = base.build(data.device)
+    return {"groups": [vars(g) for g in group_info(model, data.input_shape, method)],
+            "base": reference(model, data)}
+
+
+def _scan_task(ts: dict, base, method: str, root: str, ratios: tuple[float, ...],
+               threads: int) -> list[dict]:
+    import torch
+
+    from prune_core.sensitivity import scan_group
+    from prune_core.trial import TrialSpec, load_data
+
+    torch.set_num_threads(threads)
+    data = load_data(TrialSpec.from_dict(ts))
+    return scan_group(base.build(data.device), data, method, root, ratios)
+
+
+def method_of(spec, method: str | None) -> str:
+    """The method to scan: ``method``, or the first stage of the spec's chains a scan
+    covers."""
+    if method is not None:
+        if method not in RANKING:
+            raise ValueError(f"--method {method!r}: the scan covers "
+                             f"{', '.join(sorted(RANKING))}")
+        return method
+    from prune_core.methods import parse_chain
+
+    found = [s.method.name for c in spec.chains for s in parse_chain(list(c))]
+    for name in found:
+        if name in RANKING:
+            return name
+    raise ValueError(f"the spec's methods ({', '.join(dict.fromkeys(found))}) have no "
+                     f"sensitivity scan; name one with --method "
+                     f"({', '.join(sorted(RANKING))})")
+
+
+def cache_key(base_key: str, method: str, ratios: tuple[float, ...]) -> str:
+    text = json.dumps([VERSION, base_key, method, [round(r, 6) for r in ratios]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_scan(spec, method: str, ratios: tuple[float, ...] = RATIOS,
+             address: str | None = None, log: Log = print) -> dict:
+    """The scan of ``spec``'s base model for ``method``: from the cache, or computed on Ray
+    and cached. Returns ``{"method", "ratios", "base", "groups", "rows", ...}``."""
+    import ray
+
+    from studies.cluster import connect
+    from studies.runner import ensure_base
+
+    connect(address, log=log)
+    base, info = ensure_base(spec, log=log)
+    path = Path(spec.cache_dir) / CACHE / f"{cache_key(info['key'], method, ratios)}.json"
+    if path.is_file():
+        log(f"sensitivity of {spec.model} to {method} found in the cache ({path.name})")
+        return {**json.loads(path.read_text()), "cached": True}
+    threads = max(1, int(spec.resources["cpu"]))
+    opts = {"num_cpus": spec.resources["cpu"], "num_gpus": spec.resources["gpu"],
+            "max_retries": 0}
+    ts = spec.trial_spec().to_dict()
+    ref = ray.put(base)
+    found = ray.get(ray.remote(_groups_task).options(**opts).remote(ts, ref, method, threads))
+    groups = found["groups"]
+    log(f"scanning {len(groups)} channel groups of {spec.model} at {len(ratios)} ratios "
+        f"as Ray tasks ({method}'s ranking, no fine-tuning)")
+    task = ray.remote(_scan_task).options(**opts)
+    pending = {task.remote(ts, ref, method, g["root"], tuple(ratios), threads): g["root"]
+               for g in groups}
+    rows: dict[str, list[dict]] = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        root = pending.pop(done[0])
+        rows[root] = ray.get(done[0])
+        worst = min(r["val_accuracy"] for r in rows[root])
+        log(f"  [{len(rows)}/{len(groups)}] {root}: validation accuracy down to "
+            f"{worst:.3f} at ratio {max(ratios)} (base {found['base']['val_accuracy']:.3f})")
+    doc = {"model": spec.model, "data": spec.data, "method": method,
+           "ratios": [float(r) for r in ratios], "base_key": info["key"],
+           "base": found["base"], "groups": groups,
+           "rows": [r for g in groups for r in rows[g["root"]]]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write(path, (json.dumps(doc, indent=1) + "\n").encode())
+    return {**doc, "cached": False}
+
+
+def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
+    """``sensitivity-<method>.json`` and the heat map ``sensitivity-<method>.png``."""
+    from analysis._sensitivity_figure import draw_sensitivity
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"sensitivity-{doc['method']}"
+    data_path, figure = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
+    _write(data_path, (json.dumps({k: v for k, v in doc.items() if k != "cached"},
+                                  indent=1) + "\n").encode())
+    _write(figure, draw_sensitivity(doc))
+    return data_path, figure
+
+
+def table(doc: dict) -> str:
+    """The scan as text: one line per group, validation accuracy lost per ratio (points)."""
+    base = doc["base"]["val_accuracy"]
+    by = {}
+    for r in doc["rows"]:
+        by.setdefault(r["group"], {})[r["ratio"]] = r["val_accuracy"]
+    head = f"{'group':<28} {'stage':<16} {'ch':>4} " + " ".join(
+        f"{int(round(r * 100)):>5}%" for r in doc["ratios"])
+    lines = [head]
+    for g in doc["groups"]:
+        cells = " ".join(f"{(base - by[g['root']][r]) * 100:>6.1f}" for r in doc["ratios"])
+        lines.append(f"{g['root'][:28]:<28} {g['stage'][:16]:<16} {g['size']:>4} {cells}")
+    return "\n".join(lines)
+
+
+__all__ = ["CACHE", "cache_key", "method_of", "run_scan", "table", "write_outputs"]
