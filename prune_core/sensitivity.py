@@ -152,5 +152,49 @@ def reference(model: nn.Module, data) -> dict:
             "macs": count_cost(model, data.input_shape)["macs"]}
 
 
-__all__ = ["RANKING", "RATIOS", "GroupInfo", "SensitivityError", "group_info", "reference",
-           "scan_group", "scannable", "stages"]
+def greedy_allocation(doc: dict, target: float) -> dict | None:
+    """Per-group shares to remove that reach ``target`` (a fraction of the base MACs) with
+    the least predicted loss, by the greedy equal-loss rule (after AIMET's greedy
+    per-layer selection): for a loss bound ``epsilon``, each group takes the largest share
+    whose scanned accuracy loss stays within it; the smallest ``epsilon`` whose predicted
+    MACs reach the target wins. The MACs are predicted by adding each group's scanned
+    saving, which overstates the saving a little where neighbouring groups are both cut
+    (the conv between them shrinks on both sides). None where even the largest shares
+    of every group do not reach the target.
+
+    Returns ``{"target", "ratios": {group: share}, "predicted_macs", "epsilon"}`` with
+    the loss bound in accuracy (a fraction).
+    """
+    base_acc, base_macs = doc["base"]["val_accuracy"], doc["base"]["macs"]
+    by_group: dict[str, list[tuple[float, float, int]]] = {}
+    for r in doc["rows"]:
+        by_group.setdefault(r["group"], []).append(
+            (float(r["ratio"]), base_acc - float(r["val_accuracy"]), int(r["macs"])))
+
+    def allocate(eps: float) -> tuple[dict[str, float], float]:
+        ratios, saved = {}, 0
+        for group, rows in by_group.items():
+            ok = [(ratio, macs) for ratio, loss, macs in rows if loss <= eps + 1e-12]
+            ratio, macs = max(ok) if ok else (0.0, base_macs)
+            ratios[group] = ratio
+            saved += base_macs - macs
+        return ratios, base_macs - saved
+
+    candidates = sorted({0.0, *(loss for rows in by_group.values() for _, loss, _ in rows)})
+    goal = target * base_macs
+    if allocate(candidates[-1])[1] > goal:
+        return None
+    lo, hi = 0, len(candidates) - 1  # the first candidate whose MACs reach the goal
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if allocate(candidates[mid])[1] <= goal:
+            hi = mid
+        else:
+            lo = mid + 1
+    ratios, macs = allocate(candidates[lo])
+    return {"target": float(target), "ratios": ratios, "predicted_macs": int(macs),
+            "epsilon": float(max(candidates[lo], 0.0))}
+
+
+__all__ = ["RANKING", "RATIOS", "GroupInfo", "SensitivityError", "greedy_allocation",
+           "group_info", "reference", "scan_group", "scannable", "stages"]

@@ -474,12 +474,25 @@ def cmd_sensitivity(args) -> int:
     if not ratios or not all(0 < r < 1 for r in ratios):
         raise BadInput(f"--ratios {args.ratios!r}: every share must lie between 0 and 1 "
                        "(0.5 removes half of a group's channels)")
+    try:
+        targets = tuple(float(t) for t in args.target_macs.split(",")) \
+            if args.target_macs else ()
+    except ValueError:
+        targets = (-1.0,)
+    if not all(0 < t < 1 for t in targets):
+        raise BadInput(f"--target-macs {args.target_macs!r}: expected comma-separated "
+                       "fractions of the base model's MACs between 0 and 1, e.g. 0.5,0.25")
     spec = load_spec(args.spec, settings=args.set or ())
     try:
         method = method_of(spec, args.method)
     except ValueError as e:
         raise BadInput(str(e)) from None
     doc = run_scan(spec, method, tuple(sorted(set(ratios))), address=args.address, log=log)
+    if targets:
+        from prune_core.sensitivity import greedy_allocation
+
+        doc["allocations"] = [greedy_allocation(doc, t) or {"target": t, "ratios": None}
+                              for t in targets]
     out = Path(args.output) if args.output else spec.study_dir
     data_path, figure = write_outputs(doc, out)
     if args.json:
@@ -488,6 +501,15 @@ def cmd_sensitivity(args) -> int:
     print(table(doc))
     print(f"validation accuracy lost, in points, after removing each share of one group's "
           f"channels (base {doc['base']['val_accuracy']:.3f}, no fine-tuning)")
+    for a in doc.get("allocations", []):
+        if a["ratios"] is None:
+            print(f"{a['target']:g}x the MACs: out of reach even at the largest shares "
+                  f"scanned ({max(doc['ratios']):g} of every group)")
+            continue
+        shares = ", ".join(f"{g} {r:g}" for g, r in a["ratios"].items() if r)
+        print(f"{a['target']:g}x the MACs (predicted {a['predicted_macs'] / 1e6:.3g} M, "
+              f"each group losing at most {a['epsilon'] * 100:.1f} points before "
+              f"fine-tuning): {shares or 'nothing to remove'}")
     print(f"{data_path}\n{figure}")
     return EXIT_OK
 
@@ -639,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "first of them in the spec's methods)")
     s.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
                    help="shares of a group's channels to remove (default 0.1 to 0.9)")
+    s.add_argument("--target-macs", metavar="FRACTIONS",
+                   help="also print, for each fraction of the base MACs (e.g. 0.5,0.25), "
+                   "the per-group shares the greedy equal-loss rule picks from the scan")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec field, e.g. baseline.epochs=5 (repeatable)")
     s.add_argument("--address", help="join a running Ray cluster instead of a local Ray")

@@ -99,6 +99,7 @@ HEAVY_FIRST = (
     "test_bench_early_stop.py",  # 120
     "test_cluster.py",  # 100
     "test_methods_slimming.py",  # 90
+    "test_sensitivity.py",  # 90: a scan on Ray, twice from its cache
     "test_bench_constraints.py",  # 90
     "test_postgres.py",  # 70
     "test_loggers.py",  # 70

@@ -13,6 +13,7 @@ from prune_core import models
 from prune_core.groups import channel_groups, select_per_group
 from prune_core.sensitivity import (
     SensitivityError,
+    greedy_allocation,
     group_info,
     reference,
     scan_group,
@@ -101,12 +102,20 @@ def test_the_command_scans_on_ray_caches_and_draws(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "features.conv0" in out and "90%" in out
     assert (tmp_path / "out" / "sensitivity-slimming.png").is_file()
+    # the greedy allocation for a MAC target, from the cached scan
+    assert cli.main(["sensitivity", str(path), "--ratios", "0.2,0.5", "--target-macs",
+                     "0.8,0.01", "--json"]) == 0
+    picked = json.loads(capsys.readouterr().out)["allocations"]
+    assert picked[0]["target"] == 0.8 and picked[0]["predicted_macs"] <= 0.8 * doc["base"][
+        "macs"] and set(picked[0]["ratios"]) == {g["root"] for g in doc["groups"]}
+    assert picked[1] == {"target": 0.01, "ratios": None}
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--ratios", "0.5,1.5"], "every share must lie between 0 and 1"),
     (["--ratios", "half"], "expected comma-separated shares"),
     (["--method", "quantize"], "the scan covers magnitude, slimming, transtailor"),
+    (["--target-macs", "0.5,2"], "fractions of the base model's MACs between 0 and 1"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys, argv, message):
     path = tmp_path / "scan.yaml"
@@ -135,3 +144,29 @@ def test_scan_rows_are_plain_numbers(base_vgg, digits):
     assert set(rows[0]) == {"group", "ratio", "removed", "val_accuracy", "macs"}
     assert isinstance(rows[0]["macs"], int) and torch.isfinite(
         torch.tensor(rows[0]["val_accuracy"]))
+
+
+def _doc():
+    """A scan of two groups: "wide" costs 60 of 100 M MACs and loses little; "narrow"
+    costs 40 M and collapses early."""
+    rows = []
+    for r in (0.25, 0.5, 0.75):
+        rows.append({"group": "wide", "ratio": r, "val_accuracy": 0.98 - 0.02 * r,
+                     "macs": int(100e6 - 60e6 * r)})
+        rows.append({"group": "narrow", "ratio": r, "val_accuracy": 0.98 - 0.8 * r,
+                     "macs": int(100e6 - 40e6 * r)})
+    return {"base": {"val_accuracy": 0.98, "macs": int(100e6)}, "rows": rows,
+            "ratios": [0.25, 0.5, 0.75]}
+
+
+def test_greedy_cuts_where_the_scan_says_it_is_cheap():
+    doc = _doc()
+    a = greedy_allocation(doc, 0.6)  # 40 M to save: the wide group's 0.75 gives 45 M
+    assert a["ratios"] == {"wide": 0.75, "narrow": 0.0}
+    assert a["predicted_macs"] == int(55e6) and a["epsilon"] == pytest.approx(0.015)
+    b = greedy_allocation(doc, 0.45)  # 55 M: the narrow group must give 10 M, at 0.25
+    assert b["ratios"] == {"wide": 0.75, "narrow": 0.25}
+    assert b["predicted_macs"] <= 0.45 * 100e6
+    assert b["epsilon"] == pytest.approx(0.2)  # its loss at 0.25, the least that reaches
+    assert greedy_allocation(doc, 0.99)["ratios"]["narrow"] == 0.0
+    assert greedy_allocation(doc, 0.2) is None  # 75 M + 30 M at most: 0.25x out of reach
