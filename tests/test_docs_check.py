@@ -99,9 +99,15 @@ def test_data_older_than_the_code_it_measures_is_stale(tmp_path, monkeypatch):
     (problem,) = check_fresh(repo)
     assert problem.startswith("docs/benchmarks/fake.json: older than prune_core/fast.py")
     assert problem.endswith("rerun python -m benchmarks.bench_fake")
+    # a rerun awaited on purpose: listed, not failed
+    waiting: list[str] = []
+    assert check_fresh(repo, pending={"bench_fake": "an idle machine"}, verbose=waiting) == []
+    assert waiting == [f"pending (an idle machine): {problem}"]
     data.write_text(json.dumps({"speedup": 3.0, "command": "python -m benchmarks.bench_fake"}))
     _git(repo, "commit", "-qam", "rerun")
     assert check_fresh(repo) == []
+    (problem,) = check_fresh(repo, pending={"bench_fake": "an idle machine"})
+    assert "PENDING_RERUN names 'bench_fake', whose data is fresh" in problem
     monkeypatch.delitem(docs_check.MEASURED_CODE, "bench_fake")
     (problem,) = check_fresh(repo)
     assert "written by 'bench_fake', which has no entry in MEASURED_CODE" in problem
