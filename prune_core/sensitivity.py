@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prune_core.errors import InputError
 from prune_core.groups import (
     ChannelGroup,
     channel_groups,
@@ -39,7 +40,7 @@ RANKING = {"slimming": ("bn_scale", True), "magnitude": ("l1", False),
            "transtailor": ("l1", False)}
 
 
-class SensitivityError(ValueError):
+class SensitivityError(InputError):
     """The scan cannot run as asked."""
 
 
