@@ -20,6 +20,14 @@ def _fresh_cache():
     docs_check._values.cache_clear()
 
 
+def test_the_repositorys_docs_and_data_pass():
+    """Every measured number of README.md, docs/results.md and docs/benchmarks.md is in the
+    data it cites, and no benchmark's data is older than the code it measures (other than
+    the reruns PENDING_RERUN names and says why)."""
+    assert check_numbers(ROOT) == []
+    assert check_fresh(ROOT) == []
+
+
 def _copy_docs(tmp_path):
     """The docs and their data, outside the repository, and the problems the copy has before
     anything is planted (numbers of earlier runs cannot be looked up without the history)."""
