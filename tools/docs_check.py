@@ -259,28 +259,20 @@ def _blocks(root: Path, doc: str) -> list[Block]:
         if s.startswith("```"):
             flush()
             fenced = not fenced
-            if not fenced:
-                blocks.append(Block(doc, n + 1, "```"))
             continue
-        if fenced:
+        if fenced:  # code: only a benchmark's command cites anything
             if "python -m " in s:
                 blocks.append(Block(doc, n + 1, s))
             continue
-        if not s or s.startswith("#") or s.startswith("|") or re.match(r"[-*] |\d+\. ", s) \
-                or s.startswith("<!--"):
+        if s.startswith(("#", "|", "<!--")):  # a line each; a table's rule line is none
             flush()
-            if s.startswith("#"):
-                blocks.append(Block(doc, n + 1, s))
-                continue
-            if s.startswith("|") and not re.fullmatch(r"\|[-| :]+\|", s):
-                blocks.append(Block(doc, n + 1, s))
-                continue
-            if re.match(r"[-*] |\d+\. ", s):
-                cur.append(s)
-                start = n
-            elif s.startswith("<!--"):
+            if not re.fullmatch(r"\|[-| :]+\|", s):
                 blocks.append(Block(doc, n + 1, s))
             continue
+        if not s or re.match(r"[-*] |\d+\. ", s):  # a blank line ends a block, an item
+            flush()                                  # starts one
+            if not s:
+                continue
         if not cur:
             start = n
         cur.append(s)
