@@ -25,12 +25,6 @@ VERSION = 1  # of the scan's rows: a change to what a row means starts a new cac
 Log = Callable[[str], None]
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def _groups_task(ts: dict, base, method: str, threads: int) -> dict:
     import torch
 
@@ -87,6 +81,7 @@ def run_scan(spec, method: str, ratios: tuple[float, ...] = RATIOS,
     import ray
 
     from studies.cluster import connect
+    from studies.record import write_json
     from studies.runner import ensure_base
 
     connect(address, log=log)
@@ -119,21 +114,19 @@ def run_scan(spec, method: str, ratios: tuple[float, ...] = RATIOS,
            "ratios": [float(r) for r in ratios], "base_key": info["key"],
            "base": found["base"], "groups": groups,
            "rows": [r for g in groups for r in rows[g["root"]]]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write(path, (json.dumps(doc, indent=1) + "\n").encode())
+    write_json(path, doc)
     return {**doc, "cached": False}
 
 
 def write_outputs(doc: dict, out_dir: Path) -> tuple[Path, Path]:
     """``sensitivity-<method>.json`` and the heat map ``sensitivity-<method>.png``."""
     from analysis._sensitivity_figure import draw_sensitivity
+    from studies.record import write_json  # (not at the top: Ray's workers import this module)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"sensitivity-{doc['method']}"
     data_path, figure = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
-    _write(data_path, (json.dumps({k: v for k, v in doc.items() if k != "cached"},
-                                  indent=1) + "\n").encode())
-    _write(figure, draw_sensitivity(doc))
+    write_json(data_path, {k: v for k, v in doc.items() if k != "cached"})
+    figure.write_bytes(draw_sensitivity(doc))
     return data_path, figure
 
 
