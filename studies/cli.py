@@ -461,27 +461,29 @@ def cmd_export(args) -> int:
     return EXIT_OK
 
 
+def _fractions(text: str, flag: str, not_numbers: str, out_of_range: str) -> tuple:
+    """Comma-separated numbers strictly between 0 and 1, or BadInput naming ``flag``."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise BadInput(f"{flag} {text!r}: {not_numbers}") from None
+    if not all(0 < v < 1 for v in values):
+        raise BadInput(f"{flag} {text!r}: {out_of_range}")
+    return values
+
+
 def cmd_sensitivity(args) -> int:
     """`prune-study sensitivity`: each channel group's accuracy as its channels go."""
     from studies.sensitivity import method_of, run_scan, table, write_outputs
     from studies.spec import load_spec
 
-    try:
-        ratios = tuple(float(r) for r in args.ratios.split(","))
-    except ValueError:
-        raise BadInput(f"--ratios {args.ratios!r}: expected comma-separated shares of a "
-                       "group's channels, e.g. 0.1,0.3,0.5") from None
-    if not ratios or not all(0 < r < 1 for r in ratios):
-        raise BadInput(f"--ratios {args.ratios!r}: every share must lie between 0 and 1 "
-                       "(0.5 removes half of a group's channels)")
-    try:
-        targets = tuple(float(t) for t in args.target_macs.split(",")) \
-            if args.target_macs else ()
-    except ValueError:
-        targets = (-1.0,)
-    if not all(0 < t < 1 for t in targets):
-        raise BadInput(f"--target-macs {args.target_macs!r}: expected comma-separated "
-                       "fractions of the base model's MACs between 0 and 1, e.g. 0.5,0.25")
+    ratios = _fractions(args.ratios, "--ratios", "expected comma-separated shares of a "
+                        "group's channels, e.g. 0.1,0.3,0.5", "every share must lie between 0 "
+                        "and 1 (0.5 removes half of a group's channels)")
+    macs = ("expected comma-separated fractions of the base model's MACs between 0 and 1, "
+            "e.g. 0.5,0.25")
+    targets = _fractions(args.target_macs, "--target-macs", macs, macs) \
+        if args.target_macs else ()
     spec = load_spec(args.spec, settings=args.set or ())
     try:
         method = method_of(spec, args.method)
