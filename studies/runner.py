@@ -208,7 +208,7 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
         _tune_environment()
         connect(address, log)
         check_resources(spec, address, log)
-        searcher = make_searcher(spec, study_dir, restart=restart)
+        searcher = make_searcher(spec, study_dir, restart=restart, log=log)
         base, info = ensure_base(spec, log)
         write_study_files(spec, study_dir, base_row(base, spec, log), info)
     except KeyboardInterrupt:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 __all__ = ["AUTO", "Constraints", "GP_MAX_OBJECTIVES", "GP_MAX_TRIALS", "GRID", "PicklableLock",
-           "Switching", "auto_choice", "grid_values", "make_sampler", "picklable",
+           "MAX_SEARCHED", "Switching", "auto_choice", "grid_values", "make_sampler", "picklable",
            "sampler_class", "sampler_text",
            "SAMPLERS"]
 
@@ -40,6 +40,13 @@ GP_MAX_OBJECTIVES = 3
 # GP refits its model on every finished trial (cubic in their number); past this many
 # trials the study goes on with NSGA-II.
 GP_MAX_TRIALS = 300
+# The most searched parameters each sampler takes (per_stage and per_group allocation
+# generate one per stage or group). GP fits a length scale per parameter from the trials
+# and optimises its acquisition over all of them, which neither the fit nor the optimiser
+# does well past a few dozen; TPE and NSGA-II model or mutate each parameter on its own,
+# and past this many a study of a few hundred trials learns little more than random.
+MAX_SEARCHED = {"gp": 32, "tpe": 128, "nsga2": 128, "random": 4096, "grid": 4096}
+MAX_SEARCHED["auto"] = MAX_SEARCHED["tpe"]  # auto picks TPE past GP's limit
 
 
 def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
@@ -54,9 +61,10 @@ def auto_choice(spec: StudySpec) -> tuple[str, str]:
     """What ``sampler: auto`` runs for this spec, and why.
 
     TPE where GP does poorly: a conditional space (a choice between chains, whose
-    parameters exist only in some trials), categorical parameters, or more than
-    ``GP_MAX_OBJECTIVES`` objectives. Otherwise GP, which models the objectives over a
-    continuous space and needs the fewest trials there; ``gp+nsga2`` where the budget
+    parameters exist only in some trials), categorical parameters, more than
+    ``GP_MAX_OBJECTIVES`` objectives, or more searched parameters than GP takes.
+    Otherwise GP, which models the objectives over a continuous space and needs the
+    fewest trials there; ``gp+nsga2`` where the budget
     passes ``GP_MAX_TRIALS``: GP for those, NSGA-II after.
     """
     searched = {k: p for k, p in spec.space.items() if p.kind != "fixed"}
@@ -68,6 +76,9 @@ def auto_choice(spec: StudySpec) -> tuple[str, str]:
     if len(spec.objectives) > GP_MAX_OBJECTIVES:
         return "tpe", (f"{len(spec.objectives)} objectives, more than GP's "
                        f"{GP_MAX_OBJECTIVES}")
+    if len(searched) > MAX_SEARCHED["gp"]:
+        return "tpe", (f"{len(searched)} searched parameters, more than GP's "
+                       f"{MAX_SEARCHED['gp']}")
     if spec.trials > GP_MAX_TRIALS:
         return "gp+nsga2", (f"a continuous space; {spec.trials} trials, GP for the first "
                             f"{GP_MAX_TRIALS} and NSGA-II after")
