@@ -53,6 +53,7 @@ from analysis._method_figures import (
     repr_data,
     sparsity_data,
 )
+from analysis._sensitivity_figure import sensitivity_docs, sensitivity_figure
 from analysis._study_figures import (
     ChannelData,
     HypervolumeData,
@@ -138,6 +139,15 @@ def _entries(studies: list[Study]) -> list[tuple[str, str, str, object, Callable
         ("branch-alpha", "Parallel-branch pruning: α schedule and accuracy",
          "Left: α, the weight of the original path, per epoch of the schedule. Right: "
          "validation accuracy against α as it falls to 0.", alpha_data(studies), draw_alpha),
+        *[(f"sensitivity-{doc['method']}" + (f"-{i}" if len(studies) > 1 else ""),
+           f"Sensitivity of {doc['model']} to {doc['method']}"
+           + (f" ({s.label})" if len(studies) > 1 else ""),
+           "Validation accuracy lost (points) when a share of one channel group's channels "
+           "is removed from the base model, ranked as the method ranks them, with no "
+           "fine-tuning; groups down, shares across. A row that darkens early is a group to "
+           "prune least (prune-study sensitivity, or warm_start: sensitivity).",
+           doc, sensitivity_figure)
+          for i, s in enumerate(studies) for doc in sensitivity_docs(s.info.path)],
         ("repr", "RePr against plain training",
          "Left: test accuracy of RePr against plain training of the same epoch budget, one "
          "point per trial. Right: validation accuracy per epoch of the best RePr trial and "

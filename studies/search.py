@@ -386,7 +386,7 @@ def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False,
     if spec.warm_start and "sensitivity" in spec.warm_start and not n:
         from studies.sensitivity import warm_start_points as scanned
 
-        for point in scanned(spec, log):
+        for point in scanned(spec, study_dir, log):
             study.enqueue_trial(point)
     study.set_user_attr("spec", spec.to_yaml())
     study.set_user_attr("environment", environment())

@@ -188,15 +188,18 @@ def allocation_points(spec, doc: dict, covered: dict[str, list[str]], stage: str
     return points
 
 
-def warm_start_points(spec, log: Log = print) -> list[dict]:
+def warm_start_points(spec, study_dir: Path, log: Log = print) -> list[dict]:
     """``warm_start: sensitivity``: the scan of the spec's base model (from the cache, or run
-    on Ray) turned into allocations to enqueue before the sampler's own trials."""
+    on Ray) turned into allocations to enqueue before the sampler's own trials. The scan
+    and its heat map are written into the study directory, where the report finds them."""
     from prune_core import models
     from prune_core.methods._allocation import units
     from studies._check_model import _input_shape
 
     stage, method = warm_stage(spec)
     doc = run_scan(spec, method.name, log=log)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_outputs(doc, study_dir)
     kw = {k: v for k, v in spec.model_kw.items() if k != "weights"}
     model = models.build(spec.model, num_classes=10, **kw)
     shape = _input_shape(spec.data, spec.data_kw)

@@ -252,3 +252,9 @@ def test_a_warm_started_study_runs_the_scans_allocations_first(tmp_path):
         assert t.state == optuna.trial.TrialState.COMPLETE
     # the second level is the cheaper one
     assert sum(enqueued[1].params.values()) > sum(enqueued[0].params.values())
+    # the scan is kept with the study, and its heat map is in the report
+    assert (study_dir / "sensitivity-magnitude.json").is_file()
+    assert cli.main(["report", str(study_dir), "--json"]) == 0
+    report = study_dir / "report"
+    assert (report / "sensitivity-magnitude.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Sensitivity of vgg11 to magnitude" in (report / "report.md").read_text()
