@@ -258,3 +258,14 @@ def test_methods_and_validate_list_the_generated_parameters_of_a_spec(tmp_path, 
     space = json.loads(capsys.readouterr().out)["space"]
     assert space["magnitude.ratio@layer3"] == {"type": "float", "low": 0.1, "high": 0.6,
                                                "log": False}
+
+
+def test_a_one_channel_group_gets_no_ratio():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.BatchNorm2d(1), torch.nn.ReLU(),
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10))
+    m = get_method("slimming")
+    assert [g.size for g in m.allocation.groups(net, SHAPE)] == [1, 8]
+    assert [p.name for p in generated_params(net, SHAPE, m, "per_group")] == ["ratio@3"]
+    assert [p.name for p in generated_params(net, SHAPE, m, "per_stage")] == ["ratio@3"]

@@ -112,7 +112,9 @@ def _shared_path(names: list[str]) -> str:
 
 def units(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...],
           how: str) -> dict[str, list[str]]:
-    """``{name: [group roots]}``: what each generated ratio covers, in forward order."""
+    """``{name: [group roots]}``: what each generated ratio covers, in forward order. A
+    group of one channel, which always stays whole, gets no ratio."""
+    groups = [g for g in groups if g.size >= 2]
     if how == "per_group":
         return {g.root: [g.root] for g in groups}
     if how != "per_stage":
