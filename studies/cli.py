@@ -230,7 +230,7 @@ def _progress(m: dict) -> str:
 
 def cmd_validate(args) -> int:
     """`prune-study validate`: every mistake in a spec, or what it would run."""
-    from studies.samplers import sampler_text
+    from studies.samplers import constraints_text, sampler_text
     from studies.spec import SpecError, load_spec
 
     try:
@@ -245,7 +245,7 @@ def cmd_validate(args) -> int:
         emit_json({"ok": True, "errors": [], "name": spec.name, "trials": spec.trials,
                    "repeats": spec.repeats,
                    "methods": spec.methods_label, "objectives": spec.objectives,
-                   "sampler": sampler_text(spec),
+                   "sampler": sampler_text(spec), "constraints": constraints_text(spec),
                    "space": {k: p.to_dict() for k, p in spec.space.items()}})
         return EXIT_OK
     print(f"{args.spec}: ok")
@@ -255,6 +255,8 @@ def cmd_validate(args) -> int:
           f"{spec.model} / {spec.data}, {sampler_text(spec)} sampler "
           f"(seed {spec.sampler_seed})")
     print(f"  objectives: {', '.join(f'{k} {m}' for k, m in spec.objectives.items())}")
+    if spec.constraints:
+        print(f"  constraints: {constraints_text(spec)}")
     for k, p in spec.space.items():
         print(f"  {k}: {_space_text(p)}")
     print(f"  study directory: {spec.study_dir}")

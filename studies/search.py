@@ -24,9 +24,10 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis.constraints import Bounds
 from analysis.results import mean_row
 from studies.record import OWN_KEYS, TUNE_KEYS, environment
-from studies.samplers import Constraints, make_sampler
+from studies.samplers import make_sampler
 from studies.space import SearchSpace
 from studies.spec import PIPELINE, StudyError, StudySpec, objective_lists
 
@@ -86,7 +87,7 @@ class StudySearch(OptunaSearch):
 
     def __init__(self, *args, constraints: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.constraints = Constraints(constraints) if constraints else None
+        self.constraints = Bounds(constraints) if constraints else None
         self._steps: dict[str, list] = {}
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if self._ot_study is not None and self._ot_study.metric_names is None:

@@ -1,7 +1,7 @@
 """`prune-study sensitivity`: a study's base model scanned group by group, on Ray.
 
 The spec names the model, data and base model; :func:`run_scan` trains or finds the base
-model as a study does (:func:`studies.runner.ensure_base`), lists the channel groups the
+model as a study does (:func:`studies.base.ensure_base`), lists the channel groups the
 method prunes with their stages, and scans each group as its own Ray task
 (:func:`prune_core.sensitivity.scan_group`), so the groups run in parallel over the
 cluster's CPUs. The result is cached under ``<storage>/_cache/sensitivity/`` by base
@@ -80,9 +80,9 @@ def run_scan(spec, method: str, ratios: tuple[float, ...] = RATIOS,
     and cached. Returns ``{"method", "ratios", "base", "groups", "rows", ...}``."""
     import ray
 
+    from studies.base import ensure_base
     from studies.cluster import connect
     from studies.record import write_json
-    from studies.runner import ensure_base
 
     connect(address, log=log)
     base, info = ensure_base(spec, log=log)

@@ -28,7 +28,7 @@ from torch import nn
 
 from prune_core.groups import ChannelGroup, select_global, select_per_group
 from prune_core.methods._registry import GENERATED_PREFIX as PREFIX
-from prune_core.methods._registry import Param, ParamError
+from prune_core.methods._registry import Param, ParamError, ratio_param
 from prune_core.surgery import example_input
 
 ALLOCATIONS = ("global", "uniform", "per_stage", "per_group")
@@ -52,13 +52,6 @@ def allocation_param(default: str) -> Param:
                      "per_group (one searchable ratio@<module> parameter per stage or "
                      "dependency group, generated from the model)",
                  search={"choices": ["global", "uniform"]})
-
-
-def ratio_param(name: str, base: Param, doc: str = "") -> Param:
-    """A generated ``ratio@...`` parameter, with the domain and search range of ``base``."""
-    return Param(name=name, kind="float", default=base.default, low=0.0, high=1.0,
-                 high_open=True, search=base.search,
-                 doc=doc or f"{base.name} of the channels of one stage or group")
 
 
 @torch.no_grad()
@@ -194,5 +187,5 @@ def select(scores: dict[str, torch.Tensor], how: str, ratio: float,
 
 
 __all__ = ["ALLOCATIONS", "GENERATED", "PREFIX", "Allocation", "allocation_param",
-           "generated_params", "group_ratios", "ratio_param", "select", "stage_of",
+           "generated_params", "group_ratios", "select", "stage_of",
            "units"]

@@ -121,6 +121,13 @@ ROUND_TO = Param(name="round_to", kind="categorical", default=1,
                  search={"choices": [1, 8, 16]})
 
 
+def ratio_param(name: str, base: Param, doc: str = "") -> Param:
+    """A generated ``ratio@...`` parameter, with the domain and search range of ``base``."""
+    return Param(name=name, kind="float", default=base.default, low=0.0, high=1.0,
+                 high_open=True, search=base.search,
+                 doc=doc or f"{base.name} of the channels of one stage or group")
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered compression method."""
@@ -155,8 +162,6 @@ class Method:
                 return p
         if self.allocation is not None and name.startswith(GENERATED_PREFIX) \
                 and len(name) > len(GENERATED_PREFIX):
-            from prune_core.methods._allocation import ratio_param
-
             return ratio_param(name, self.param(self.allocation.ratio))
         raise ParamError(
             f"method {self.name!r} has no parameter {name!r}; "
@@ -237,5 +242,5 @@ def get_method(name: str) -> Method:
 
 __all__ = [
     "GENERATED_PREFIX", "KINDS", "Method", "MethodFn", "Param", "ParamError", "get_method",
-    "list_methods", "register_method",
+    "list_methods", "ratio_param", "register_method",
 ]
