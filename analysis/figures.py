@@ -22,13 +22,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis._format import (
-    BYTE_COLUMNS,
-    COUNT_COLUMNS,
     DASHES,
-    LABELS,
     MARKERS,
     MAX_CURVES,
-    SHARE_COLUMNS,
     Percent,
     finished_trials,
     human_bytes,
@@ -72,7 +68,7 @@ from analysis._study_figures import (
 from analysis.results import Study
 
 __all__ = [
-    "BYTE_COLUMNS", "COUNT_COLUMNS", "DASHES", "LABELS", "MARKERS", "MAX_CURVES", "SHARE_COLUMNS",
+    "DASHES", "MARKERS", "MAX_CURVES",
     "AlphaCurves", "ChannelData", "Drawn", "FigureJob", "GammaData", "HypervolumeData",
     "LatencyData", "ParamData", "ParetoData", "Percent", "ReprData", "SparsityCurves",
     "alpha_data", "channel_data", "draw_alpha", "draw_channels", "draw_gammas",

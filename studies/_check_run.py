@@ -12,17 +12,15 @@ import re
 import warnings
 from typing import Any
 
+from prune_core import columns
 from prune_core.measure import RUNTIMES
 from prune_core.methods import ParamError, chain_name, parse_chain
 from studies._values import (
-    ASHA_OBJECTIVES,
     CONTROL,
     LOGGERS,
     MAX_TRIALS,
-    OBJECTIVE_COLUMNS,
     PIPELINE,
     SCHEDULERS,
-    STAND_INS,
     URI_RE,
     Checker,
     ParamSpace,
@@ -57,9 +55,9 @@ def check_objectives(c: Checker, value: Any) -> dict[str, str]:
         return {}
     out = {}
     for col, mode in value.items():
-        if not isinstance(col, str) or col not in OBJECTIVE_COLUMNS:
+        if not isinstance(col, str) or col not in columns.objectives():
             c.error(f"objectives.{col}", f"unknown result column {col!r}; allowed: "
-                                         f"{', '.join(OBJECTIVE_COLUMNS)}")
+                                         f"{', '.join(columns.objectives())}")
         elif mode not in ("max", "min"):
             c.error(f"objectives.{col}", f"{mode!r} is not valid; allowed: max, min")
         else:
@@ -78,8 +76,8 @@ def check_constraint_bounds(c: Checker, value: Any) -> dict:
     out = {}
     for col, bound in value.items():
         where = f"constraints.{col}"
-        if not isinstance(col, str) or col not in OBJECTIVE_COLUMNS:
-            c.error(where, f"unknown result column; allowed: {', '.join(OBJECTIVE_COLUMNS)}")
+        if not isinstance(col, str) or col not in columns.objectives():
+            c.error(where, f"unknown result column; allowed: {', '.join(columns.objectives())}")
             continue
         if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
             c.error(where, f"{show(bound)} is not valid; allowed: {{min: x}}, {{max: y}} "
@@ -309,10 +307,10 @@ def check_scheduler(c: Checker, value: Any, objectives: dict, n_objectives: int
         c.error("scheduler", f"asha stops trials on one metric; this study has "
                              f"{n_objectives} objectives. Use mo_asha (it stops trials "
                              "dominated on the front), or keep one objective")
-    elif objectives and next(iter(objectives)) not in ASHA_OBJECTIVES:
+    elif objectives and next(iter(objectives)) not in columns.asha_objectives():
         c.error("scheduler", f"asha judges trials by the per-epoch validation accuracy, "
                              f"which does not track {next(iter(objectives))!r}; allowed "
-                             f"objectives with asha: {', '.join(ASHA_OBJECTIVES)}; "
+                             f"objectives with asha: {', '.join(columns.asha_objectives())}; "
                              "mo_asha judges cost objectives too")
     allowed = ("grace_period", "reduction_factor", "max_t", "brackets")
     for k, v in kw.items():
@@ -348,10 +346,10 @@ def _check_rungs(c: Checker, kw: dict, default_max_t: int) -> None:
 
 def _check_mo_asha(c: Checker, kw: dict, objectives: dict) -> dict:
     for col in objectives:
-        if col not in STAND_INS:
+        if col not in columns.stand_ins():
             c.error("scheduler", f"mo_asha compares trials at each rung on per-epoch stand-ins "
                                  f"of the objectives, and {col!r} has none; objectives mo_asha "
-                                 f"can judge: {', '.join(STAND_INS)}")
+                                 f"can judge: {', '.join(columns.stand_ins())}")
     out: dict = {"name": "mo_asha"}
     for k, v in kw.items():
         if k in ("grace_period", "max_t", "min_dominators"):

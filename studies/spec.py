@@ -49,14 +49,12 @@ from studies._check_run import (
     check_warm_start,
 )
 from studies._values import (  # noqa: F401 (re-exported: the spec's public names)
-    ASHA_OBJECTIVES,
     DEVICE_RE,
     KEEP_MODELS,
     LOGGERS,
     MAX_REPEATS,
     MAX_TRIALS,
     NAME_RE,
-    OBJECTIVE_COLUMNS,
     PIPELINE,
     SCHEDULERS,
     TOP_KEYS,
@@ -398,6 +396,6 @@ def objective_lists(spec: StudySpec) -> tuple[list[str], list[str]]:
     return list(spec.objectives), list(spec.objectives.values())
 
 
-__all__ = ["OBJECTIVE_COLUMNS", "SAMPLERS", "ParamSpace", "SpecError", "StudyError", "StudySpec",
+__all__ = ["SAMPLERS", "ParamSpace", "SpecError", "StudyError", "StudySpec",
            "apply_settings", "load_spec", "objective_lists", "parse_overrides",
            "parse_spec"]

@@ -519,6 +519,8 @@ def _meaning(root: Path, commit: str, path: str) -> str | None:
 _ALLOCATION = ("per-layer allocation added to slimming, magnitude and transtailor; each "
                "method's default allocation runs the code it ran before")
 PENDING_RERUN: dict[str, str] = {
+    "bench_analysis": "the readers take constraints from analysis/constraints.py and result "
+                      "columns from prune_core/columns.py",
     "bench_constraints": _ALLOCATION,
     "bench_early_stop": _ALLOCATION,
     "bench_lab": _ALLOCATION,
