@@ -16,27 +16,13 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 
 from analysis.results import Study
+from prune_core import columns
 
-__all__ = ["BYTE_COLUMNS", "COUNT_COLUMNS", "DASHES", "LABELS", "MARKERS", "MAX_CURVES",
-           "SHARE_COLUMNS", "LogTicks", "Percent", "finished_trials", "format_axis",
-           "human_bytes", "human_count", "label", "legend_below", "palette", "spread", "style",
-           "to_png"]
+__all__ = ["DASHES", "MARKERS", "MAX_CURVES", "LogTicks", "Percent", "finished_trials",
+           "format_axis", "human_bytes", "human_count", "label", "legend_below", "palette",
+           "spread", "style", "to_png"]
 
 
-# Columns counted in operations or elements: log axes, "M"/"k" ticks.
-COUNT_COLUMNS = ("macs", "nonzero_macs", "ops", "params", "nonzero_params")
-BYTE_COLUMNS = ("size_bytes",)
-SHARE_COLUMNS = ("accuracy", "balanced_accuracy", "val_accuracy", "train_accuracy",
-                 "accuracy_drop", "sparsity")
-LABELS = {
-    "accuracy": "test accuracy", "balanced_accuracy": "balanced test accuracy",
-    "val_accuracy": "validation accuracy", "accuracy_drop": "accuracy drop vs. base",
-    "macs": "MACs per sample", "nonzero_macs": "non-zero MACs per sample",
-    "ops": "operations per sample", "params": "parameters", "nonzero_params":
-    "non-zero parameters", "size_bytes": "model size",
-    "latency_ms": "latency (ms, first batch size)",
-    "compression": "compression (x)", "speedup": "MAC reduction (x)",
-}
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 DASHES = ("-", "--", ":", "-.")
 MAX_CURVES = 8  # training-curve figures show at most this many trials
@@ -72,10 +58,15 @@ def human_bytes(n: float) -> str:
 
 
 def label(column: str) -> str:
-    """Axis label of a column, with its unit."""
-    if column in SHARE_COLUMNS:
-        return f"{LABELS.get(column, column)} (%)"
-    return LABELS.get(column, column)
+    """Axis label of a column (``prune_core.columns``), with its unit."""
+    col = columns.column(column)
+    text = col.label if col else column
+    return f"{text} (%)" if _percent(column) else text
+
+
+def _percent(column: str) -> bool:
+    """Shares, and differences of shares, are drawn in percent."""
+    return columns.unit(column) in ("share", "drop")
 
 
 class Percent(ticker.Formatter):
@@ -108,14 +99,15 @@ class LogTicks(ticker.LogLocator):
 def format_axis(ax, which: str, column: str, log: bool = True) -> None:
     """Log scale with readable ticks for counts and bytes; percent for shares."""
     axis = ax.xaxis if which == "x" else ax.yaxis
-    if column in COUNT_COLUMNS or column in BYTE_COLUMNS:
-        fmt = human_bytes if column in BYTE_COLUMNS else (lambda v: human_count(v, 2))
+    kind = columns.unit(column)
+    if kind in ("count", "bytes"):
+        fmt = human_bytes if kind == "bytes" else (lambda v: human_count(v, 2))
         if log:
             (ax.set_xscale if which == "x" else ax.set_yscale)("log")
-            axis.set_major_locator(LogTicks(binary=column in BYTE_COLUMNS))
+            axis.set_major_locator(LogTicks(binary=kind == "bytes"))
             axis.set_minor_locator(ticker.NullLocator())  # the majors suffice; faster
         axis.set_major_formatter(ticker.FuncFormatter(lambda v, _p: fmt(v)))
-    elif column in SHARE_COLUMNS:
+    elif _percent(column):
         axis.set_major_formatter(Percent())
 
 

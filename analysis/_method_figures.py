@@ -36,26 +36,41 @@ def _with_params(s: Study, cols: list[str]) -> pd.DataFrame:
     return s.history.merge(s.trials[["trial_id", "status", *have]], on="trial_id", how="inner")
 
 
-def sparsity_data(studies: list[Study], param: str = "slimming.lambda") -> SparsityCurves | None:
-    """Sparsity-phase curves of up to ``MAX_CURVES`` trials spread over ``param`` (λ),
-    running trials included; None when no trial has reported sparsity training."""
+def _sparsity_stages(s: Study) -> list[str]:
+    """The stages of a study's trials that trained for sparsity (slimming, under whatever
+    stage name the chain gives it), in the order their epochs were recorded."""
+    h = s.history
+    if "sparsity" not in h or "stage" not in h or "phase" not in h:
+        return []
+    return list(h.loc[(h["phase"] == "sparsity") & h["sparsity"].notna(), "stage"].dropna()
+                .unique())
+
+
+def sparsity_data(studies: list[Study]) -> SparsityCurves | None:
+    """Sparsity-phase curves of up to ``MAX_CURVES`` trials spread over their stage's λ
+    (``<stage>.lambda``), running trials included; None when no trial has reported sparsity
+    training."""
     frames = []
     for s in studies:
-        if "sparsity" not in s.history or param not in s.trials:
-            continue
-        h = _with_params(s, [param])
-        h = h[(h["phase"] == "sparsity") & h["sparsity"].notna() & h[param].notna()]
-        if len(h):
-            frames.append(h.assign(study=s.label))
+        for stage in _sparsity_stages(s):
+            param = f"{stage}.lambda"
+            if param not in s.trials:
+                continue
+            h = _with_params(s, [param])
+            h = h[(h["stage"] == stage) & (h["phase"] == "sparsity") & h["sparsity"].notna()
+                  & h[param].notna()]
+            if len(h):
+                frames.append(h.assign(study=s.label).rename(columns={param: "lambda"}))
     if not frames:
         return None
     h = pd.concat(frames, ignore_index=True)
-    per_trial = h.groupby(["study", "trial_id"], sort=False)[param].first()
+    per_trial = h.groupby(["study", "trial_id"], sort=False)["lambda"].first()
     keep = set(spread(per_trial.reset_index(drop=True), MAX_CURVES))
     chosen = per_trial.reset_index().loc[sorted(keep), ["study", "trial_id"]]
     h = h.merge(chosen, on=["study", "trial_id"])
-    cols = ["study", "trial_id", param, "epoch", "sparsity", "val_accuracy", "train_accuracy"]
-    h = h.reindex(columns=cols).rename(columns={param: "lambda"})
+    cols = ["study", "trial_id", "lambda", "epoch", "sparsity", "val_accuracy",
+            "train_accuracy"]
+    h = h.reindex(columns=cols)
     return SparsityCurves(h.sort_values(["lambda", "trial_id", "epoch"]).reset_index(drop=True))
 
 
@@ -240,16 +255,18 @@ class GammaData(NamedTuple):
     gammas: pd.DataFrame  # study, trial_id, gamma
 
 
-def gamma_data(studies: list[Study], column: str = "slimming.gammas",
-               param: str = "slimming.lambda", k: int = 4) -> GammaData | None:
-    """|γ| of every BN channel for ``k`` finished trials spread over ``param`` (λ); None when
-    no trial recorded its scale factors."""
+def gamma_data(studies: list[Study], k: int = 4) -> GammaData | None:
+    """|γ| of every BN channel for ``k`` finished trials spread over λ, of the first stage
+    that recorded its scale factors (``<stage>.gammas``, λ from ``<stage>.lambda``); None
+    when no trial recorded them."""
     ok = finished_trials(studies)
-    if column not in ok:
+    for column in (c for c in ok.columns if str(c).endswith(".gammas")):
+        have = ok[ok[column].apply(lambda g: isinstance(g, list) and len(g) > 0)]
+        if len(have):
+            break
+    else:
         return None
-    have = ok[ok[column].apply(lambda g: isinstance(g, list) and len(g) > 0)]
-    if not len(have):
-        return None
+    param = column.removesuffix(".gammas") + ".lambda"
     lam = have[param] if param in have else have["number"].astype(float)
     chosen = have.loc[spread(lam, k)]
     trials = pd.DataFrame({"study": chosen["study"], "trial_id": chosen["trial_id"],

@@ -4,13 +4,15 @@ whose row stays pale can lose much; a row that darkens early is where to prune l
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
 from analysis._format import style, to_png
 
-__all__ = ["draw_sensitivity", "sensitivity_frame"]
+__all__ = ["draw_sensitivity", "sensitivity_docs", "sensitivity_figure", "sensitivity_frame"]
 
 
 def sensitivity_frame(doc: dict) -> pd.DataFrame:
@@ -26,8 +28,28 @@ def sensitivity_frame(doc: dict) -> pd.DataFrame:
     return table
 
 
+def sensitivity_docs(study_dir) -> list[dict]:
+    """The scans written into a study directory (``sensitivity-<method>.json``, by
+    ``prune-study sensitivity`` or ``warm_start: sensitivity``); an unreadable one is
+    left out."""
+    docs = []
+    for path in sorted(study_dir.glob("sensitivity-*.json")):
+        try:
+            doc = json.loads(path.read_text())
+            sensitivity_frame(doc)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        docs.append(doc)
+    return docs
+
+
 def draw_sensitivity(doc: dict) -> bytes:
     """The heat map of :func:`sensitivity_frame` as PNG bytes."""
+    return to_png(sensitivity_figure(doc))
+
+
+def sensitivity_figure(doc: dict) -> Figure:
+    """The heat map of :func:`sensitivity_frame`."""
     table = sensitivity_frame(doc)
     with style():
         fig = Figure(figsize=(max(7.5, 4.5 + 0.62 * table.shape[1]), 1.8 + 0.34 * len(table)),
@@ -41,4 +63,4 @@ def draw_sensitivity(doc: dict) -> bytes:
         ax.tick_params(axis="y", labelsize=8)
         ax.set_title(f"{doc['model']}: sensitivity to {doc['method']} "
                      f"(base {doc['base']['val_accuracy'] * 100:.1f} % validation accuracy)")
-        return to_png(fig)
+        return fig

@@ -18,7 +18,6 @@ from analysis import pareto
 from analysis._format import (
     DASHES,
     MARKERS,
-    SHARE_COLUMNS,
     Percent,
     finished_trials,
     format_axis,
@@ -29,6 +28,7 @@ from analysis._format import (
     style,
 )
 from analysis.results import Study, objective_values, study_reference
+from prune_core import columns
 
 __all__ = ["ChannelData", "HypervolumeData", "ParamData", "ParetoData", "channel_data",
            "draw_channels", "draw_hypervolume", "draw_params", "draw_pareto", "front_panels",
@@ -87,7 +87,7 @@ def front_panels(studies: list[Study]) -> list[ParetoData]:
     """One panel per cost: MACs, params, then every other objective to minimise."""
     # The y axis is accuracy unless a study maximises another accuracy instead.
     maxed = [n for s in studies for n, d in s.info.objectives.items()
-             if d == "max" and n in SHARE_COLUMNS]
+             if d == "max" and columns.unit(n) == "share"]
     y = "accuracy" if "accuracy" in maxed or not maxed else maxed[0]
     costs = ["macs", "params"]
     costs += list(dict.fromkeys(n for s in studies for n, d in s.info.objectives.items()

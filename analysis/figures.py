@@ -22,13 +22,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis._format import (
-    BYTE_COLUMNS,
-    COUNT_COLUMNS,
     DASHES,
-    LABELS,
     MARKERS,
     MAX_CURVES,
-    SHARE_COLUMNS,
     Percent,
     finished_trials,
     human_bytes,
@@ -53,6 +49,7 @@ from analysis._method_figures import (
     repr_data,
     sparsity_data,
 )
+from analysis._sensitivity_figure import sensitivity_docs, sensitivity_figure
 from analysis._study_figures import (
     ChannelData,
     HypervolumeData,
@@ -71,7 +68,7 @@ from analysis._study_figures import (
 from analysis.results import Study
 
 __all__ = [
-    "BYTE_COLUMNS", "COUNT_COLUMNS", "DASHES", "LABELS", "MARKERS", "MAX_CURVES", "SHARE_COLUMNS",
+    "DASHES", "MARKERS", "MAX_CURVES",
     "AlphaCurves", "ChannelData", "Drawn", "FigureJob", "GammaData", "HypervolumeData",
     "LatencyData", "ParamData", "ParetoData", "Percent", "ReprData", "SparsityCurves",
     "alpha_data", "channel_data", "draw_alpha", "draw_channels", "draw_gammas",
@@ -138,6 +135,15 @@ def _entries(studies: list[Study]) -> list[tuple[str, str, str, object, Callable
         ("branch-alpha", "Parallel-branch pruning: α schedule and accuracy",
          "Left: α, the weight of the original path, per epoch of the schedule. Right: "
          "validation accuracy against α as it falls to 0.", alpha_data(studies), draw_alpha),
+        *[(f"sensitivity-{doc['method']}" + (f"-{i}" if len(studies) > 1 else ""),
+           f"Sensitivity of {doc['model']} to {doc['method']}"
+           + (f" ({s.label})" if len(studies) > 1 else ""),
+           "Validation accuracy lost (points) when a share of one channel group's channels "
+           "is removed from the base model, ranked as the method ranks them, with no "
+           "fine-tuning; groups down, shares across. A row that darkens early is a group to "
+           "prune least (prune-study sensitivity, or warm_start: sensitivity).",
+           doc, sensitivity_figure)
+          for i, s in enumerate(studies) for doc in sensitivity_docs(s.info.path)],
         ("repr", "RePr against plain training",
          "Left: test accuracy of RePr against plain training of the same epoch budget, one "
          "point per trial. Right: validation accuracy per epoch of the best RePr trial and "

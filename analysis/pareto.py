@@ -27,6 +27,7 @@ import moocore
 import numpy as np
 from numpy.typing import ArrayLike
 
+from prune_core import columns
 from prune_core.errors import InputError
 
 __all__ = ["hypervolume", "hypervolume_by_trial", "knee", "maximise_flags", "nondominated",
@@ -36,8 +37,6 @@ DIRECTIONS = ("max", "min")
 # The reference point's distance beyond the base model for objectives to minimise: a model
 # 10 % costlier than the base still counts, anything costlier does not.
 MARGIN = 0.1
-# Values every trial is compared with implicitly, when base.json lacks them.
-IMPLIED_BASE = {"compression": 1.0, "speedup": 1.0}
 
 
 class ObjectiveError(InputError):
@@ -126,7 +125,8 @@ def reference(
     """
     flags = maximise_flags(objectives)
     names = tuple(objectives)
-    base = {**IMPLIED_BASE, **(base or {})}
+    # Ratios to the base model (compression, speedup) are 1.0 for it where base.json lacks them.
+    base = {**columns.implied_base(), **(base or {})}
     worst = dict(worst or {})
     unknown = sorted(set(worst) - set(names))
     if unknown:

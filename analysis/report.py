@@ -44,6 +44,7 @@ from analysis.results import (
     study_reference,
     within_one_point,
 )
+from prune_core import columns
 from prune_core.errors import InputError
 
 __all__ = ["ReportError", "comparison_table", "file_stems", "fmt", "html_table",
@@ -82,7 +83,8 @@ def comparison_table(studies: list[Study]) -> pd.DataFrame:
             rows.append({"study": s.label, "model": "base model", "trial_id": None,
                          **{k: b.get(k) for k in ("params", "size_bytes", "ops", "macs",
                                                   "accuracy")},
-                         "accuracy_drop": None, "compression": 1.0, "speedup": 1.0})
+                         "accuracy_drop": None, **{k: v for k, v in columns.implied_base()
+                                                   .items() if k in TRADE_OFF_COLUMNS}})
     for s in studies:
         ok = s.trials[s.trials["status"] == "ok"]
         flags = pareto.maximise_flags(s.info.objectives)
@@ -189,17 +191,16 @@ def fmt(column: str, v) -> str:
         return "± " + fmt(column.removesuffix("_sd"), v)
     if isinstance(v, bool | np.bool_):
         return "yes" if v else ""
-    if column in ("params", "nonzero_params"):
+    kind = columns.unit(column)  # prune_core.columns
+    if kind == "count":
         return human_count(v)
-    if column in ("macs", "nonzero_macs", "ops"):
-        return human_count(v)
-    if column == "size_bytes":
+    if kind == "bytes":
         return human_bytes(v)
-    if column in ("accuracy", "balanced_accuracy", "val_accuracy"):
+    if kind == "share":
         return f"{100 * v:.2f} %"
-    if column == "accuracy_drop":  # shown as the change against the base: gains positive
+    if kind == "drop":  # shown as the change against the base: gains positive
         return f"{0.0 - 100 * v:+.2f} pts".replace("-", "−")
-    if column in ("compression", "speedup"):
+    if kind == "x":
         return f"{v:.2f}x"
     if column == "hypervolume":
         return f"{v:.4f}"
@@ -210,16 +211,18 @@ def fmt(column: str, v) -> str:
     return str(v)
 
 
-HEADERS = {"params": "params", "size_bytes": "size", "ops": "ops", "macs": "MACs",
-           "accuracy": "accuracy", "accuracy_drop": "vs. base",
-           "compression": "compression", "speedup": "MAC reduction", "trial_id": "trial",
-           "number": "#", "on_front": "on front", "model": "model",
+# Headers of the columns that are not results; a result column's is its ``header``.
+HEADERS = {"trial_id": "trial", "number": "#", "on_front": "on front", "model": "model",
            "export": "take it away"}
 
 
+def header(column: str) -> str:
+    col = columns.column(column)
+    return col.text() if col else HEADERS.get(column, column)
+
+
 def _cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    head = [f"{HEADERS.get(c[:-3], c[:-3])} sd" if c.endswith("_sd") else HEADERS.get(c, c)
-            for c in df.columns]
+    head = [f"{header(c[:-3])} sd" if c.endswith("_sd") else header(c) for c in df.columns]
     if not len(df.columns):
         return head, [[] for _ in range(len(df))]
     # Column by column: one conversion of each column to Python values (iterating an Arrow

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import pareto
+from analysis.constraints import Bounds
 from analysis.studydir import (
     STATUSES,
     StudyDirError,
@@ -320,25 +321,17 @@ def front_mask(df: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
 
 
 def _feasibility(df: pd.DataFrame, constraints: dict) -> tuple[list[bool], list[str | None]]:
-    """Per trial: whether its row meets every constraint, and which it breaks (text)."""
-    if not constraints or not len(df):
+    """Per trial: whether its row meets every constraint, and which it breaks (text). Only
+    finished trials are judged; the others are not on any front either way."""
+    bounds = Bounds(constraints)
+    if not bounds or not len(df):
         return [True] * len(df), [None] * len(df)
     ok = (df["status"] == "ok").to_numpy()
-    # Column by column, then joined per row: the same texts, in the constraints' order.
-    broken: list[list[str]] = [[] for _ in range(len(df))]
-    for col, bound in constraints.items():
-        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float) if col in df \
-            else np.full(len(df), np.nan)
-        missing = ok & ~np.isfinite(v)
-        low = ok & ~missing & (v < bound["min"]) if "min" in bound else np.zeros_like(ok)
-        high = ok & ~missing & ~low & (v > bound["max"]) if "max" in bound \
-            else np.zeros_like(ok)
-        for mask, text in ((missing, f"{col} missing"),
-                           (low, f"{col} >= {bound.get('min', 0):g}"),
-                           (high, f"{col} <= {bound.get('max', 0):g}")):
-            for i in np.flatnonzero(mask):
-                broken[i].append(text)
-    return [not b for b in broken], [", ".join(b) or None for b in broken]
+    columns = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float)
+               for c in bounds.bounds if c in df}
+    _, broken = bounds.judge(columns, len(df))
+    return [not (o and b) for o, b in zip(ok, broken, strict=True)], \
+        [", ".join(b) if o and b else None for o, b in zip(ok, broken, strict=True)]
 
 
 WILSON_Z = 1.959964  # two-sided 95 %

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from prune_core import columns
 from prune_core.errors import StudyFilesError
 
 __all__ = ["INDEX", "check_history_line", "check_trial", "history_records", "indexed_trials",
@@ -29,10 +30,6 @@ __all__ = ["INDEX", "check_history_line", "check_trial", "history_records", "ind
            "StudyDirWarning", "trial_records"]
 
 STATUSES = ("ok", "failed", "running", "pending", "stopped", "timeout")
-# Result-row and base.json columns with a fixed meaning (docs/study-directory.md).
-COUNTS = ("params", "nonzero_params", "macs", "nonzero_macs", "ops", "size_bytes")
-SHARES = ("accuracy", "balanced_accuracy", "val_accuracy", "base_accuracy")
-NON_NEGATIVE = ("compression", "speedup", "train_seconds", "latency_ms")
 # Per-epoch metrics every history line may carry; a diverged loss may be NaN.
 METRICS = ("train_loss", "train_accuracy", "val_accuracy", "lr", "sparsity", "alpha")
 # At most this many warnings per file kind and study; then one line says how many more.
@@ -73,16 +70,17 @@ def _scalar(v) -> bool:
 
 
 def _check_measures(row: dict, where: str) -> None:
-    """The columns with a fixed meaning hold numbers in their range; others are free."""
+    """The columns of ``prune_core.columns`` hold numbers in their range (a share, or any
+    ``*_accuracy``, may be null); others are free."""
     for key, v in row.items():
-        if key in COUNTS or key in NON_NEGATIVE:
-            if not (_finite(v) and v >= 0):
-                raise Damaged(f"{where}{key} is {_show(v)}; expected a non-negative number")
-        elif key in SHARES or key.endswith("_accuracy"):
+        col = columns.column(key)
+        if (col and col.unit == "share") or (col is None and key.endswith("_accuracy")):
             if v is not None and not (_finite(v) and 0 <= v <= 1):
                 raise Damaged(f"{where}{key} is {_show(v)}; expected a number in [0, 1]")
-        elif key == "accuracy_drop" and not (_finite(v) and -1 <= v <= 1):
-            raise Damaged(f"{where}{key} is {_show(v)}; expected a number in [-1, 1]")
+        elif col is not None and not (_finite(v) and col.low <= v <= col.high):
+            what = "a non-negative number" if col.low == 0 and col.high == math.inf else \
+                f"a number in [{col.low:g}, {col.high:g}]"
+            raise Damaged(f"{where}{key} is {_show(v)}; expected {what}")
     channels = row.get("channels")
     if channels is not None and not (isinstance(channels, dict) and all(
             _finite(c) and c >= 0 for c in channels.values())):

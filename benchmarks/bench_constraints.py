@@ -43,10 +43,10 @@ TINY_SPACE = ("magnitude.mode=unstructured", "magnitude.scope=global",
 
 def feasible_mask(df, bounds: dict) -> list[bool]:
     """Per trial row: finished (status ok) and within every bound of ``bounds``."""
-    from studies.samplers import Constraints
+    from analysis.constraints import Bounds
 
-    rule = Constraints(bounds)
-    return [row["status"] == "ok" and not rule.violated(row)
+    rule = Bounds(bounds)
+    return [row["status"] == "ok" and not rule.broken(row)
             for row in df.to_dict("records")]
 
 

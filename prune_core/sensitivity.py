@@ -31,7 +31,8 @@ from prune_core.groups import (
     select_per_group,
 )
 from prune_core.measure import count_cost
-from prune_core.surgery import example_input, remove_channels
+from prune_core.methods._allocation import stage_of
+from prune_core.surgery import remove_channels
 from prune_core.train import evaluate
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -70,37 +71,12 @@ def scannable(model: nn.Module, input_shape: tuple[int, ...], method: str
     return groups
 
 
-@torch.no_grad()
 def stages(model: nn.Module, groups: list[ChannelGroup], input_shape: tuple[int, ...]
            ) -> dict[str, str]:
     """``{group root: stage name}``: groups numbered by the spatial size their root conv
     writes, a new stage at each change of it along the forward pass."""
-    sizes: dict[str, tuple[int, ...]] = {}
-    roots = {g.root for g in groups}
-
-    def seen(name: str):
-        def hook(_m, _i, out) -> None:
-            sizes.setdefault(name, tuple(out.shape[2:]))
-        return hook
-
-    handles = [m.register_forward_hook(seen(n)) for n, m in model.named_modules()
-               if n in roots]
-    was = model.training
-    model.eval()
-    try:
-        model(example_input(model, input_shape))
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
-    out, last, k = {}, None, 0
-    for root in sorted(roots, key=lambda r: list(sizes).index(r) if r in sizes else 1 << 30):
-        size = sizes.get(root, ())
-        if last is not None and size != last:
-            k += 1
-        last = size
-        out[root] = f"stage{k + 1} ({'x'.join(map(str, size)) or 'flat'})"
-    return out
+    return {root: f"stage{k + 1} ({'x'.join(map(str, size)) or 'flat'})"
+            for root, (k, size) in stage_of(model, groups, input_shape).items()}
 
 
 def group_info(model: nn.Module, input_shape: tuple[int, ...], method: str
@@ -197,5 +173,26 @@ def greedy_allocation(doc: dict, target: float) -> dict | None:
             "epsilon": float(max(candidates[lo], 0.0))}
 
 
-__all__ = ["RANKING", "RATIOS", "GroupInfo", "SensitivityError", "greedy_allocation",
+def smallest_reach(doc: dict) -> float:
+    """The smallest fraction of the base MACs the scan predicts, every group at its largest
+    scanned share (savings added, as :func:`greedy_allocation` predicts them)."""
+    base = doc["base"]["macs"]
+    least: dict[str, int] = {}
+    for r in doc["rows"]:
+        least[r["group"]] = min(least.get(r["group"], base), int(r["macs"]))
+    return (base - sum(base - m for m in least.values())) / base
+
+
+def allocation_levels(doc: dict, levels: int) -> list[dict]:
+    """Greedy allocations (:func:`greedy_allocation`) at ``levels`` MAC targets evenly
+    spaced between the base model and the smallest the scan reaches (both ends left out),
+    most MACs first; a target the greedy rule cannot place is skipped."""
+    low = max(smallest_reach(doc), 0.0)
+    targets = [1 - (1 - low) * (i + 1) / (levels + 1) for i in range(levels)]
+    found = [greedy_allocation(doc, t) for t in targets]
+    return [a for a in found if a is not None]
+
+
+__all__ = ["RANKING", "RATIOS", "GroupInfo", "SensitivityError", "allocation_levels",
+           "greedy_allocation", "smallest_reach",
            "group_info", "reference", "scan_group", "scannable", "stages"]

@@ -4,13 +4,14 @@ the search space (with the methods' own parameter tables and constraints)."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from prune_core import data as datasets
 from prune_core import models
 from prune_core.methods import (
+    GENERATED_PREFIX,
     Method,
     Param,
     ParamError,
@@ -281,6 +282,91 @@ def check_compatible(c: Checker, model_name: str, model_kw: dict, data_name: str
                                                   model_name)]
     for line in dict.fromkeys(_COMPATIBLE[key]):
         c.error("methods", line)
+
+
+_ALLOCATED: dict[tuple, dict | str] = {}  # generated parameters already found
+
+
+def check_allocation(c: Checker, model_name: str, model_kw: dict, data_name: str,
+                     data_kw: dict, chains: tuple[tuple, ...], space: dict[str, ParamSpace]
+                     ) -> dict[str, ParamSpace]:
+    """The space with the ``ratio@<module>`` parameters of every stage whose allocation is
+    per_stage or per_group (:mod:`prune_core.methods._allocation`), generated from the
+    built model. One the spec does not name takes the space entry of the method's own
+    ratio, else that ratio's declared search range; the method's own ratio, which no
+    longer acts, leaves the space."""
+    from prune_core.methods._allocation import GENERATED, generated_params
+
+    shape = _input_shape(data_name, data_kw)
+    kw = {k: v for k, v in model_kw.items() if k != "weights"}
+    out = dict(space)
+    for stage, method in _stage_methods(chains).items():
+        if method.allocation is None:
+            continue
+        given = [k for k, p in space.items()
+                 if p.stage == stage and k.partition(".")[2].startswith(GENERATED_PREFIX)]
+        entry = space.get(f"{stage}.allocation")
+        how = method.param("allocation").default if entry is None else entry.value
+        if entry is not None and entry.kind != "fixed":
+            drawn = [v for v in entry.choices if v in GENERATED]
+            if drawn:
+                c.error(f"space.{stage}.allocation",
+                        f"{list(entry.choices)} includes {drawn[0]!r}, whose ratio@ parameters "
+                        "exist only under it; fix the allocation to search per-stage or "
+                        "per-group ratios (global and uniform can be searched together)")
+            how = None
+        if how not in GENERATED:
+            if given:
+                c.error(f"space.{given[0]}", "ratio@ parameters apply with allocation "
+                        f"per_stage or per_group; {stage}.allocation is "
+                        f"{'searched' if how is None else repr(how)}")
+            continue
+        key = (model_name, repr(sorted(kw.items())), shape, method.name, how)
+        if key not in _ALLOCATED:
+            try:
+                model = models.build(model_name, num_classes=10, **kw)
+                _ALLOCATED[key] = {p.name: p for p in generated_params(model, shape, method,
+                                                                       how)}
+            except Exception as e:  # the compatibility check names a model it cannot trace
+                _ALLOCATED[key] = f"{type(e).__name__}: {e}"
+        found = _ALLOCATED[key]
+        if isinstance(found, str):
+            c.error(f"space.{stage}.allocation", f"{how}: finding the model's groups failed "
+                                                 f"({found})")
+            continue
+        names = [n.removeprefix(GENERATED_PREFIX) for n in found]
+        for k in given:
+            if k.partition(".")[2] not in found:
+                c.error(f"space.{k}", f"model {model_name!r} has no "
+                        f"{how.removeprefix('per_')} named {k.partition('@')[2]!r}; its "
+                        f"names under {how}: {', '.join(names)}")
+        base = out.pop(f"{stage}.{method.allocation.ratio}", None)
+        for name, param in found.items():  # in the model's forward order
+            k = f"{stage}.{name}"
+            out[k] = out.pop(k) if k in space else replace(base, name=k) if base is not None \
+                else check_param_space(c, f"space.{k}", k, param, None)
+    return out
+
+
+def check_sensitivity_start(c: Checker, space: dict[str, ParamSpace],
+                            chains: tuple[tuple, ...]) -> None:
+    """``warm_start: sensitivity`` needs one chain, with a stage whose method a scan covers
+    and whose allocation generates ratios to enqueue."""
+    from prune_core.methods._allocation import GENERATED
+    from prune_core.sensitivity import RANKING
+
+    if len(chains) > 1:
+        c.error("warm_start", "sensitivity: the allocations start one chain; give methods "
+                              "one chain, not a choice")
+        return
+    for stage, method in _stage_methods(chains).items():
+        entry = space.get(f"{stage}.allocation")
+        if method.name in RANKING and entry is not None and entry.kind == "fixed" \
+                and entry.value in GENERATED:
+            return
+    c.error("warm_start", "sensitivity enqueues per-stage or per-group ratios; set "
+                          "<stage>.allocation: per_stage or per_group for a stage of "
+                          f"{', '.join(sorted(RANKING))}")
 
 
 _REHEARSED: dict[tuple, str | None] = {}  # rehearsals already made in this process

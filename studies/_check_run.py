@@ -12,17 +12,15 @@ import re
 import warnings
 from typing import Any
 
+from prune_core import columns
 from prune_core.measure import RUNTIMES
 from prune_core.methods import ParamError, chain_name, parse_chain
 from studies._values import (
-    ASHA_OBJECTIVES,
     CONTROL,
     LOGGERS,
     MAX_TRIALS,
-    OBJECTIVE_COLUMNS,
     PIPELINE,
     SCHEDULERS,
-    STAND_INS,
     URI_RE,
     Checker,
     ParamSpace,
@@ -32,7 +30,7 @@ from studies._values import (
     read_yaml,
     show,
 )
-from studies.samplers import AUTO, GRID, SAMPLERS, sampler_class
+from studies.samplers import AUTO, GRID, MAX_SEARCHED, SAMPLERS, sampler_class
 
 
 def check_objectives(c: Checker, value: Any) -> dict[str, str]:
@@ -57,9 +55,9 @@ def check_objectives(c: Checker, value: Any) -> dict[str, str]:
         return {}
     out = {}
     for col, mode in value.items():
-        if not isinstance(col, str) or col not in OBJECTIVE_COLUMNS:
+        if not isinstance(col, str) or col not in columns.objectives():
             c.error(f"objectives.{col}", f"unknown result column {col!r}; allowed: "
-                                         f"{', '.join(OBJECTIVE_COLUMNS)}")
+                                         f"{', '.join(columns.objectives())}")
         elif mode not in ("max", "min"):
             c.error(f"objectives.{col}", f"{mode!r} is not valid; allowed: max, min")
         else:
@@ -78,8 +76,8 @@ def check_constraint_bounds(c: Checker, value: Any) -> dict:
     out = {}
     for col, bound in value.items():
         where = f"constraints.{col}"
-        if not isinstance(col, str) or col not in OBJECTIVE_COLUMNS:
-            c.error(where, f"unknown result column; allowed: {', '.join(OBJECTIVE_COLUMNS)}")
+        if not isinstance(col, str) or col not in columns.objectives():
+            c.error(where, f"unknown result column; allowed: {', '.join(columns.objectives())}")
             continue
         if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
             c.error(where, f"{show(bound)} is not valid; allowed: {{min: x}}, {{max: y}} "
@@ -139,10 +137,20 @@ def check_latency(c: Checker, value: Any) -> bool | dict:
 
 
 def check_warm_start(c: Checker, value: Any) -> dict | None:
-    """A study directory, or ``{storage: <Optuna storage URL>, study: <name>}``; resolved to
-    the latter."""
+    """A study directory, or ``{storage: <Optuna storage URL>, study: <name>}``, resolved
+    to the latter; or ``sensitivity`` (``{sensitivity: {levels: N}}``): allocations from a
+    sensitivity scan of the base model, ``{"sensitivity": {"levels": N}}``."""
     if value is None:
         return None
+    if value == "sensitivity" or (isinstance(value, dict) and set(value) == {"sensitivity"}):
+        opts = value["sensitivity"] if isinstance(value, dict) else None
+        if opts is not None and (not isinstance(opts, dict) or set(opts) - {"levels"}):
+            c.error("warm_start.sensitivity", f"{show(opts)} is not valid; allowed: "
+                                              "{levels: N} (allocations to enqueue, 1 to 32)")
+            return None
+        levels = c.integer("warm_start.sensitivity.levels", (opts or {}).get("levels", 4),
+                           low=1, high=32)
+        return {"sensitivity": {"levels": levels}}
     if isinstance(value, str) and "://" not in value:
         d = c.path("warm_start", value, "a study directory")
         if d is None:
@@ -179,8 +187,8 @@ def check_warm_start(c: Checker, value: Any) -> dict | None:
                 c.error("warm_start.storage", f"{value['storage']!r} is not a storage URL")
             return None
         return dict(value)
-    c.error("warm_start", f"{show(value)} is not valid; allowed: a study directory, or "
-                          "{storage: <Optuna storage URL>, study: <name>}")
+    c.error("warm_start", f"{show(value)} is not valid; allowed: a study directory, "
+                          "{storage: <Optuna storage URL>, study: <name>}, or sensitivity")
     return None
 
 
@@ -299,10 +307,10 @@ def check_scheduler(c: Checker, value: Any, objectives: dict, n_objectives: int
         c.error("scheduler", f"asha stops trials on one metric; this study has "
                              f"{n_objectives} objectives. Use mo_asha (it stops trials "
                              "dominated on the front), or keep one objective")
-    elif objectives and next(iter(objectives)) not in ASHA_OBJECTIVES:
+    elif objectives and next(iter(objectives)) not in columns.asha_objectives():
         c.error("scheduler", f"asha judges trials by the per-epoch validation accuracy, "
                              f"which does not track {next(iter(objectives))!r}; allowed "
-                             f"objectives with asha: {', '.join(ASHA_OBJECTIVES)}; "
+                             f"objectives with asha: {', '.join(columns.asha_objectives())}; "
                              "mo_asha judges cost objectives too")
     allowed = ("grace_period", "reduction_factor", "max_t", "brackets")
     for k, v in kw.items():
@@ -338,10 +346,10 @@ def _check_rungs(c: Checker, kw: dict, default_max_t: int) -> None:
 
 def _check_mo_asha(c: Checker, kw: dict, objectives: dict) -> dict:
     for col in objectives:
-        if col not in STAND_INS:
+        if col not in columns.stand_ins():
             c.error("scheduler", f"mo_asha compares trials at each rung on per-epoch stand-ins "
                                  f"of the objectives, and {col!r} has none; objectives mo_asha "
-                                 f"can judge: {', '.join(STAND_INS)}")
+                                 f"can judge: {', '.join(columns.stand_ins())}")
     out: dict = {"name": "mo_asha"}
     for k, v in kw.items():
         if k in ("grace_period", "max_t", "min_dominators"):
@@ -450,6 +458,20 @@ def check_optuna_storage(c: Checker, value: Any, where: str = "optuna_storage"
         if c.path(where, url.database, "a database file") is None:
             return None
     return value
+
+
+def check_searched(c: Checker, space: dict[str, ParamSpace], sampler: str) -> None:
+    """Refuse a space with more searched parameters than the sampler takes
+    (``samplers.MAX_SEARCHED``): per_group allocation on a deep model generates many."""
+    searched = [k for k, p in space.items() if p.kind != "fixed"]
+    limit = MAX_SEARCHED.get(sampler)
+    if limit is not None and len(searched) > limit:
+        generated = sum("ratio@" in k for k in searched)
+        c.error("space", f"{len(searched)} searched parameters ({generated} generated by "
+                         f"per-stage or per-group allocation); sampler {sampler!r} takes at "
+                         f"most {limit}: use allocation per_stage, fix some ratio@ "
+                         "parameters, or choose "
+                         + ("sampler tpe" if sampler == "gp" else "sampler random"))
 
 
 def check_constraints(c: Checker, space: dict[str, ParamSpace], chains: tuple[tuple, ...]

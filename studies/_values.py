@@ -14,27 +14,7 @@ import yaml
 
 from prune_core.errors import InputError, StudyFilesError
 
-# Columns of the result row a study may optimise (docs/study-directory.md, The result row).
-OBJECTIVE_COLUMNS = (
-    "accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop", "params",
-    "nonzero_params", "macs", "nonzero_macs", "ops", "size_bytes", "latency_ms",
-    "compression", "speedup", "train_seconds",
-)
-# Objectives ASHA can stop on: their per-epoch proxy is the validation accuracy.
-ASHA_OBJECTIVES = ("accuracy", "balanced_accuracy", "val_accuracy", "accuracy_drop")
 SCHEDULERS = ("asha", "mo_asha")
-# Objective -> (column of the epoch rows, +1 when larger is better in both, -1 when the
-# column runs the other way). Latency is measured on the final model only: its epochs are
-# judged by MACs. Columns without an entry have no per-epoch stand-in.
-STAND_INS = {
-    "accuracy": ("val_accuracy", 1), "val_accuracy": ("val_accuracy", 1),
-    "accuracy_drop": ("val_accuracy", -1),
-    "balanced_accuracy": ("val_balanced_accuracy", 1),
-    "macs": ("macs", 1), "ops": ("macs", 1), "latency_ms": ("macs", 1),
-    "speedup": ("macs", -1), "nonzero_macs": ("nonzero_macs", 1),
-    "params": ("params", 1), "size_bytes": ("params", 1), "compression": ("params", -1),
-    "nonzero_params": ("nonzero_params", 1),
-}
 SPACE_KEYS = ("type", "low", "high", "log", "step", "choices")
 SEARCH_WORD = "search"  # `stage.param: search` takes the method's declared range
 PIPELINE = "pipeline"  # the categorical parameter choosing between chains

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ray import tune
 
+from analysis.constraints import Bounds
 from analysis.results import mean_row
 from analysis.studydir import trial_records
 from studies import progress
@@ -285,13 +286,11 @@ class Recorder(tune.Callback):
         the front: infeasible, or dominated by a feasible finished trial."""
         if getattr(self, "keep_models", "front") != "front":
             return
-        from studies.samplers import Constraints
-
-        limits = Constraints(self.constraints) if getattr(self, "constraints", None) else None
+        limits = Bounds(getattr(self, "constraints", None))
         modes = list(self.objectives.values())
         units = self._units()
         feasible = [r for r in units.values() if r["status"] == "ok"
-                    and not (limits and limits.violated(r["row"]))]
+                    and not limits.broken(r["row"])]
         points = {r["trial_id"]: objective_points([r["row"]], self.objectives) for r in feasible}
         for run in self.records.values():
             kept = run.get("model") or {}
@@ -302,8 +301,8 @@ class Recorder(tune.Callback):
                 continue  # a configuration with runs still to end: judged once they have
             mine = objective_points([rec["row"]], self.objectives)
             why = None
-            if limits and limits.violated(rec["row"]):
-                why = "infeasible: " + ", ".join(limits.violated(rec["row"]))
+            if limits.broken(rec["row"]):
+                why = "infeasible: " + ", ".join(limits.broken(rec["row"]))
             elif not mine:
                 why = "an objective is missing or not finite"
             else:

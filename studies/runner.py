@@ -33,15 +33,15 @@ from ray import tune
 from analysis.studydir import read_study
 from prune_core.baseline import (
     BaseModel,
-    atomic_save,
     cache_path,
     load_cached,
 )
 from prune_core.measure import channel_counts
+from studies.base import ensure_base
 from studies.cluster import Log, check_resources, connect, log_stderr
 from studies.lock import DriverLock
 from studies.loggers import check_loggers, make_loggers
-from studies.progress import Progress, active
+from studies.progress import active
 from studies.record import (
     FINAL_STATES,
     Recorder,
@@ -50,11 +50,11 @@ from studies.record import (
     write_json,
     write_study_files,
 )
-from studies.samplers import sampler_text
+from studies.samplers import constraints_text, sampler_text
 from studies.schedulers import make_scheduler
 from studies.search import check_storage_secret, make_searcher
 from studies.spec import StudyError, StudySpec, load_spec
-from studies.trainable import base_latency_task, make_trainable, train_base_task
+from studies.trainable import base_latency_task, make_trainable
 
 __all__ = ["base_row", "check_base", "ensure_base", "finish_study", "progress",
            "resume_study", "run_study", "study_summary", "StudyInterrupted", "trial_slots",
@@ -73,54 +73,6 @@ class StudyInterrupted(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------- base model
-
-
-def ensure_base(spec: StudySpec, log: Log = log_stderr) -> tuple[BaseModel, dict]:
-    """The study's base model from the cache, or trained once as a Ray task and cached."""
-    ts = spec.trial_spec()
-    bspec = ts.base_spec()
-    path = cache_path(spec.cache_dir, bspec)
-    base = load_cached(spec.cache_dir, bspec)
-    if base is not None:
-        log(f"base model {spec.model} found in the cache ({path.name}); not retrained")
-        return base, {"key": bspec.key(), "path": str(path), "cached": True,
-                      "weights_sha256": base.weights_hash()}
-    log(f"training the base model {spec.model} on {spec.data} "
-        f"({bspec.train.epochs} epochs) once for every trial")
-    t0 = time.perf_counter()
-    # Trained where trials run (a GPU worker on a cluster), with a trial's resources.
-    task = ray.remote(train_base_task).options(
-        num_cpus=spec.resources["cpu"], num_gpus=spec.resources["gpu"], max_retries=0)
-    display = active()
-    if display is None or not display.wants_epochs:
-        base = ray.get(task.remote(ts.to_dict(), max(1, int(spec.resources["cpu"]))))
-    else:
-        base = _watch_base(task, ts, spec, display)
-    atomic_save(base.to_payload(), path)
-    log(f"base model: accuracy {base.row['accuracy']:.4f}, {base.row['macs'] / 1e6:.2f} M MACs, "
-        f"{base.row['params'] / 1e6:.3f} M params ({time.perf_counter() - t0:.0f} s)")
-    return base, {"key": bspec.key(), "path": str(path), "cached": False,
-                  "weights_sha256": base.weights_hash()}
-
-
-def _watch_base(task, ts, spec: StudySpec, display: Progress) -> BaseModel:
-    """Run the base-model task, passing its epoch rows to the display as they come (through
-    a Ray queue: the task may run on another node)."""
-    from ray.util.queue import Queue
-
-    queue = Queue(actor_options={"num_cpus": 0})
-    display.base_started(spec.model, spec.trial_spec().base_spec().train.epochs)
-    try:
-        ref = task.remote(ts.to_dict(), max(1, int(spec.resources["cpu"])), queue)
-        while True:
-            finished, _ = ray.wait([ref], timeout=1.0)
-            while not queue.empty():
-                display.base_epoch(queue.get_nowait())
-            if finished:
-                return ray.get(ref)
-    finally:
-        display.base_done()
-        queue.shutdown()
 
 
 def check_base(study_dir: Path, base: BaseModel, path: Path) -> None:
@@ -208,7 +160,7 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
         _tune_environment()
         connect(address, log)
         check_resources(spec, address, log)
-        searcher = make_searcher(spec, study_dir, restart=restart)
+        searcher = make_searcher(spec, study_dir, restart=restart, log=log)
         base, info = ensure_base(spec, log)
         write_study_files(spec, study_dir, base_row(base, spec, log), info)
     except KeyboardInterrupt:
@@ -242,7 +194,8 @@ def _start(spec: StudySpec, study_dir: Path, address: str | None, log: Log,
     log(f"[{spec.name}] {_trials_text(spec)} of {spec.methods_label} with the "
         f"{sampler_text(spec)} sampler; objectives "
         f"{', '.join(f'{k} {m}' for k, m in spec.objectives.items())}; "
-        f"study directory {study_dir}")
+        + (f"constraints {constraints_text(spec)}; " if spec.constraints else "")
+        + f"study directory {study_dir}")
     return _drive(tuner, spec, study_dir, log)
 
 

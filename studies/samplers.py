@@ -6,17 +6,15 @@ sampler itself), so the two cannot disagree.
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from typing import TYPE_CHECKING
 
 import optuna
 
-__all__ = ["AUTO", "Constraints", "GP_MAX_OBJECTIVES", "GP_MAX_TRIALS", "GRID", "PicklableLock",
-           "Switching", "auto_choice", "grid_values", "make_sampler", "picklable",
-           "sampler_class", "sampler_text",
-           "SAMPLERS"]
+__all__ = ["AUTO", "CONSTRAINED", "GP_MAX_OBJECTIVES", "GP_MAX_TRIALS", "GRID", "PicklableLock",
+           "MAX_SEARCHED", "Switching", "auto_choice", "grid_values", "make_sampler", "picklable",
+           "constraints_text", "sampler_class", "sampler_text", "SAMPLERS"]
 
 if TYPE_CHECKING:
     from studies.spec import StudySpec
@@ -27,7 +25,8 @@ SAMPLERS: dict[str, type[optuna.samplers.BaseSampler]] = {
     "gp": optuna.samplers.GPSampler,
     "random": optuna.samplers.RandomSampler,
 }
-# Samplers that steer away from trials whose told constraint values are positive.
+# Samplers that steer away from trials whose told constraint values are positive (Optuna's
+# ``constraints_func``); random and grid draw as they would without constraints.
 CONSTRAINED = ("tpe", "nsga2", "gp")
 # ``sampler: auto`` picks one of the above from the spec (``auto_choice``).
 AUTO = "auto"
@@ -40,6 +39,13 @@ GP_MAX_OBJECTIVES = 3
 # GP refits its model on every finished trial (cubic in their number); past this many
 # trials the study goes on with NSGA-II.
 GP_MAX_TRIALS = 300
+# The most searched parameters each sampler takes (per_stage and per_group allocation
+# generate one per stage or group). GP fits a length scale per parameter from the trials
+# and optimises its acquisition over all of them, which neither the fit nor the optimiser
+# does well past a few dozen; TPE and NSGA-II model or mutate each parameter on its own,
+# and past this many a study of a few hundred trials learns little more than random.
+MAX_SEARCHED = {"gp": 32, "tpe": 128, "nsga2": 128, "random": 4096, "grid": 4096}
+MAX_SEARCHED["auto"] = MAX_SEARCHED["tpe"]  # auto picks TPE past GP's limit
 
 
 def sampler_class(name: str) -> type[optuna.samplers.BaseSampler]:
@@ -54,9 +60,10 @@ def auto_choice(spec: StudySpec) -> tuple[str, str]:
     """What ``sampler: auto`` runs for this spec, and why.
 
     TPE where GP does poorly: a conditional space (a choice between chains, whose
-    parameters exist only in some trials), categorical parameters, or more than
-    ``GP_MAX_OBJECTIVES`` objectives. Otherwise GP, which models the objectives over a
-    continuous space and needs the fewest trials there; ``gp+nsga2`` where the budget
+    parameters exist only in some trials), categorical parameters, more than
+    ``GP_MAX_OBJECTIVES`` objectives, or more searched parameters than GP takes.
+    Otherwise GP, which models the objectives over a continuous space and needs the
+    fewest trials there; ``gp+nsga2`` where the budget
     passes ``GP_MAX_TRIALS``: GP for those, NSGA-II after.
     """
     searched = {k: p for k, p in spec.space.items() if p.kind != "fixed"}
@@ -68,6 +75,9 @@ def auto_choice(spec: StudySpec) -> tuple[str, str]:
     if len(spec.objectives) > GP_MAX_OBJECTIVES:
         return "tpe", (f"{len(spec.objectives)} objectives, more than GP's "
                        f"{GP_MAX_OBJECTIVES}")
+    if len(searched) > MAX_SEARCHED["gp"]:
+        return "tpe", (f"{len(searched)} searched parameters, more than GP's "
+                       f"{MAX_SEARCHED['gp']}")
     if spec.trials > GP_MAX_TRIALS:
         return "gp+nsga2", (f"a continuous space; {spec.trials} trials, GP for the first "
                             f"{GP_MAX_TRIALS} and NSGA-II after")
@@ -83,6 +93,22 @@ def grid_values(space: dict) -> dict[str, list]:
 def sampler_text(spec: StudySpec) -> str:
     """The spec's sampler by name; for ``auto``, what it picked and why."""
     return spec.sampler if spec.sampler != AUTO else "auto ({}: {})".format(*auto_choice(spec))
+
+
+def constraints_text(spec: StudySpec) -> str | None:
+    """The spec's constraints and what applies them: the sampler steers by them where it
+    can (``CONSTRAINED``); the front, the report and ``export`` always count only the
+    trials within them."""
+    if not spec.constraints:
+        return None
+    from analysis.constraints import Bounds
+
+    bounds = Bounds(spec.constraints)
+    name = auto_choice(spec)[0] if spec.sampler == AUTO else spec.sampler
+    steer = all(part in CONSTRAINED for part in name.split("+"))
+    how = f"the {name} sampler steers toward them" if steer else \
+        f"the {name} sampler does not steer by them"
+    return f"{', '.join(bounds.texts())} ({how}; the front counts only trials within them)"
 
 
 class Switching(optuna.samplers.BaseSampler):
@@ -115,44 +141,6 @@ class Switching(optuna.samplers.BaseSampler):
     def reseed_rng(self) -> None:
         self.first.reseed_rng()
         self.second.reseed_rng()
-
-
-class Constraints:
-    """The spec's ``constraints`` as Optuna constraint values: one per bound, feasible
-    where <= 0 (``value - max`` or ``min - value``). Told to a trial with
-    ``trial.set_constraint`` before it is told its state; Optuna's TPE, NSGA-II and GP
-    samplers read them from there."""
-
-    def __init__(self, bounds: dict[str, dict[str, float]]):
-        self.bounds = {k: dict(v) for k, v in bounds.items()}
-
-    def names(self) -> list[str]:
-        return [f"{c}.{s}" for c, b in self.bounds.items() for s in ("min", "max") if s in b]
-
-    def values(self, row: dict | None) -> list[float]:
-        """Violation per bound of a result row; 1.0 for a bound whose column is missing (a
-        trial that stopped early is infeasible)."""
-        out = []
-        for column, bound in self.bounds.items():
-            v = (row or {}).get(column)
-            ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-            for side in ("min", "max"):
-                if side in bound:
-                    out.append(1.0 if not ok else
-                               float(v - bound["max"]) if side == "max" else
-                               float(bound["min"] - v))
-        return out
-
-    def violated(self, row: dict | None) -> list[str]:
-        """The bounds a row breaks, as ``column <= max`` texts."""
-        texts = [f"{c} {'>=' if s == 'min' else '<='} {b[s]:g}" for c, b in self.bounds.items()
-                 for s in ("min", "max") if s in b]
-        return [t for t, v in zip(texts, self.values(row), strict=True) if v > 0]
-
-    def tell(self, trial: optuna.Trial, row: dict | None) -> None:
-        """Set the row's constraint values on an Optuna trial that is still running."""
-        for name, value in zip(self.names(), self.values(row), strict=True):
-            trial.set_constraint(name, value)
 
 
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))

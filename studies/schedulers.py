@@ -5,7 +5,7 @@ a front.
 Schmucker et al., "Multi-objective Asynchronous Successive Halving" (2021). Rungs
 sit at ``grace_period * reduction_factor**k`` epochs of the trial (its ``step``).
 When a trial first reaches a rung, its point there (validation accuracy and the
-cost of the model being trained, one stand-in per objective, see ``STAND_INS``)
+cost of the model being trained, one stand-in per objective, see ``prune_core.columns.stand_ins``)
 joins the points of every trial that reached that rung before it, running or
 finished. The trial stops when it is dominated by at least ``min_dominators`` of
 them and is not among the best ``1 / reduction_factor`` of the rung by
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from studies._values import STAND_INS
+from prune_core import columns
 
-__all__ = ["MOASHA", "STAND_INS", "keeps", "make_scheduler", "nondominated_levels",
+__all__ = ["MOASHA", "keeps", "make_scheduler", "nondominated_levels",
            "stand_ins"]
 
 TIME_ATTR = "step"  # epochs reported by the trial's methods, counted over its stages
@@ -36,7 +36,7 @@ def stand_ins(objectives: dict[str, str]) -> dict[str, str]:
     """Epoch-row columns and their modes standing in for ``objectives`` at the rungs."""
     out: dict[str, str] = {}
     for col, mode in objectives.items():
-        column, sign = STAND_INS[col]
+        column, sign = columns.stand_ins()[col]
         out[column] = mode if sign > 0 else ("min" if mode == "max" else "max")
     return out
 

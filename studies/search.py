@@ -24,9 +24,10 @@ from optuna.trial import TrialState
 from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis.constraints import Bounds
 from analysis.results import mean_row
 from studies.record import OWN_KEYS, TUNE_KEYS, environment
-from studies.samplers import Constraints, make_sampler
+from studies.samplers import make_sampler
 from studies.space import SearchSpace
 from studies.spec import PIPELINE, StudyError, StudySpec, objective_lists
 
@@ -86,7 +87,7 @@ class StudySearch(OptunaSearch):
 
     def __init__(self, *args, constraints: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.constraints = Constraints(constraints) if constraints else None
+        self.constraints = Bounds(constraints) if constraints else None
         self._steps: dict[str, list] = {}
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if self._ot_study is not None and self._ot_study.metric_names is None:
@@ -309,7 +310,7 @@ def warm_start_points(spec: StudySpec) -> list[dict]:
     """The searched values of the ``warm_start`` study's front (its best trials), each cut
     to what this study searches: a value outside this study's range or choices drops the
     point; a parameter this study does not search is left out (this study samples it)."""
-    if not spec.warm_start:
+    if not spec.warm_start or "sensitivity" in spec.warm_start:
         return []
     ws = spec.warm_start
     try:
@@ -348,11 +349,14 @@ def _fits(p, value) -> bool:
                                                              float(value).is_integer())
 
 
-def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False):
+def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False,
+                  log=lambda _m: None):
     """The study's searcher: StudySearch on its seeded sampler and storage, limited to
     ``max_concurrent`` trials. ``restart``: a study whose Tune state was lost before any
     trial started continues in the Optuna study it had; trials asked then never ran, and
-    are told FAIL (an enqueued point among them is enqueued again)."""
+    are told FAIL (an enqueued point among them is enqueued again). ``warm_start:
+    sensitivity`` enqueues its allocations after the spec's own points (the scan runs
+    here, before the first trial, as Ray tasks)."""
     metrics, modes = objective_lists(spec)
     single = len(metrics) == 1
     storage = optuna_storage(spec, study_dir)
@@ -380,6 +384,11 @@ def make_searcher(spec: StudySpec, study_dir: Path, *, restart: bool = False):
     # the ones not yet run waiting in its storage (a restarted one too: not again).
     for point in spec.enqueue if not n else ():
         study.enqueue_trial(point)
+    if spec.warm_start and "sensitivity" in spec.warm_start and not n:
+        from studies.sensitivity import warm_start_points as scanned
+
+        for point in scanned(spec, study_dir, log):
+            study.enqueue_trial(point)
     study.set_user_attr("spec", spec.to_yaml())
     study.set_user_attr("environment", environment())
     if spec.constraints:

@@ -1,7 +1,7 @@
 """`prune-study sensitivity`: a study's base model scanned group by group, on Ray.
 
 The spec names the model, data and base model; :func:`run_scan` trains or finds the base
-model as a study does (:func:`studies.runner.ensure_base`), lists the channel groups the
+model as a study does (:func:`studies.base.ensure_base`), lists the channel groups the
 method prunes with their stages, and scans each group as its own Ray task
 (:func:`prune_core.sensitivity.scan_group`), so the groups run in parallel over the
 cluster's CPUs. The result is cached under ``<storage>/_cache/sensitivity/`` by base
@@ -80,9 +80,9 @@ def run_scan(spec, method: str, ratios: tuple[float, ...] = RATIOS,
     and cached. Returns ``{"method", "ratios", "base", "groups", "rows", ...}``."""
     import ray
 
+    from studies.base import ensure_base
     from studies.cluster import connect
     from studies.record import write_json
-    from studies.runner import ensure_base
 
     connect(address, log=log)
     base, info = ensure_base(spec, log=log)
@@ -145,4 +145,72 @@ def table(doc: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CACHE", "cache_key", "method_of", "run_scan", "table", "write_outputs"]
+def warm_stage(spec):
+    """``(stage, method)``: the stage ``warm_start: sensitivity`` starts from, the first
+    whose method a scan covers and whose allocation is per_stage or per_group; None where
+    the spec has none."""
+    from prune_core.methods import parse_chain
+    from prune_core.methods._allocation import GENERATED
+
+    for chain in spec.chains:
+        for s in parse_chain(list(chain)):
+            entry = spec.space.get(f"{s.name}.allocation")
+            if s.method.name in RANKING and entry is not None and entry.kind == "fixed" \
+                    and entry.value in GENERATED:
+                return s.name, s.method
+    return None
+
+
+def allocation_points(spec, doc: dict, covered: dict[str, list[str]], stage: str,
+                      levels: int) -> list[dict]:
+    """The study's points for ``warm_start: sensitivity``: the scan's greedy allocations at
+    ``levels`` evenly spaced MAC targets, each as the searched ``ratio@`` values of
+    ``stage`` (``covered``: what each covers, :func:`prune_core.methods._allocation.units`).
+    A stage takes the share of its channels its groups lose together; a group the scan
+    did not cover loses none; each value is clipped into its range."""
+    from prune_core.sensitivity import allocation_levels
+
+    size = {g["root"]: g["size"] for g in doc["groups"]}
+    points = []
+    for found in allocation_levels(doc, levels):
+        point = {}
+        for name, roots in covered.items():
+            key = f"{stage}.ratio@{name}"
+            p = spec.space.get(key)
+            if p is None or p.kind not in ("float", "int"):
+                continue
+            total = sum(size.get(r, 0) for r in roots)
+            share = sum(found["ratios"].get(r, 0.0) * size.get(r, 0) for r in roots) / total \
+                if total else 0.0
+            point[key] = min(max(share, p.low), p.high)
+        if point and point not in points:
+            points.append(point)
+    return points
+
+
+def warm_start_points(spec, study_dir: Path, log: Log = print) -> list[dict]:
+    """``warm_start: sensitivity``: the scan of the spec's base model (from the cache, or run
+    on Ray) turned into allocations to enqueue before the sampler's own trials. The scan
+    and its heat map are written into the study directory, where the report finds them."""
+    from prune_core import models
+    from prune_core.methods._allocation import units
+    from studies._check_model import _input_shape
+
+    stage, method = warm_stage(spec)
+    doc = run_scan(spec, method.name, log=log)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    write_outputs(doc, study_dir)
+    kw = {k: v for k, v in spec.model_kw.items() if k != "weights"}
+    model = models.build(spec.model, num_classes=10, **kw)
+    shape = _input_shape(spec.data, spec.data_kw)
+    how = spec.space[f"{stage}.allocation"].value
+    covered = units(model, method.allocation.groups(model, shape), shape, how)
+    points = allocation_points(spec, doc, covered, stage,
+                               spec.warm_start["sensitivity"]["levels"])
+    log(f"warm start: {len(points)} allocation(s) from the sensitivity scan enqueued "
+        f"(greedy equal-loss at evenly spaced MAC levels)")
+    return points
+
+
+__all__ = ["CACHE", "allocation_points", "cache_key", "method_of", "run_scan", "table",
+           "warm_stage", "warm_start_points", "write_outputs"]

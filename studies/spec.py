@@ -22,11 +22,13 @@ from prune_core.methods import (
 )
 from prune_core.trial import TrialSpec
 from studies._check_model import (
+    check_allocation,
     check_compatible,
     check_data,
     check_methods,
     check_model,
     check_rehearsal,
+    check_sensitivity_start,
     check_space,
     check_train,
 )
@@ -42,18 +44,17 @@ from studies._check_run import (
     check_resources,
     check_sampler,
     check_scheduler,
+    check_searched,
     check_storage,
     check_warm_start,
 )
 from studies._values import (  # noqa: F401 (re-exported: the spec's public names)
-    ASHA_OBJECTIVES,
     DEVICE_RE,
     KEEP_MODELS,
     LOGGERS,
     MAX_REPEATS,
     MAX_TRIALS,
     NAME_RE,
-    OBJECTIVE_COLUMNS,
     PIPELINE,
     SCHEDULERS,
     TOP_KEYS,
@@ -322,6 +323,8 @@ def parse_spec(raw: Any, source: str = "spec", *, rehearse: bool = True) -> Stud
         check_compatible(c, model_name, model_kw, data_name, data_kw, chains)
     space = check_space(c, raw.get("space") or {}, chains)
     if not c.errors:
+        space = check_allocation(c, model_name, model_kw, data_name, data_kw, chains, space)
+    if not c.errors:
         check_constraints(c, space, chains)
     if not c.errors and rehearse:
         check_rehearsal(c, model_name, model_kw, data_name, data_kw, chains, space)
@@ -330,6 +333,7 @@ def parse_spec(raw: Any, source: str = "spec", *, rehearse: bool = True) -> Stud
         else len(objectives)
     sampler, sampler_seed, sampler_options = check_sampler(c, raw.get("sampler", "tpe"),
                                                             raw.get("seed", 0))
+    check_searched(c, space, sampler)
     if sampler == GRID and "trials" not in raw:  # each combination once
         trials = math.prod(len(v) for v in grid_values(space).values())
     else:
@@ -364,6 +368,8 @@ def parse_spec(raw: Any, source: str = "spec", *, rehearse: bool = True) -> Stud
     latency = latency or "latency_ms" in constraints
     loggers = check_loggers(c, raw.get("loggers"))
     warm_start = check_warm_start(c, raw.get("warm_start"))
+    if warm_start and "sensitivity" in warm_start and not c.errors:
+        check_sensitivity_start(c, space, chains)
     keep_models = raw.get("keep_models", "front")
     if keep_models not in KEEP_MODELS:
         c.error("keep_models", f"{show(keep_models)} is not allowed; allowed: "
@@ -390,6 +396,6 @@ def objective_lists(spec: StudySpec) -> tuple[list[str], list[str]]:
     return list(spec.objectives), list(spec.objectives.values())
 
 
-__all__ = ["OBJECTIVE_COLUMNS", "SAMPLERS", "ParamSpace", "SpecError", "StudyError", "StudySpec",
+__all__ = ["SAMPLERS", "ParamSpace", "SpecError", "StudyError", "StudySpec",
            "apply_settings", "load_spec", "objective_lists", "parse_overrides",
            "parse_spec"]

@@ -92,6 +92,7 @@ HEAVY_FIRST = (
     "test_benchmarks.py",  # 300
     "test_reproduce.py",  # 300: a study per seed, each rehearsed at validate
     "test_bench_studies.py",  # 240
+    "test_bench_allocation.py",  # 150 (busy machine)
     "test_export.py",  # 200
     "test_sampler_studies.py",  # 190
     "test_driver.py",  # 120

@@ -121,6 +121,21 @@ def test_data_older_than_the_code_it_measures_is_stale(tmp_path, monkeypatch):
     assert "written by 'bench_fake', which has no entry in MEASURED_CODE" in problem
 
 
+def test_data_merged_from_several_runs_is_checked_by_their_commands(tmp_path, monkeypatch):
+    """The zoo's JSON holds the runs merged into it, each with its command, and no
+    command of its own."""
+    repo, data = _repo(tmp_path, monkeypatch)
+    data.write_text(json.dumps({"speedup": 2.5, "runs": [
+        {"command": "python -m benchmarks.bench_fake --models a"},
+        {"command": "python -m benchmarks.bench_fake --models b"}]}))
+    _git(repo, "commit", "-qam", "merged runs")
+    assert check_fresh(repo) == []
+    (repo / "prune_core" / "fast.py").write_text("x = 2\ndef f(a):\n    return a * 2\n")
+    _git(repo, "commit", "-qam", "faster")
+    (problem,) = check_fresh(repo)
+    assert problem.startswith("docs/benchmarks/fake.json: older than prune_core/fast.py")
+
+
 def test_an_earlier_runs_number_is_found_at_its_commit(tmp_path, monkeypatch):
     repo, data = _repo(tmp_path, monkeypatch)
     first = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],

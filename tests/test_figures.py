@@ -98,6 +98,34 @@ def test_param_data_per_method(studies):
     assert by_method["magnitude"].objectives == ["accuracy"]
 
 
+def _renamed(path, old: str, new: str) -> None:
+    """A study directory whose ``old`` stage is called ``new`` (a chain's own stage name)."""
+    def swap(d: dict) -> dict:
+        return {(new + k[len(old):] if k.startswith(old + ".") else k):
+                (new if k == "stage" and v == old else v) for k, v in d.items()}
+    for f in (path / "trials").glob("*.json"):
+        doc = json.loads(f.read_text())
+        doc["params"], doc["row"] = swap(doc["params"]), swap(doc["row"] or {})
+        doc["last"] = swap(doc["last"]) if doc.get("last") else doc.get("last")
+        f.write_text(json.dumps(doc))
+    lines = [swap(json.loads(x)) for x in (path / "history.jsonl").read_text().splitlines()]
+    (path / "history.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    study = json.loads((path / "study.json").read_text())
+    study["space"] = swap(study["space"])
+    (path / "study.json").write_text(json.dumps(study))
+
+
+def test_a_slimming_stage_of_another_name_gets_its_sparsity_and_gamma_figures(tmp_path):
+    path = make_study(tmp_path, "renamed", methods=("slimming",), ok=8, running=0)
+    _renamed(path, "slimming", "slim")
+    [s] = results.open_studies([path])
+    assert "slim.lambda" in s.trials and "slimming.lambda" not in s.trials
+    sp = figures.sparsity_data([s])
+    assert sp is not None and set(sp.curves["lambda"]) <= set(s.trials["slim.lambda"])
+    gam = figures.gamma_data([s])
+    assert gam is not None and set(gam.trials["lambda"]) <= set(s.trials["slim.lambda"])
+
+
 def test_channel_data_covers_the_front(studies):
     data = figures.channel_data(studies)
     assert data.layers == list(studies[0].info.base["channels"])

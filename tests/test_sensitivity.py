@@ -13,10 +13,12 @@ from prune_core import models
 from prune_core.groups import channel_groups, select_per_group
 from prune_core.sensitivity import (
     SensitivityError,
+    allocation_levels,
     greedy_allocation,
     group_info,
     reference,
     scan_group,
+    smallest_reach,
 )
 from prune_core.surgery import remove_channels
 from studies import cli
@@ -170,3 +172,89 @@ def test_greedy_cuts_where_the_scan_says_it_is_cheap():
     assert b["epsilon"] == pytest.approx(0.2)  # its loss at 0.25, the least that reaches
     assert greedy_allocation(doc, 0.99)["ratios"]["narrow"] == 0.0
     assert greedy_allocation(doc, 0.2) is None  # 75 M + 30 M at most: 0.25x out of reach
+
+
+def test_allocation_levels_are_evenly_spaced_and_cheaper_in_turn():
+    doc = _doc()
+    assert smallest_reach(doc) == pytest.approx(0.25)  # 45 M + 30 M saved at 0.75
+    found = allocation_levels(doc, 2)  # targets 0.75 and 0.5 of the base MACs
+    assert [a["target"] for a in found] == pytest.approx([0.75, 0.5])
+    assert found[0]["ratios"] == {"wide": 0.5, "narrow": 0.0}
+    assert found[1]["ratios"] == {"wide": 0.75, "narrow": 0.25}
+
+
+def _warm_spec(tmp_path, **kw) -> dict:
+    spec = {"name": "warm", "data": {"name": "digits", "image_size": 16},
+            "model": {"name": "vgg11", "width": 0.25}, "baseline": {"epochs": 3, "lr": 0.05},
+            "methods": "magnitude", "trials": 3, "storage": str(tmp_path / "runs"),
+            "space": {"magnitude.mode": "structured", "magnitude.allocation": "per_stage",
+                      "magnitude.ratio": {"low": 0.0, "high": 0.6},
+                      "magnitude.finetune_epochs": 0},
+            "warm_start": {"sensitivity": {"levels": 2}}, "sampler": "random",
+            "objectives": {"accuracy": "max", "macs": "min"}}
+    spec.update(kw)
+    return spec
+
+
+def test_allocation_points_map_group_shares_onto_the_stages(tmp_path):
+    from studies.sensitivity import allocation_points
+    from studies.spec import parse_spec
+
+    spec = parse_spec(_warm_spec(tmp_path), rehearse=False)
+    doc = {"base": {"val_accuracy": 0.9, "macs": 100}, "ratios": [0.5, 0.9],
+           "groups": [{"root": "a", "size": 8}, {"root": "b", "size": 24},
+                      {"root": "c", "size": 16}],
+           "rows": [{"group": g, "ratio": r, "val_accuracy": 0.9 - loss * r, "macs": 100 - m * r}
+                    for g, loss, m in (("a", 0.01, 10), ("b", 0.5, 40), ("c", 0.02, 40))
+                    for r in (0.5, 0.9)]}
+    covered = {"features.conv0": ["a", "b"], "features.conv1": ["c"]}
+    points = allocation_points(spec, doc, covered, "magnitude", 2)
+    # targets 0.73 and 0.46 of the base MACs (the scan reaches 0.19); a stage loses the
+    # share of its channels its groups lose together: at 0.73, a 0.9 of its 8 channels
+    # and b none of 24; at 0.46 also b 0.5, and c's 0.9 is clipped to the range's 0.6
+    assert points == [
+        {"magnitude.ratio@features.conv0": pytest.approx(0.9 * 8 / 32),
+         "magnitude.ratio@features.conv1": 0.5},
+        {"magnitude.ratio@features.conv0": pytest.approx((0.9 * 8 + 0.5 * 24) / 32),
+         "magnitude.ratio@features.conv1": 0.6}]
+
+
+def test_warm_start_sensitivity_needs_a_generated_allocation(tmp_path):
+    from studies.spec import SpecError, parse_spec
+
+    raw = _warm_spec(tmp_path)
+    raw["space"]["magnitude.allocation"] = "uniform"
+    with pytest.raises(SpecError, match="warm_start: sensitivity enqueues per-stage or "
+                                        "per-group ratios"):
+        parse_spec(raw, rehearse=False)
+    raw = _warm_spec(tmp_path, warm_start={"sensitivity": {"levels": 0}})
+    with pytest.raises(SpecError, match="warm_start.sensitivity.levels"):
+        parse_spec(raw, rehearse=False)
+
+
+@pytest.mark.usefixtures("ray_of_the_module")
+def test_a_warm_started_study_runs_the_scans_allocations_first(tmp_path):
+    import optuna
+
+    path = tmp_path / "warm.yaml"
+    path.write_text(yaml.safe_dump(_warm_spec(tmp_path)))
+    assert cli.main(["run", str(path), "--quiet"]) == 0
+    study_dir = tmp_path / "runs" / "warm"
+    scan = list((tmp_path / "runs" / "_cache" / "sensitivity").glob("*.json"))
+    assert len(scan) == 1  # scanned once, on Ray, and cached
+    study = optuna.load_study(study_name="warm",
+                              storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    trials = sorted(study.trials, key=lambda t: t.number)
+    enqueued = [t for t in trials if "fixed_params" in t.system_attrs]
+    assert len(enqueued) == 2 and [t.number for t in enqueued] == [0, 1]
+    for t in enqueued:  # run as enqueued, and told
+        assert t.params == pytest.approx(t.system_attrs["fixed_params"])
+        assert t.state == optuna.trial.TrialState.COMPLETE
+    # the second level is the cheaper one
+    assert sum(enqueued[1].params.values()) > sum(enqueued[0].params.values())
+    # the scan is kept with the study, and its heat map is in the report
+    assert (study_dir / "sensitivity-magnitude.json").is_file()
+    assert cli.main(["report", str(study_dir), "--json"]) == 0
+    report = study_dir / "report"
+    assert (report / "sensitivity-magnitude.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Sensitivity of vgg11 to magnitude" in (report / "report.md").read_text()

@@ -127,37 +127,6 @@ def test_optuna_storage_forms(tmp_path):
     assert isinstance(st, optuna.storages.JournalStorage)
 
 
-def test_constraints_give_one_violation_per_bound_and_name_the_broken_ones():
-    from studies.samplers import Constraints
-
-    c = Constraints({"accuracy_drop": {"max": 0.02}, "macs": {"min": 10.0, "max": 100.0}})
-    assert c.names() == ["accuracy_drop.max", "macs.min", "macs.max"]
-    assert c.values({"accuracy_drop": 0.05, "macs": 5}) == pytest.approx([0.03, 5.0, -95.0])
-    assert c.violated({"accuracy_drop": 0.01, "macs": 50}) == []
-    assert c.violated({"accuracy_drop": 0.05, "macs": 5}) == ["accuracy_drop <= 0.02",
-                                                             "macs >= 10"]
-    assert c.values(None) == [1.0, 1.0, 1.0]  # a trial without a row is infeasible
-
-
-def test_told_constraints_steer_the_sampler_into_the_feasible_region():
-    from studies.samplers import Constraints
-
-    c = Constraints({"speedup": {"max": 0.3}})
-    late = {}
-    for constrained in (False, True):
-        study = optuna.create_study(
-            direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=8))
-        for _ in range(40):
-            trial = study.ask()
-            x = trial.suggest_float("x", 0.0, 1.0)
-            if constrained:
-                c.tell(trial, {"speedup": x})
-            study.tell(trial, x)
-        late[constrained] = [t.params["x"] for t in study.trials[20:]]
-    assert sum(x <= 0.35 for x in late[True]) >= 10
-    assert sum(x <= 0.35 for x in late[False]) <= 5
-
-
 def test_warm_start_enqueues_the_old_front_that_fits_the_new_space(tmp_path):
     from studies.samplers import make_sampler
     from studies.search import StudySearch, warm_start_points

@@ -21,6 +21,7 @@ from prune_core.methods._filters import (
     zero_input_channels,
 )
 from prune_core.methods._registry import (
+    GENERATED_PREFIX,
     KINDS,
     Method,
     Param,
@@ -36,6 +37,7 @@ for _mod in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = [
+    "GENERATED_PREFIX",
     "KINDS",
     "Context",
     "ConvUnit",

@@ -19,9 +19,12 @@ from torch import nn
 from prune_core.errors import InputError
 
 if TYPE_CHECKING:
+    from prune_core.methods._allocation import Allocation
     from prune_core.methods._context import Context
 
 KINDS = ("float", "int", "categorical", "bool")
+# Parameters a model generates (prune_core.methods._allocation): ``ratio@<module>``.
+GENERATED_PREFIX = "ratio@"
 
 
 class ParamError(InputError):
@@ -118,6 +121,13 @@ ROUND_TO = Param(name="round_to", kind="categorical", default=1,
                  search={"choices": [1, 8, 16]})
 
 
+def ratio_param(name: str, base: Param, doc: str = "") -> Param:
+    """A generated ``ratio@...`` parameter, with the domain and search range of ``base``."""
+    return Param(name=name, kind="float", default=base.default, low=0.0, high=1.0,
+                 high_open=True, search=base.search,
+                 doc=doc or f"{base.name} of the channels of one stage or group")
+
+
 @dataclass(frozen=True)
 class Method:
     """A registered compression method."""
@@ -139,12 +149,20 @@ class Method:
     # budget), starting with the parameter it blames, or None; a study refuses a space that
     # can draw such a point.
     constraint: Callable[[dict], str | None] | None = None
+    # What the method's ``allocation`` parameter spreads over the model's groups; such a
+    # method also takes the ``ratio@<module>`` parameters the model generates.
+    allocation: Allocation | None = None
 
     def param(self, name: str) -> Param:
-        """The declared parameter ``name``, or an error listing the method's parameters."""
+        """The declared parameter ``name`` (or a generated ``ratio@<module>`` one, as its
+        template: which names a model has is known once it is built), or an error listing
+        the method's parameters."""
         for p in self.params:
             if p.name == name:
                 return p
+        if self.allocation is not None and name.startswith(GENERATED_PREFIX) \
+                and len(name) > len(GENERATED_PREFIX):
+            return ratio_param(name, self.param(self.allocation.ratio))
         raise ParamError(
             f"method {self.name!r} has no parameter {name!r}; "
             f"its parameters: {', '.join(p.name for p in self.params) or '(none)'}"
@@ -154,14 +172,22 @@ class Method:
         """Defaults filled in, unknown names rejected, every value checked against its domain."""
         stage = stage or self.name
         known = {p.name for p in self.params}
+        generated = {}
         for k in values:
-            if k not in known:
+            if self.allocation is not None and k.startswith(GENERATED_PREFIX):
+                generated[k] = self.param(k).check(values[k], f"{stage}.{k}")
+            elif k not in known:
                 raise ParamError(
                     f"{stage}.{k} = {values[k]!r}: method {self.name!r} has no parameter {k!r}; "
                     f"its parameters: {', '.join(p.name for p in self.params) or '(none)'}"
                 )
         resolved = {p.name: p.check(values.get(p.name, p.default), f"{stage}.{p.name}")
                     for p in self.params}
+        if generated and resolved.get("allocation") not in ("per_stage", "per_group"):
+            raise ParamError(f"{stage}.{next(iter(generated))}: a ratio@ parameter applies "
+                             f"with allocation per_stage or per_group; {stage}.allocation is "
+                             f"{resolved.get('allocation')!r}")
+        resolved.update(generated)
         why = self.constraint(resolved) if self.constraint else None
         if why:
             raise ParamError(f"{stage}.{why}")
@@ -184,6 +210,7 @@ def register_method(
     terminal: bool = False,
     check: Callable[[nn.Module, tuple[int, ...]], str | None] | None = None,
     constraint: Callable[[dict], str | None] | None = None,
+    allocation: Allocation | None = None,
 ) -> Callable[[MethodFn], MethodFn]:
     """Register ``fn(model, params, ctx) -> model`` as a compression method."""
 
@@ -194,7 +221,7 @@ def register_method(
             name=name, fn=fn, params=tuple(params),
             doc=doc or (fn.__doc__ or "").strip().splitlines()[0], seed=seed,
             restructure=restructure, terminal=terminal, check=check,
-            constraint=constraint,
+            constraint=constraint, allocation=allocation,
         )
         return fn
 
@@ -214,6 +241,6 @@ def get_method(name: str) -> Method:
 
 
 __all__ = [
-    "KINDS", "Method", "MethodFn", "Param", "ParamError", "get_method", "list_methods",
-    "register_method",
+    "GENERATED_PREFIX", "KINDS", "Method", "MethodFn", "Param", "ParamError", "get_method",
+    "list_methods", "ratio_param", "register_method",
 ]

@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from prune_core.groups import (
-    channel_groups,
-    group_norms,
-    keep_every_conv,
-    round_plan,
-    select_per_group,
+from prune_core.groups import ChannelGroup, channel_groups, group_norms, keep_every_conv, round_plan
+from prune_core.methods._allocation import (
+    GENERATED,
+    Allocation,
+    allocation_param,
+    group_ratios,
+    select,
 )
 from prune_core.methods._registry import ROUND_TO, Param, ParamError, register_method
 from prune_core.surgery import Masks, remove_channels
@@ -71,13 +72,24 @@ def unstructured_masks(model: nn.Module, ratio: float, scope: str) -> dict[str, 
     return masks
 
 
+def filter_groups(model: nn.Module, input_shape: tuple[int, ...]) -> list[ChannelGroup]:
+    """The groups structured mode prunes: every group of at least two channels."""
+    return channel_groups(model, input_shape, min_size=2)
+
+
 def filter_plan(model: nn.Module, ratio: float, n: float, input_shape: tuple[int, ...],
-                round_to: int = 1) -> dict[str, list[int]]:
+                round_to: int = 1, allocation: str = "uniform",
+                ratios: dict[str, float] | None = None) -> dict[str, list[int]]:
     """The ``round(ratio * C)`` channels of smallest Ln norm in each group (>= 1 kept),
-    each pruned group keeping a multiple of ``round_to`` channels."""
-    groups = channel_groups(model, input_shape, min_size=2)
+    each pruned group keeping a multiple of ``round_to`` channels; with ``ratios``, each
+    group's own share, and with ``allocation: global`` the ``ratio`` of all channels
+    with the smallest norms (each group's divided by its mean, so wide and narrow layers
+    compete on one scale)."""
+    groups = filter_groups(model, input_shape)
     scores = group_norms(model, groups, p=n)
-    plan = round_plan(select_per_group(scores, ratio), scores, round_to)
+    if allocation == "global":
+        scores = {k: v / v.mean().clamp_min(1e-12) for k, v in scores.items()}
+    plan = round_plan(select(scores, allocation, ratio, ratios), scores, round_to)
     return keep_every_conv(plan, groups, scores)
 
 
@@ -120,6 +132,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
         Param(name="ratio", kind="float", default=0.5, low=0, high=1, high_open=True,
               doc="share of weights (unstructured) or of each layer's filters (structured) "
                   "removed", search={"low": 0.1, "high": 0.98}),
+        allocation_param("uniform"),
         Param(name="n", kind="categorical", default=2, choices=(1, 2),
               doc="structured: the norm ranking filters (L1 or L2)",
               search={"choices": [1, 2]}),
@@ -134,6 +147,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
               doc="learning rate of fine-tuning", search={"low": 1e-3, "high": 0.1, "log": True}),
         ROUND_TO,
     ],
+    allocation=Allocation("ratio", filter_groups),
 )
 def magnitude(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Prune by weight magnitude (single weights or whole filters), then fine-tune."""
@@ -147,8 +161,10 @@ def magnitude(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
         hooks = keep.hooks()
         ctx.result("layer_sparsity", keep.sparsity())
     else:
+        ratios = group_ratios(params, "ratio", model, filter_groups(model, ctx.input_shape),
+                              ctx.input_shape) if params["allocation"] in GENERATED else None
         plan = filter_plan(model, params["ratio"], params["n"], ctx.input_shape,
-                           params["round_to"])
+                           params["round_to"], params["allocation"], ratios)
         model = _reinitialised(model, params["reinit"], ctx)
         remove_channels(model, {k: v for k, v in plan.items() if v}, ctx.input_shape)
         after = _sizes(model)
@@ -163,4 +179,4 @@ def magnitude(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     return model
 
 
-__all__ = ["filter_plan", "unstructured_masks", "weight_layers"]
+__all__ = ["filter_groups", "filter_plan", "unstructured_masks", "weight_layers"]

@@ -28,6 +28,13 @@ from prune_core.groups import (
     round_plan,
     select_global,
 )
+from prune_core.methods._allocation import (
+    GENERATED,
+    Allocation,
+    allocation_param,
+    group_ratios,
+    select,
+)
 from prune_core.methods._filters import fresh_copy
 from prune_core.methods._registry import ROUND_TO, Param, register_method
 from prune_core.surgery import remove_channels
@@ -105,18 +112,22 @@ def sparsity_of(g: dict[str, torch.Tensor], threshold: float) -> float:
 
 
 def prune(model: nn.Module, prune_ratio: float, data, *, fold_bias: bool = True,
-          groups: list[ChannelGroup] | None = None,
-          round_to: int = 1) -> tuple[dict[str, list[int]], dict]:
+          groups: list[ChannelGroup] | None = None, round_to: int = 1,
+          allocation: str = "global", ratios: dict[str, float] | None = None
+          ) -> tuple[dict[str, list[int]], dict]:
     """Remove ``prune_ratio`` of the groups' channels by |gamma| (in place); each pruned
-    group keeps a multiple of ``round_to`` channels.
+    group keeps a multiple of ``round_to`` channels. ``allocation`` other than global
+    removes each group's share (``ratios[root]``, else ``prune_ratio``) of its own
+    channels (:func:`prune_core.methods._allocation.select`).
 
     Returns the plan ``{root conv: [channels]}`` and which readers took the removed
     channels' mean signal (``{"folded": [...], "skipped": [...]}``).
     """
     groups = groups or slimmable(model, data.input_shape)
     scores = group_bn_scales(model, groups)
-    plan = keep_every_conv(round_plan(select_channels(scores, prune_ratio), scores, round_to),
-                           groups, scores)
+    chosen = select_channels(scores, prune_ratio) if allocation == "global" else \
+        select(scores, allocation, prune_ratio, ratios)
+    plan = keep_every_conv(round_plan(chosen, scores, round_to), groups, scores)
     folding = {"folded": [], "skipped": []}
     if fold_bias:
         folding = fold_removed(model, groups, plan, data)
@@ -150,8 +161,9 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
                   "digits the effect appears near 1e-2, on CIFAR near 1e-4",
               search={"low": 1e-4, "high": 5e-2, "log": True}),
         Param(name="prune_ratio", kind="float", default=0.5, low=0, high=1, high_open=True,
-              doc="share of all prunable channels removed (global |gamma| threshold)",
-              search={"low": 0.1, "high": 0.95}),
+              doc="share of all prunable channels removed (global |gamma| threshold; "
+                  "see allocation)", search={"low": 0.1, "high": 0.95}),
+        allocation_param("global"),
         Param(name="sparsity_epochs", kind="int", default=10, low=0, high=1000,
               doc="epochs of sparsity training from the base model",
               search={"low": 2, "high": 30}),
@@ -175,6 +187,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     constraint=lambda p: ("sparsity_epochs = 0 with from_scratch: true would prune an "
                           "untrained network; give sparsity_epochs >= 1")
     if p["from_scratch"] and p["sparsity_epochs"] == 0 else None,
+    allocation=Allocation("prune_ratio", slimmable),
 )
 def slimming(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Sparsity training, global |gamma| pruning with removal, then fine-tuning."""
@@ -200,9 +213,12 @@ def slimming(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
         g = gammas(model, groups)
         ctx.result("gammas", [float(v) for t in g.values() for v in t.tolist()])
         ctx.result("sparsity", sparsity_of(g, threshold))
+        ratios = group_ratios(params, "prune_ratio", model, groups, ctx.input_shape) \
+            if params["allocation"] in GENERATED else None
         plan, folding = prune(model, params["prune_ratio"], ctx.data,
                               fold_bias=params["fold_bias"], groups=groups,
-                              round_to=params["round_to"])
+                              round_to=params["round_to"], allocation=params["allocation"],
+                              ratios=ratios)
         ctx.result("channels_removed", sum(len(v) for v in plan.values()))
         ctx.result("groups", len(groups))
         ctx.result("fold_skipped", folding["skipped"])

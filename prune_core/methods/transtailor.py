@@ -29,7 +29,13 @@ from prune_core.groups import (
     follower_bn,
     keep_every_conv,
     round_plan,
-    select_global,
+)
+from prune_core.methods._allocation import (
+    GENERATED,
+    Allocation,
+    allocation_param,
+    group_ratios,
+    select,
 )
 from prune_core.methods._filters import saved_result, total_filters
 from prune_core.methods._registry import ROUND_TO, Param, register_method
@@ -187,16 +193,18 @@ def taylor_importance(wrapper: AlphaScaled, data, batch_size: int = 128) -> dict
 
 
 def prune_plan(scores: dict[str, torch.Tensor], step_ratio: float,
-               layer_norm: bool = True) -> dict[str, list[int]]:
+               layer_norm: bool = True, allocation: str = "global",
+               ratios: dict[str, float] | None = None) -> dict[str, list[int]]:
     """The globally least important ``step_ratio`` of all filters (at least one), one
-    kept per layer.
+    kept per layer; with another ``allocation``, each group's least important share
+    (``ratios[key]``, else ``step_ratio``) of its own filters.
 
     With ``layer_norm`` each layer's scores are divided by their L2 norm first, so
     layers of different widths and gradient scales compete on one scale.
     """
     if layer_norm:
         scores = {k: s / s.norm().clamp_min(1e-12) for k, s in scores.items()}
-    return select_global(scores, step_ratio, min_count=1)
+    return select(scores, allocation, step_ratio, ratios, min_count=1)
 
 
 def _alpha_stats(wrapper: AlphaScaled) -> dict:
@@ -210,8 +218,9 @@ PARAMS = [
               "(tau_reference: the last accepted round's, or the start's)",
           search={"low": 0.005, "high": 0.1, "log": True}),
     Param(name="step_ratio", kind="float", default=0.1, low=0.0, high=1.0, low_open=True,
-          high_open=True, doc="share of the remaining filters removed per round",
-          search={"low": 0.05, "high": 0.3}),
+          high_open=True, doc="share of the remaining filters removed per round (see "
+                              "allocation)", search={"low": 0.05, "high": 0.3}),
+    allocation_param("global"),
     Param(name="alpha_epochs", kind="int", default=2, low=1, high=1000,
           doc="epochs training the scaling factors alpha (weights frozen) per round",
           search={"low": 1, "high": 5}),
@@ -267,6 +276,7 @@ def compatible(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 
 
 @register_method("transtailor", params=PARAMS, seed="000", check=compatible,
+                 allocation=Allocation("step_ratio", channel_groups),
                  doc="target-aware filter pruning by trained scaling factors (TransTailor)")
 def transtailor(model: nn.Module, params: dict, ctx: Context) -> nn.Module:
     """Prune-and-fine-tune rounds while the validation drop stays within tau."""
@@ -299,6 +309,11 @@ def _rounds(model: nn.Module, params: dict, ctx: Context, score) -> nn.Module:
     """Prune-and-fine-tune rounds while the drop of ``score(model)`` stays within tau."""
     reference = score(model)
     start_filters = total_filters(model)
+    ratios = None
+    if params["allocation"] in GENERATED:
+        by_root = group_ratios(params, "step_ratio", model,
+                               channel_groups(model, ctx.input_shape), ctx.input_shape)
+        ratios = {AlphaScaled.key(root): r for root, r in by_root.items()}
     ctx.result("start_val_accuracy", reference)
     kept = model
     saved = saved_result(ctx, "rounds", [])
@@ -324,7 +339,8 @@ def _rounds(model: nn.Module, params: dict, ctx: Context, score) -> nn.Module:
         load_resized(kept, candidate.state_dict())
         scores = taylor_importance(wrapper, ctx.data)
         # Each round keeps the multiple below, so a round always removes filters.
-        plan = round_plan(prune_plan(scores, params["step_ratio"], params["layer_norm"]),
+        plan = round_plan(prune_plan(scores, params["step_ratio"], params["layer_norm"],
+                                     params["allocation"], ratios),
                           scores, params["round_to"], down=True)
         plan = keep_every_conv({g.root: plan[AlphaScaled.key(g.root)] for g in wrapper.groups},
                                wrapper.groups,
