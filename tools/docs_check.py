@@ -521,7 +521,6 @@ _ALLOCATION = ("per-layer allocation added to slimming, magnitude and transtailo
 PENDING_RERUN: dict[str, str] = {
     "bench_analysis": "the readers take constraints from analysis/constraints.py and result "
                       "columns from prune_core/columns.py",
-    "bench_constraints": _ALLOCATION,
     "bench_early_stop": _ALLOCATION,
     "bench_lab": _ALLOCATION,
     "bench_latency": _ALLOCATION,
